@@ -1,0 +1,301 @@
+//! Passwords (Argon2id) and login tokens (HS256 JWTs, the shape the original server issued).
+//!
+//! Hashing is CPU- and memory-heavy (~19 MiB, tens of ms), so it runs on the blocking pool
+//! behind a semaphore: a login storm queues instead of exhausting memory or stalling the runtime.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::sync::Semaphore;
+
+use super::model::{User, UserId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's signature is invalid (issued by another cluster, or the secret changed)")]
+    BadSignature,
+    #[error("the token has expired: log in with your password")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read the token secret {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create the token secret {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the token secret {path} is shorter than 16 bytes: use at least 32 random bytes")]
+    TooShort { path: String },
+}
+
+/// Claims of a login token: the original's payload keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub id: UserId,
+    pub user_uuid: String,
+    pub username: String,
+    pub exp: i64,
+    pub iss: String,
+    pub nbf: i64,
+}
+
+const ISSUER: &str = "chat-zinx";
+
+pub struct Auth {
+    secret: Vec<u8>,
+    token_ttl_s: i64,
+    hashing: Arc<Semaphore>,
+}
+
+impl Auth {
+    pub fn new(secret: Vec<u8>, token_ttl: std::time::Duration, hash_concurrency: usize) -> Self {
+        Auth {
+            secret,
+            token_ttl_s: token_ttl.as_secs() as i64,
+            hashing: Arc::new(Semaphore::new(hash_concurrency.max(1))),
+        }
+    }
+
+    /// Reads the secret from `path`, creating it (32 random bytes, hex, mode 0600) if missing.
+    /// Every node of a cluster must share it for tokens to work on any node.
+    pub fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
+        let shown = path.display().to_string();
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let trimmed: Vec<u8> = bytes
+                    .into_iter()
+                    .rev()
+                    .skip_while(|b| b.is_ascii_whitespace())
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                if trimmed.len() < 16 {
+                    return Err(SecretError::TooShort { path: shown });
+                }
+                Ok(trimmed)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let secret = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
+                write_private(path, &secret).map_err(|source| SecretError::Write {
+                    path: shown,
+                    source,
+                })?;
+                Ok(secret)
+            }
+            Err(source) => Err(SecretError::Read {
+                path: shown,
+                source,
+            }),
+        }
+    }
+
+    /// Argon2id hash of a password, computed on the blocking pool.
+    pub async fn hash_password(&self, password: String) -> anyhow::Result<String> {
+        let _permit = self.hashing.clone().acquire_owned().await?;
+        let hash = tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))?;
+        Ok(hash)
+    }
+
+    /// Whether `password` matches the stored hash (false for an unreadable hash).
+    pub async fn verify_password(&self, password: String, hash: String) -> anyhow::Result<bool> {
+        let _permit = self.hashing.clone().acquire_owned().await?;
+        Ok(tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await?)
+    }
+
+    /// A signed token for `user`, valid from `now` (Unix seconds) for the configured lifetime.
+    pub fn issue_token(&self, user: &User, now: i64) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let claims = Claims {
+            id: user.id,
+            user_uuid: user.uuid.clone(),
+            username: user.username.clone(),
+            exp: now + self.token_ttl_s,
+            iss: ISSUER.into(),
+            nbf: now,
+        };
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims encode"));
+        let signing_input = format!("{header}.{payload}");
+        let sig = URL_SAFE_NO_PAD.encode(self.sign(signing_input.as_bytes()));
+        format!("{signing_input}.{sig}")
+    }
+
+    /// The claims of a token this cluster issued, if it is valid at `now` (Unix seconds).
+    pub fn verify_token(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| TokenError::Malformed)?;
+        let mut mac = self.mac();
+        mac.update(header.as_bytes());
+        mac.update(b".");
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        let claims: Claims = URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or(TokenError::Malformed)?;
+        if claims.iss != ISSUER {
+            return Err(TokenError::BadSignature);
+        }
+        if now >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if now < claims.nbf - 60 {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length")
+    }
+
+    fn sign(&self, input: &[u8]) -> Vec<u8> {
+        let mut mac = self.mac();
+        mac.update(input);
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: 7,
+            uuid: "0b6f1c1e-1111-4222-8333-444455556666".into(),
+            username: "alice".into(),
+            email: "a@x".into(),
+            avatar: String::new(),
+            password_hash: String::new(),
+            created_at: 0,
+            last_login: None,
+        }
+    }
+
+    #[test]
+    fn tokens_verify_and_expire() {
+        let auth = Auth::new(
+            b"0123456789abcdef0123".to_vec(),
+            std::time::Duration::from_secs(100),
+            1,
+        );
+        let t = auth.issue_token(&user(), 1000);
+        let c = auth.verify_token(&t, 1050).unwrap();
+        assert_eq!((c.id, c.username.as_str(), c.exp), (7, "alice", 1100));
+        assert!(matches!(
+            auth.verify_token(&t, 1100),
+            Err(TokenError::Expired)
+        ));
+        let other = Auth::new(
+            b"another secret of 20b".to_vec(),
+            std::time::Duration::from_secs(100),
+            1,
+        );
+        assert!(matches!(
+            other.verify_token(&t, 1050),
+            Err(TokenError::BadSignature)
+        ));
+        let mut tampered = t.clone();
+        tampered.insert(t.find('.').unwrap() + 2, 'x');
+        assert!(auth.verify_token(&tampered, 1050).is_err());
+        assert!(matches!(
+            auth.verify_token("a.b", 0),
+            Err(TokenError::Malformed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn passwords_hash_and_verify() {
+        let auth = Auth::new(
+            b"0123456789abcdef0123".to_vec(),
+            std::time::Duration::from_secs(100),
+            1,
+        );
+        let h = auth.hash_password("secret1".into()).await.unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(auth
+            .verify_password("secret1".into(), h.clone())
+            .await
+            .unwrap());
+        assert!(!auth.verify_password("secret2".into(), h).await.unwrap());
+        assert!(!auth
+            .verify_password("x".into(), "not a hash".into())
+            .await
+            .unwrap());
+    }
+
+    #[test]
+    fn secret_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/token_secret");
+        let a = Auth::load_or_create_secret(&path).unwrap();
+        let b = Auth::load_or_create_secret(&path).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+        std::fs::write(dir.path().join("short"), "abc").unwrap();
+        assert!(matches!(
+            Auth::load_or_create_secret(&dir.path().join("short")),
+            Err(SecretError::TooShort { .. })
+        ));
+    }
+}

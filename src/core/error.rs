@@ -1,0 +1,77 @@
+//! What can go wrong in a chat operation, independent of how the protocol words it.
+
+use crate::backend::BackendError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// A field breaks a limit; the text names the field and the limit.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("username already exists")]
+    UsernameTaken,
+    #[error("no such user")]
+    UnknownUser,
+    #[error("wrong password")]
+    WrongPassword,
+    #[error("{0}")]
+    BadToken(String),
+    /// The recipient of a direct message or the target of a history request does not exist.
+    #[error("user {0} does not exist")]
+    NoSuchTarget(String),
+    #[error("group not found")]
+    GroupNotFound,
+    #[error("a group with this name already exists")]
+    GroupNameTaken,
+    #[error("you are not a member of this group")]
+    NotMember,
+    #[error("user already in this group")]
+    AlreadyMember,
+    #[error("group owner cannot leave the group directly, please transfer ownership first")]
+    OwnerCannotLeave,
+    #[error("permission denied: only group owner and admins can update group info")]
+    NotOwnerOrAdminUpdate,
+    #[error("permission denied: only group owner can change member roles")]
+    NotOwnerRoles,
+    #[error("permission denied: only group owner and admins can remove members")]
+    NotOwnerOrAdminRemove,
+    #[error("permission denied: admins cannot remove other admins or the owner")]
+    AdminCannotRemoveAdmin,
+    #[error("target user is not a member of this group")]
+    TargetNotMember,
+    #[error("cannot change role of the group owner")]
+    CannotChangeOwnerRole,
+    #[error("invalid role: must be 'admin' or 'member'")]
+    InvalidRole,
+    #[error("cannot remove yourself from group, use leave group instead")]
+    CannotRemoveSelf,
+    #[error("cannot remove the group owner")]
+    CannotRemoveOwner,
+    #[error("no updates provided")]
+    NoUpdates,
+    #[error("invalid sync cursor: use the cursor of an earlier sync response, or none")]
+    BadCursor,
+    /// A backend could not answer; nothing was changed that the caller was told about.
+    #[error("service temporarily unavailable ({0}); try again")]
+    Unavailable(String),
+    /// Something unexpected that is not the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<BackendError> for ChatError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Unavailable { .. } => ChatError::Unavailable(e.to_string()),
+            // Conflicts and missing entities that reach here were not expected by the caller's
+            // checks (a concurrent change): report them plainly.
+            BackendError::Conflict("username") => ChatError::UsernameTaken,
+            BackendError::Conflict("group name") => ChatError::GroupNameTaken,
+            BackendError::Conflict("membership") => ChatError::AlreadyMember,
+            BackendError::NotFound("group") => ChatError::GroupNotFound,
+            BackendError::NotFound("membership") => ChatError::TargetNotMember,
+            other => ChatError::Internal(other.to_string()),
+        }
+    }
+}
+
+pub type ChatResult<T> = Result<T, ChatError>;

@@ -1,0 +1,18 @@
+//! chat-zinx: a lean, distributed chat daemon speaking the chat-zinx (Zinx framing) protocol.
+//!
+//! Layers, outermost first (see `docs/architecture.md`):
+//! * [`server`]: TCP listener, one task per connection plus its writer task, the local hub of
+//!   connections; turns frames into calls of the core and results into frames.
+//! * [`protocol`]: framing, message ids, payload shapes. Knows nothing of backends.
+//! * [`core`]: the chat domain (accounts, messages, groups, delivery), talking to the small
+//!   traits of [`backend`].
+//! * [`backend`]: store, presence, bus and registry traits with their in-process
+//!   implementations (and, in the cluster, NATS / Redis / Consul ones).
+
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod protocol;
+pub mod server;
+pub mod telemetry;

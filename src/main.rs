@@ -1,0 +1,99 @@
+//! The `chat-zinx` command: the daemon (`serve`, the default), the terminal client (`client`)
+//! and the configuration tools (`config`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chat-zinx",
+    version,
+    about = "A lean, distributed chat daemon (chat-zinx wire protocol)"
+)]
+struct Cli {
+    /// Configuration file (TOML). Default: /etc/chat-zinx/config.toml when it exists.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the chat daemon (the default).
+    Serve,
+    /// Interactive or scripted terminal client.
+    Client(chat_zinx::client::ClientArgs),
+    /// Print the effective configuration (secrets redacted), or check a file.
+    Config {
+        /// Validate this file (defaults < file) and exit: 0 when valid.
+        #[arg(long, value_name = "FILE")]
+        check: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::Client(args) => runtime(|| async move { chat_zinx::client::run(args).await }),
+        Command::Config { check: Some(file) } => match chat_zinx::config::check_file(&file) {
+            Ok(_) => {
+                println!("{}: valid", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Config { check: None } => match chat_zinx::config::load(cli.config.as_deref()) {
+            Ok(cfg) => {
+                print!("{}", cfg.to_redacted_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("chat-zinx: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let cfg = match chat_zinx::config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chat-zinx: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    chat_zinx::telemetry::init(&cfg.log.level);
+    runtime(|| async move { chat_zinx::server::run(cfg).await })
+}
+
+fn runtime<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chat-zinx: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat-zinx: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! Typed request, response and push payloads, with the original server's conventions.
+//!
+//! Requests are parsed the way Go's `encoding/json` parses them (`original-wire.md` §10): keys
+//! match case-insensitively, a later duplicate key wins, `null` and missing keys give zero values,
+//! and a wrong type, a negative or fractional id, an empty body or trailing garbage make the whole
+//! request malformed. Responses keep the original key sets and value types.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::core::model::{
+    ConvId, Group, GroupId, Member, MessageBody, StoredMessage, UnixMs, User, UserId,
+};
+
+/// The request body is not the JSON the message id expects; the text says why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("malformed request: {0}")]
+pub struct Malformed(pub String);
+
+/// Parse a request body with Go `encoding/json` semantics.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Malformed> {
+    // Go replaces invalid UTF-8 by U+FFFD instead of failing.
+    let text = String::from_utf8_lossy(body);
+    let value: Value = serde_json::from_str(&text).map_err(|e| Malformed(e.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(Malformed("the body must be a JSON object".into()));
+    };
+    let mut folded = Map::with_capacity(map.len());
+    for (key, value) in map {
+        if !value.is_null() {
+            folded.insert(key.to_ascii_lowercase(), value);
+        } else {
+            folded.remove(&key.to_ascii_lowercase());
+        }
+    }
+    serde_json::from_value(Value::Object(folded)).map_err(|e| Malformed(e.to_string()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RegisterReq {
+    pub username: String,
+    pub password: String,
+    pub email: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LoginReq {
+    pub username: String,
+    pub password: String,
+    /// v2: resume with the token of an earlier login instead of a password.
+    pub token: String,
+    /// Optional device label, shown in presence.
+    pub device: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TextReq {
+    pub to_user_id: String,
+    pub content: String,
+    #[serde(rename = "type")]
+    pub msg_type: String,
+    pub sent_at: Option<String>,
+    pub client_msg_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HistoryReq {
+    pub target_user_uuid: String,
+    pub target_username: String,
+    pub limit: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CreateGroupReq {
+    pub name: String,
+    pub description: String,
+    pub avatar: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GroupIdReq {
+    pub group_id: GroupId,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UpdateGroupReq {
+    pub group_id: GroupId,
+    pub name: String,
+    pub description: String,
+    pub avatar: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SetRoleReq {
+    pub group_id: GroupId,
+    pub target_user_id: UserId,
+    pub new_role: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RemoveMemberReq {
+    pub group_id: GroupId,
+    pub target_user_id: UserId,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GroupHistoryReq {
+    pub group_id: GroupId,
+    pub last_id: u64,
+    pub limit: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GroupTextReq {
+    pub group_id: GroupId,
+    pub content: String,
+    pub client_msg_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HelloReq {
+    pub version: u64,
+    pub client: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SyncReq {
+    pub cursor: String,
+    pub limit: i64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// Register and login replies: `{code, data?, msg}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CodeMsg<T> {
+    pub code: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<T>,
+    pub msg: String,
+}
+
+impl CodeMsg<()> {
+    pub fn error(code: u32, msg: impl Into<String>) -> Self {
+        CodeMsg {
+            code,
+            data: None,
+            msg: msg.into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RegisterData {
+    pub id: UserId,
+    pub user_uuid: String,
+    pub username: String,
+    pub email: String,
+    pub avatar: String,
+}
+
+impl From<&User> for RegisterData {
+    fn from(u: &User) -> Self {
+        RegisterData {
+            id: u.id,
+            user_uuid: u.uuid.clone(),
+            username: u.username.clone(),
+            email: u.email.clone(),
+            avatar: u.avatar.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoginData {
+    pub id: UserId,
+    pub user_uuid: String,
+    pub username: String,
+    pub email: String,
+    pub avatar: String,
+    pub last_login: String,
+    pub token: String,
+}
+
+/// 212 and 214: `{code, message, data}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CodeMessage<T> {
+    pub code: u32,
+    pub message: String,
+    pub data: T,
+}
+
+/// One item of a P2P history page (keys as the original: `content`, `from_user_id`, `timestamp`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HistoryItem {
+    pub content: String,
+    /// The sender's numeric id, as a decimal string.
+    pub from_user_id: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+    pub msg_id: String,
+    pub seq: u64,
+}
+
+/// 212 body: `data` is omitted when empty.
+#[derive(Debug, Serialize)]
+pub struct HistoryResp {
+    pub code: u32,
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<HistoryItem>,
+}
+
+/// `{"error": text}`: the group operations' failure body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `{"message": text}`: the group operations' success body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MessageBodyResp {
+    pub message: String,
+}
+
+/// 216 body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedGroup {
+    pub id: GroupId,
+    pub name: String,
+    pub owner_user_id: UserId,
+    pub description: String,
+    pub avatar: String,
+    pub member_count: u64,
+    pub created_at: String,
+}
+
+impl From<&Group> for CreatedGroup {
+    fn from(g: &Group) -> Self {
+        CreatedGroup {
+            id: g.id,
+            name: g.name.clone(),
+            owner_user_id: g.owner_id,
+            description: g.description.clone(),
+            avatar: g.avatar.clone(),
+            member_count: g.member_count,
+            created_at: sql_datetime(g.created_at),
+        }
+    }
+}
+
+/// 233 body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupDetails {
+    pub id: GroupId,
+    pub name: String,
+    pub owner_user_id: UserId,
+    pub description: String,
+    pub avatar: String,
+    pub member_count: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Group> for GroupDetails {
+    fn from(g: &Group) -> Self {
+        GroupDetails {
+            id: g.id,
+            name: g.name.clone(),
+            owner_user_id: g.owner_id,
+            description: g.description.clone(),
+            avatar: g.avatar.clone(),
+            member_count: g.member_count,
+            created_at: sql_datetime(g.created_at),
+            updated_at: sql_datetime(g.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberItem {
+    pub member_id: u64,
+    pub user_id: UserId,
+    pub user_uuid: String,
+    pub username: String,
+    pub role: String,
+    pub joined_at: String,
+    pub is_online: bool,
+}
+
+impl MemberItem {
+    pub fn new(m: &Member, user: &User, is_online: bool) -> Self {
+        MemberItem {
+            member_id: m.member_id,
+            user_id: m.user_id,
+            user_uuid: user.uuid.clone(),
+            username: user.username.clone(),
+            role: m.role.as_str().to_string(),
+            joined_at: rfc3339(m.joined_at),
+            is_online,
+        }
+    }
+}
+
+/// 223 body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MembersResp {
+    pub group_id: GroupId,
+    pub members: Vec<MemberItem>,
+    pub total: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MyGroupItem {
+    pub id: GroupId,
+    pub name: String,
+    pub member_count: u64,
+    pub description: String,
+}
+
+/// 225 body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MyGroupsResp {
+    pub groups: Vec<MyGroupItem>,
+    pub total: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupHistoryItem {
+    /// The log position: the pagination key (`last_id`).
+    pub id: u64,
+    pub msg_id: String,
+    pub sender_id: UserId,
+    pub sender_uuid: String,
+    pub sender_name: String,
+    pub content: String,
+    pub message_type: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+/// 235 body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupHistoryResp {
+    pub group_id: GroupId,
+    pub messages: Vec<GroupHistoryItem>,
+    pub has_more: bool,
+}
+
+/// 311 body: `{msg_id?, status, error?}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupTextAck {
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub msg_id: String,
+    pub status: u32,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub error: String,
+}
+
+/// 99 body. `ref` is the id of the request it answers (v2 connections only).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorResp {
+    pub code: u32,
+    pub message: String,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none", default)]
+    pub reference: Option<u32>,
+}
+
+/// 401 body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HelloResp {
+    pub version: u32,
+    pub server: String,
+    pub node_id: String,
+    pub max_body: usize,
+    pub idle_timeout_s: u64,
+    pub features: Vec<String>,
+}
+
+/// 402 body: success carries `msg_id`, `conv`, `seq`, `timestamp` (ms); failure `code` and
+/// `message`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SendAck {
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub client_msg_id: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub msg_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub conv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timestamp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub code: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message: Option<String>,
+}
+
+/// 404 body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncResp {
+    pub messages: Vec<Value>,
+    pub cursor: String,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RedirectNode {
+    pub addr: String,
+    pub load: f64,
+}
+
+/// 406 body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Redirect {
+    pub reason: String,
+    pub nodes: Vec<RedirectNode>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pushes
+
+/// The 208 delivery of a P2P message: the original keys (`from_user_id` = sender uuid,
+/// `to_user_id` as the sender wrote it, `content`, `type` when set, `sent_at`) plus `msg_id`,
+/// `conv`, `seq` and `timestamp` (Unix seconds) which Go clients ignore.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TextPush {
+    pub from_user_id: String,
+    pub to_user_id: String,
+    pub content: String,
+    #[serde(rename = "type", skip_serializing_if = "String::is_empty", default)]
+    pub msg_type: String,
+    pub sent_at: String,
+    pub msg_id: String,
+    pub conv: String,
+    pub seq: u64,
+    pub timestamp: i64,
+    pub from_username: String,
+}
+
+/// The 312 push of a group message (`from_user_id` is the numeric id, as in the original).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GroupPush {
+    pub group_id: GroupId,
+    pub from_user_id: UserId,
+    pub from_user_uuid: String,
+    pub from_username: String,
+    pub content: String,
+    pub timestamp: i64,
+    pub msg_id: String,
+    pub conv: String,
+    pub seq: u64,
+}
+
+/// `sent_at` the original echoes when the sender gave none (Go's zero time).
+pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// The push frame (id and JSON body) of a stored message: 208 for P2P, 312 for groups.
+pub fn push_of(m: &StoredMessage) -> (u32, Value) {
+    use super::ids;
+    match &m.body {
+        MessageBody::Direct {
+            to_user_id,
+            content,
+            msg_type,
+            sent_at,
+            ..
+        } => (
+            ids::TEXT_MSG,
+            serde_json::to_value(TextPush {
+                from_user_id: m.sender_uuid.clone(),
+                to_user_id: to_user_id.clone(),
+                content: content.clone(),
+                msg_type: msg_type.clone(),
+                sent_at: sent_at.clone().unwrap_or_else(|| ZERO_TIME.to_string()),
+                msg_id: m.msg_id.clone(),
+                conv: m.conv.to_string(),
+                seq: m.seq,
+                timestamp: m.timestamp / 1000,
+                from_username: m.sender_name.clone(),
+            })
+            .expect("push serialises"),
+        ),
+        MessageBody::Group { group_id, content } => (
+            ids::GROUP_TEXT_PUSH,
+            serde_json::to_value(GroupPush {
+                group_id: *group_id,
+                from_user_id: m.sender_id,
+                from_user_uuid: m.sender_uuid.clone(),
+                from_username: m.sender_name.clone(),
+                content: content.clone(),
+                timestamp: m.timestamp / 1000,
+                msg_id: m.msg_id.clone(),
+                conv: m.conv.to_string(),
+                seq: m.seq,
+            })
+            .expect("push serialises"),
+        ),
+    }
+}
+
+/// The encoded push frame of a stored message, built once and shared by every connection.
+pub fn push_frame(m: &StoredMessage) -> bytes::Bytes {
+    let (id, body) = push_of(m);
+    super::codec::encode(id, &serde_json::to_vec(&body).expect("push serialises"))
+}
+
+pub fn group_history_item(m: &StoredMessage) -> GroupHistoryItem {
+    GroupHistoryItem {
+        id: m.seq,
+        msg_id: m.msg_id.clone(),
+        sender_id: m.sender_id,
+        sender_uuid: m.sender_uuid.clone(),
+        sender_name: m.sender_name.clone(),
+        content: m.content().to_string(),
+        message_type: "text".to_string(),
+        timestamp: m.timestamp / 1000,
+    }
+}
+
+pub fn history_item(m: &StoredMessage) -> HistoryItem {
+    HistoryItem {
+        content: m.content().to_string(),
+        from_user_id: m.sender_id.to_string(),
+        timestamp: m.timestamp / 1000,
+        msg_id: m.msg_id.clone(),
+        seq: m.seq,
+    }
+}
+
+pub fn conv_string(c: ConvId) -> String {
+    c.to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time formats
+
+/// RFC 3339 in UTC with millisecond precision, trailing zeros trimmed (as Go's RFC3339Nano).
+pub fn rfc3339(ms: UnixMs) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let base = t
+        .format(&time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]"
+        ))
+        .expect("formats");
+    let millis = t.millisecond();
+    if millis == 0 {
+        format!("{base}Z")
+    } else {
+        let frac = format!("{millis:03}");
+        format!("{base}.{}Z", frac.trim_end_matches('0'))
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC), the format of the original's group timestamps.
+pub fn sql_datetime(ms: UnixMs) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second]"
+    ))
+    .expect("formats")
+}
+
+/// Whether a string is a valid RFC 3339 timestamp (the original rejects a `sent_at` that is not).
+pub fn is_rfc3339(s: &str) -> bool {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
+        || s == ZERO_TIME
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_case_insensitively_and_the_last_duplicate_wins() {
+        let r: LoginReq =
+            parse(br#"{"USERNAME":"a","Password":"x","password":"secret1"}"#).unwrap();
+        assert_eq!(r.username, "a");
+        assert_eq!(r.password, "secret1");
+    }
+
+    #[test]
+    fn null_and_missing_are_zero_values() {
+        let r: GroupHistoryReq = parse(br#"{"group_id":5,"last_id":null}"#).unwrap();
+        assert_eq!((r.group_id, r.last_id, r.limit), (5, 0, 0));
+    }
+
+    #[test]
+    fn wrong_types_negative_and_fractional_ids_are_malformed() {
+        assert!(parse::<GroupIdReq>(br#"{"group_id":"7"}"#).is_err());
+        assert!(parse::<GroupIdReq>(br#"{"group_id":-1}"#).is_err());
+        assert!(parse::<GroupIdReq>(br#"{"group_id":1.5}"#).is_err());
+        assert!(parse::<GroupIdReq>(b"").is_err());
+        assert!(parse::<GroupIdReq>(br#"{"group_id":1} x"#).is_err());
+        assert!(parse::<GroupIdReq>(br#"[1]"#).is_err());
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_rejected() {
+        let r: TextReq = parse(b"{\"to_user_id\":\"bob\",\"content\":\"a\xffb\"}").unwrap();
+        assert_eq!(r.content, "a\u{fffd}b");
+    }
+
+    #[test]
+    fn times_format_like_go() {
+        assert_eq!(rfc3339(1_716_000_000_120), "2024-05-18T02:40:00.12Z");
+        assert_eq!(rfc3339(1_716_000_000_000), "2024-05-18T02:40:00Z");
+        assert_eq!(sql_datetime(1_716_000_000_999), "2024-05-18 02:40:00");
+        assert!(is_rfc3339("2024-05-18T02:40:00.12+08:00"));
+        assert!(is_rfc3339(ZERO_TIME));
+        assert!(!is_rfc3339("yesterday"));
+    }
+}
+
+/// Codes of the 99 error frame (and of failed 402 acks). Documented in `docs/protocol.md`.
+pub mod code {
+    /// The request needs a logged-in connection.
+    pub const NOT_LOGGED_IN: u32 = 1;
+    /// The body is not the JSON the message id expects.
+    pub const MALFORMED: u32 = 2;
+    /// The recipient or target does not exist.
+    pub const NOT_FOUND: u32 = 3;
+    /// A field breaks a limit.
+    pub const INVALID: u32 = 4;
+    /// Unexpected server failure.
+    pub const INTERNAL: u32 = 5;
+    /// A backend is unavailable: retry later.
+    pub const UNAVAILABLE: u32 = 6;
+    /// Not a member of the group.
+    pub const NOT_MEMBER: u32 = 7;
+    /// Closed because the user logged in on more devices than allowed.
+    pub const TOO_MANY_DEVICES: u32 = 8;
+    /// Closed because the client read its frames too slowly.
+    pub const SLOW_CONSUMER: u32 = 9;
+    /// A frame body above `max_body`.
+    pub const FRAME_TOO_LARGE: u32 = 10;
+    /// Closed after `idle_timeout` without a frame.
+    pub const IDLE_TIMEOUT: u32 = 11;
+    /// A message id the server does not handle.
+    pub const UNKNOWN_ID: u32 = 12;
+    /// The server is shutting down.
+    pub const SHUTTING_DOWN: u32 = 13;
+    /// The login token is invalid or expired.
+    pub const BAD_TOKEN: u32 = 14;
+}

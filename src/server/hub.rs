@@ -1,0 +1,493 @@
+//! The hub: this node's logged-in connections, indexed by user and by group, and the pushes
+//! into their write queues.
+//!
+//! Pushes never wait: a frame goes into a connection's bounded queue with `try_send`; a full
+//! queue means the client reads too slowly, and the connection is closed (slow-consumer policy).
+//! A push frame is encoded once per message and shared (`Bytes`) by every connection it goes to.
+//!
+//! When a user's last connection closes, the user stays in the group index for a short grace
+//! period (a tombstone): a message that was already on its way when the connection closed is
+//! then recognised as missed and recorded, so the next login delivers it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backend::{Bus, BusEvent, BusInbound, Store};
+use crate::core::model::{ConnId, GroupId, MessageBody, Seq, StoredMessage, UserId};
+use crate::core::LocalDelivery;
+use crate::protocol::messages::push_frame;
+
+/// One frame queued for a connection's writer. `seq` is the log position of a pushed message
+/// (0 for replies), so the writer can report what it really wrote.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub frame: Bytes,
+    pub seq: Seq,
+}
+
+/// Why a connection is being closed by the server (sent as a 99 frame when possible).
+#[derive(Debug, Clone)]
+pub struct CloseReason {
+    pub code: u32,
+    pub message: String,
+}
+
+/// State of a connection shared between its reader task, its writer task and the hub.
+pub struct ConnShared {
+    pub conn_id: ConnId,
+    /// The client said Hello (v2).
+    pub v2: AtomicBool,
+    close: CancellationToken,
+    reason: Mutex<Option<CloseReason>>,
+    /// Log positions pushed while a login backlog is being prepared (de-duplication).
+    recording: Mutex<Option<HashSet<Seq>>>,
+    /// Frames pushed to this connection (metrics, tests).
+    pub pushed: AtomicU64,
+}
+
+impl ConnShared {
+    pub fn new(conn_id: ConnId) -> Self {
+        ConnShared {
+            conn_id,
+            v2: AtomicBool::new(false),
+            close: CancellationToken::new(),
+            reason: Mutex::new(None),
+            recording: Mutex::new(None),
+            pushed: AtomicU64::new(0),
+        }
+    }
+
+    /// Asks the connection to close with a reason; the first reason wins.
+    pub fn request_close(&self, code: u32, message: impl Into<String>) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(CloseReason {
+                code,
+                message: message.into(),
+            });
+        }
+        drop(r);
+        self.close.cancel();
+    }
+
+    pub fn close_token(&self) -> &CancellationToken {
+        &self.close
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn is_v2(&self) -> bool {
+        self.v2.load(Ordering::Relaxed)
+    }
+
+    pub fn start_recording(&self) {
+        *self.recording.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashSet::new());
+    }
+
+    /// Stops recording and returns what was pushed meanwhile.
+    pub fn stop_recording(&self) -> HashSet<Seq> {
+        self.recording
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default()
+    }
+
+    fn record(&self, seq: Seq) {
+        if let Some(set) = self
+            .recording
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            set.insert(seq);
+        }
+    }
+}
+
+/// What the hub holds of a connection.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub tx: mpsc::Sender<Outbound>,
+    pub shared: Arc<ConnShared>,
+}
+
+/// Error code of the 99 frame sent to a connection closed as a slow consumer.
+pub const CODE_SLOW_CONSUMER: u32 = crate::protocol::messages::code::SLOW_CONSUMER;
+/// Error code of the 99 frame sent to a connection closed by the device limit.
+pub const CODE_TOO_MANY_DEVICES: u32 = crate::protocol::messages::code::TOO_MANY_DEVICES;
+
+struct UserEntry {
+    conns: Vec<ConnHandle>,
+    groups: HashSet<GroupId>,
+    /// Set when the last connection closed: the user is kept in the group index until then.
+    tombstone_until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct HubState {
+    users: HashMap<UserId, UserEntry>,
+    /// Local users (online or tombstoned) per group.
+    groups: HashMap<GroupId, HashSet<UserId>>,
+}
+
+/// Counters the hub keeps (exported as metrics).
+#[derive(Default)]
+pub struct HubStats {
+    pub slow_consumers: AtomicU64,
+    pub pushes: AtomicU64,
+    pub missed: AtomicU64,
+}
+
+pub struct Hub {
+    node_id: String,
+    state: RwLock<HubState>,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    grace: Duration,
+    /// Wakes the subscription task when the set of locally active groups may have changed.
+    groups_changed: Notify,
+    pub stats: HubStats,
+}
+
+impl Hub {
+    pub fn new(node_id: String, store: Arc<dyn Store>, bus: Arc<dyn Bus>, grace: Duration) -> Self {
+        Hub {
+            node_id,
+            state: RwLock::new(HubState::default()),
+            store,
+            bus,
+            grace,
+            groups_changed: Notify::new(),
+            stats: HubStats::default(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HubState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HubState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a logged-in connection of `user`, member of `groups`.
+    pub fn attach(&self, user: UserId, groups: Vec<GroupId>, handle: ConnHandle) {
+        let mut s = self.write();
+        let entry = s.users.entry(user).or_insert_with(|| UserEntry {
+            conns: Vec::new(),
+            groups: HashSet::new(),
+            tombstone_until: None,
+        });
+        entry.tombstone_until = None;
+        entry.conns.push(handle);
+        let old: HashSet<GroupId> = std::mem::take(&mut entry.groups);
+        let new: HashSet<GroupId> = groups.into_iter().collect();
+        entry.groups = new.clone();
+        for g in old.difference(&new) {
+            if let Some(set) = s.groups.get_mut(g) {
+                set.remove(&user);
+                if set.is_empty() {
+                    s.groups.remove(g);
+                }
+            }
+        }
+        for g in new {
+            s.groups.entry(g).or_default().insert(user);
+        }
+        drop(s);
+        self.groups_changed.notify_one();
+    }
+
+    /// Removes a connection. The user's last connection leaves a tombstone for the grace period.
+    pub fn detach(&self, user: UserId, conn: ConnId) {
+        let mut s = self.write();
+        if let Some(entry) = s.users.get_mut(&user) {
+            entry.conns.retain(|c| c.shared.conn_id != conn);
+            if entry.conns.is_empty() {
+                entry.tombstone_until = Some(Instant::now() + self.grace);
+            }
+        }
+    }
+
+    /// Connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.read().users.values().map(|e| e.conns.len()).sum()
+    }
+
+    /// Users with at least one connection on this node.
+    pub fn user_count(&self) -> usize {
+        self.read()
+            .users
+            .values()
+            .filter(|e| !e.conns.is_empty())
+            .count()
+    }
+
+    /// Every local connection (for drain and shutdown).
+    pub fn all_connections(&self) -> Vec<ConnHandle> {
+        self.read()
+            .users
+            .values()
+            .flat_map(|e| e.conns.iter().cloned())
+            .collect()
+    }
+
+    /// Groups with a local online or tombstoned member: the ones this node listens to.
+    pub fn active_groups(&self) -> HashSet<GroupId> {
+        self.read().groups.keys().copied().collect()
+    }
+
+    /// Drops expired tombstones; returns whether the group set changed.
+    fn expire_tombstones(&self) -> bool {
+        let now = Instant::now();
+        let mut s = self.write();
+        let expired: Vec<UserId> = s
+            .users
+            .iter()
+            .filter(|(_, e)| e.conns.is_empty() && e.tombstone_until.is_none_or(|t| t <= now))
+            .map(|(u, _)| *u)
+            .collect();
+        let changed = !expired.is_empty();
+        for user in expired {
+            if let Some(entry) = s.users.remove(&user) {
+                for g in entry.groups {
+                    if let Some(set) = s.groups.get_mut(&g) {
+                        set.remove(&user);
+                        if set.is_empty() {
+                            s.groups.remove(&g);
+                        }
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// Keeps the bus's group subscriptions equal to the locally active groups, and expires
+    /// tombstones. Runs until `shutdown`.
+    pub async fn run_subscriptions(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut subscribed: HashSet<GroupId> = HashSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500).min(self.grace));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.groups_changed.notified() => {}
+                _ = tick.tick() => { self.expire_tombstones(); }
+            }
+            let wanted = self.active_groups();
+            for g in wanted.difference(&subscribed).copied().collect::<Vec<_>>() {
+                match self.bus.subscribe_group(g).await {
+                    Ok(()) => {
+                        subscribed.insert(g);
+                    }
+                    Err(e) => warn!(group = g, error = %e, "group subscribe failed; retrying"),
+                }
+            }
+            for g in subscribed.difference(&wanted).copied().collect::<Vec<_>>() {
+                match self.bus.unsubscribe_group(g).await {
+                    Ok(()) => {
+                        subscribed.remove(&g);
+                    }
+                    Err(e) => warn!(group = g, error = %e, "group unsubscribe failed; retrying"),
+                }
+            }
+        }
+        debug!("hub subscription task stopped");
+    }
+
+    /// Pushes `frame` to one connection; false if it could not take it.
+    fn push(&self, conn: &ConnHandle, frame: &Bytes, seq: Seq) -> bool {
+        match conn.tx.try_send(Outbound {
+            frame: frame.clone(),
+            seq,
+        }) {
+            Ok(()) => {
+                conn.shared.record(seq);
+                conn.shared.pushed.fetch_add(1, Ordering::Relaxed);
+                self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    conn_id = conn.shared.conn_id,
+                    "slow consumer: write queue full, disconnecting"
+                );
+                conn.shared.request_close(
+                    CODE_SLOW_CONSUMER,
+                    "slow consumer: you did not read fast enough and missed pushes; reconnect and sync",
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Pushes to every connection of `users` except `skip`; returns the users that missed it.
+    fn push_to_users(
+        &self,
+        message: &StoredMessage,
+        users: &[UserId],
+        skip: Option<ConnId>,
+        remote: bool,
+    ) -> Vec<UserId> {
+        let mut frame: Option<Bytes> = None;
+        let mut missed = Vec::new();
+        let s = self.read();
+        for user in users {
+            let Some(entry) = s.users.get(user) else {
+                // Another node routed it here (presence said so), but the user is gone.
+                if remote {
+                    missed.push(*user);
+                }
+                continue;
+            };
+            if entry.conns.is_empty() {
+                missed.push(*user);
+                continue;
+            }
+            let mut any = false;
+            let mut failed = false;
+            for conn in &entry.conns {
+                if Some(conn.shared.conn_id) == skip {
+                    any = true;
+                    continue;
+                }
+                let f = frame.get_or_insert_with(|| push_frame(message));
+                if self.push(conn, f, message.seq) {
+                    any = true;
+                } else {
+                    failed = true;
+                }
+            }
+            if failed || !any {
+                missed.push(*user);
+            }
+        }
+        self.stats
+            .missed
+            .fetch_add(missed.len() as u64, Ordering::Relaxed);
+        missed
+    }
+
+    fn push_to_group(&self, message: &StoredMessage, skip: Option<ConnId>) -> Vec<UserId> {
+        let MessageBody::Group { group_id, .. } = &message.body else {
+            return Vec::new();
+        };
+        let s = self.read();
+        let Some(members) = s.groups.get(group_id) else {
+            return Vec::new();
+        };
+        let users: Vec<UserId> = members.iter().copied().collect();
+        drop(s);
+        self.push_to_users(message, &users, skip, false)
+    }
+
+    async fn mark_missed(&self, users: Vec<UserId>, seq: Seq) {
+        for user in users {
+            if let Err(e) = self.store.mark_undelivered(user, seq).await {
+                warn!(user_id = user, seq, error = %e, "could not record an undelivered message");
+            }
+        }
+    }
+
+    fn kick_conn(&self, user: UserId, conn: ConnId, code: u32, reason: &str) {
+        let s = self.read();
+        if let Some(c) = s
+            .users
+            .get(&user)
+            .and_then(|e| e.conns.iter().find(|c| c.shared.conn_id == conn))
+        {
+            c.shared.request_close(code, reason);
+        }
+    }
+
+    fn apply_membership(&self, user: UserId, group: GroupId, joined: bool) {
+        let mut s = self.write();
+        let Some(entry) = s.users.get_mut(&user) else {
+            return;
+        };
+        if joined {
+            entry.groups.insert(group);
+            s.groups.entry(group).or_default().insert(user);
+        } else {
+            entry.groups.remove(&group);
+            if let Some(set) = s.groups.get_mut(&group) {
+                set.remove(&user);
+                if set.is_empty() {
+                    s.groups.remove(&group);
+                }
+            }
+        }
+        drop(s);
+        self.groups_changed.notify_one();
+    }
+}
+
+impl LocalDelivery for Hub {
+    fn deliver_direct(
+        &self,
+        message: &Arc<StoredMessage>,
+        users: &[UserId],
+        skip: Option<ConnId>,
+    ) -> Vec<UserId> {
+        self.push_to_users(message, users, skip, false)
+    }
+
+    fn deliver_group(&self, message: &Arc<StoredMessage>, skip: Option<ConnId>) -> Vec<UserId> {
+        self.push_to_group(message, skip)
+    }
+
+    fn kick(&self, user: UserId, conn: ConnId, reason: &str) {
+        self.kick_conn(user, conn, CODE_TOO_MANY_DEVICES, reason);
+    }
+
+    fn membership(&self, user: UserId, group: GroupId, joined: bool) {
+        self.apply_membership(user, group, joined);
+    }
+}
+
+#[async_trait]
+impl BusInbound for Hub {
+    async fn deliver(&self, event: BusEvent) {
+        match event {
+            BusEvent::Direct { message, users } => {
+                let missed = self.push_to_users(&message, &users, None, true);
+                self.mark_missed(missed, message.seq).await;
+            }
+            BusEvent::Group {
+                message,
+                origin_node,
+            } => {
+                if origin_node == self.node_id {
+                    return;
+                }
+                let missed = self.push_to_group(&message, None);
+                self.mark_missed(missed, message.seq).await;
+            }
+            BusEvent::Kick { user, conn, reason } => {
+                self.kick_conn(user, conn, CODE_TOO_MANY_DEVICES, &reason)
+            }
+            BusEvent::Membership {
+                user,
+                group,
+                joined,
+            } => self.apply_membership(user, group, joined),
+        }
+    }
+}

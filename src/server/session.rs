@@ -1,0 +1,966 @@
+//! The protocol side of one connection: turns each request frame into a call of the core and
+//! the result into the reply frames of the original protocol (or of v2).
+//!
+//! Every reply convention of the original lives here (`{code,msg}` for 103/105,
+//! `{code,message}` for 212/214, `{"error"}`/`{"message"}` for group management, `{status}`
+//! for 311, 99 for P2P failures), next to the v2 frames.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::hub::{ConnHandle, ConnShared, Outbound};
+use super::ServerCtx;
+use crate::core::model::{ConnId, GroupPatch, Seq};
+use crate::core::service::{DeliveryOutcome, DirectInput};
+use crate::core::{ChatError, Me};
+use crate::protocol::messages::{self as m, code, parse};
+use crate::protocol::{codec, ids, Frame};
+
+/// The connection can no longer be written to (closed, or its client reads too slowly).
+#[derive(Debug)]
+pub struct Closed;
+
+pub struct Session {
+    ctx: Arc<ServerCtx>,
+    conn_id: ConnId,
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<ConnShared>,
+    /// Highest log position the writer has written (shared with it).
+    written: Arc<AtomicU64>,
+    me: Option<Me>,
+}
+
+const NOT_LOGGED_IN_V2: &str = "not logged in: log in (104) first";
+
+impl Session {
+    pub fn new(
+        ctx: Arc<ServerCtx>,
+        conn_id: ConnId,
+        tx: mpsc::Sender<Outbound>,
+        shared: Arc<ConnShared>,
+        written: Arc<AtomicU64>,
+    ) -> Self {
+        Session {
+            ctx,
+            conn_id,
+            tx,
+            shared,
+            written,
+            me: None,
+        }
+    }
+
+    fn v2(&self) -> bool {
+        self.shared.is_v2()
+    }
+
+    /// Queues a frame, waiting (bounded by the write timeout) while the queue is full.
+    async fn send_raw(&self, frame: Outbound) -> Result<(), Closed> {
+        let timeout = self.ctx.settings().write_timeout;
+        match tokio::time::timeout(timeout, self.tx.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Closed),
+            Err(_) => {
+                self.ctx
+                    .hub
+                    .stats
+                    .slow_consumers
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.request_close(
+                    code::SLOW_CONSUMER,
+                    "slow consumer: replies were not read within the write timeout",
+                );
+                Err(Closed)
+            }
+        }
+    }
+
+    async fn send<T: Serialize>(&self, id: u32, body: &T) -> Result<(), Closed> {
+        // v1 connections never get an id outside the original table (PROTOCOL.md §1).
+        if !self.v2() && !ids::is_v1(id) {
+            return Ok(());
+        }
+        let json = serde_json::to_vec(body).expect("responses serialise");
+        self.send_raw(Outbound {
+            frame: codec::encode(id, &json),
+            seq: 0,
+        })
+        .await
+    }
+
+    /// 99 error; `reference` is added for v2 connections.
+    async fn send_error(
+        &self,
+        request: u32,
+        code: u32,
+        message: impl Into<String>,
+    ) -> Result<(), Closed> {
+        let reference = self.v2().then_some(request);
+        self.send(
+            ids::ERROR,
+            &m::ErrorResp {
+                code,
+                message: message.into(),
+                reference,
+            },
+        )
+        .await
+    }
+
+    /// Queues a last error frame without waiting (the connection is about to close).
+    pub async fn farewell(&self, code: u32, message: &str) {
+        let body = serde_json::to_vec(&m::ErrorResp {
+            code,
+            message: message.to_string(),
+            reference: None,
+        })
+        .expect("serialises");
+        let _ = self.tx.try_send(Outbound {
+            frame: codec::encode(ids::ERROR, &body),
+            seq: 0,
+        });
+    }
+
+    /// Removes this connection from the hub (no more pushes) and returns who was logged in.
+    pub fn detach_from_hub(&mut self) -> Option<Me> {
+        let me = self.me.take()?;
+        self.ctx.hub.detach(me.id, self.conn_id);
+        Some(me)
+    }
+
+    /// Handles one request frame. `Err` means the connection must close.
+    pub async fn handle(&mut self, frame: Frame) -> Result<(), Closed> {
+        self.ctx.metrics.frame_in(frame.id);
+        let body = &frame.body[..];
+        match frame.id {
+            ids::PING => {
+                self.send_raw(Outbound {
+                    frame: codec::encode(ids::PONG, b"pong"),
+                    seq: 0,
+                })
+                .await
+            }
+            ids::HELLO_REQ => self.hello(body).await,
+            ids::REGISTER_REQ => self.register(body).await,
+            ids::LOGIN_REQ => self.login(body).await,
+            ids::LOGOUT_REQ => self.logout().await,
+            ids::TEXT_MSG => self.text(body).await,
+            ids::HISTORY_REQ => self.history(body).await,
+            ids::RELATIONS_REQ => self.relations().await,
+            ids::CREATE_GROUP_REQ
+            | ids::JOIN_GROUP_REQ
+            | ids::LEAVE_GROUP_REQ
+            | ids::GROUP_MEMBERS_REQ
+            | ids::MY_GROUPS_REQ
+            | ids::UPDATE_GROUP_REQ
+            | ids::SET_ROLE_REQ
+            | ids::REMOVE_MEMBER_REQ
+            | ids::GROUP_DETAILS_REQ
+            | ids::GROUP_HISTORY_REQ => self.group_op(frame.id, body).await,
+            ids::GROUP_TEXT_REQ => self.group_text(body).await,
+            ids::SYNC_REQ if self.v2() => self.sync(body).await,
+            other => {
+                // The original reads, logs and discards unknown ids; v2 clients are told.
+                debug!(conn_id = self.conn_id, id = other, "unknown message id");
+                if self.v2() {
+                    self.send_error(
+                        other,
+                        code::UNKNOWN_ID,
+                        format!("unknown message id {other}"),
+                    )
+                    .await
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    async fn hello(&mut self, body: &[u8]) -> Result<(), Closed> {
+        let req: m::HelloReq = match parse(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .send_error(ids::HELLO_REQ, code::MALFORMED, e.to_string())
+                    .await
+            }
+        };
+        if req.version < 2 {
+            return self
+                .send_error(
+                    ids::HELLO_REQ,
+                    code::INVALID,
+                    "hello: version must be 2 (or higher, which is answered with 2)",
+                )
+                .await;
+        }
+        self.shared.v2.store(true, Ordering::Relaxed);
+        let s = self.ctx.settings();
+        let resp = m::HelloResp {
+            version: 2,
+            server: format!("chat-zinx/{}", env!("CARGO_PKG_VERSION")),
+            node_id: self.ctx.core.node_id().to_string(),
+            max_body: s.max_body,
+            idle_timeout_s: s.idle_timeout.as_secs(),
+            features: ["ack", "sync", "redirect", "token", "dedupe", "multi-device"]
+                .map(String::from)
+                .to_vec(),
+        };
+        debug!(conn_id = self.conn_id, client = %req.client, "hello");
+        self.send(ids::HELLO_RESP, &resp).await
+    }
+
+    // -- accounts ------------------------------------------------------------------------------
+
+    async fn register(&mut self, body: &[u8]) -> Result<(), Closed> {
+        let reply = |code: u32, msg: &str| m::CodeMsg::error(code, msg);
+        let req: m::RegisterReq = match parse(body) {
+            Ok(r) => r,
+            Err(_) => {
+                return self
+                    .send(ids::REGISTER_RESP, &reply(1, "请求数据格式错误"))
+                    .await
+            }
+        };
+        if req.username.is_empty() || req.password.is_empty() {
+            return self
+                .send(ids::REGISTER_RESP, &reply(2, "用户名和密码不能为空"))
+                .await;
+        }
+        if req.email.is_empty() {
+            return self
+                .send(ids::REGISTER_RESP, &reply(2, "邮箱不能为空"))
+                .await;
+        }
+        match self
+            .ctx
+            .core
+            .register(&req.username, &req.password, &req.email)
+            .await
+        {
+            Ok(user) => {
+                self.ctx.metrics.registered();
+                self.send(
+                    ids::REGISTER_RESP,
+                    &m::CodeMsg {
+                        code: 0,
+                        data: Some(m::RegisterData::from(&user)),
+                        msg: "注册成功".into(),
+                    },
+                )
+                .await
+            }
+            Err(ChatError::UsernameTaken) => {
+                self.send(ids::REGISTER_RESP, &reply(3, "用户已存在")).await
+            }
+            Err(e) => {
+                self.send(ids::REGISTER_RESP, &reply(4, &format!("注册失败: {e}")))
+                    .await
+            }
+        }
+    }
+
+    async fn login(&mut self, body: &[u8]) -> Result<(), Closed> {
+        let reply = |code: u32, msg: &str| m::CodeMsg::error(code, msg);
+        let req: m::LoginReq = match parse(body) {
+            Ok(r) => r,
+            Err(_) => {
+                return self
+                    .send(ids::LOGIN_RESP, &reply(1, "请求数据格式错误"))
+                    .await
+            }
+        };
+        let result = if !req.token.is_empty() {
+            self.ctx.core.login_token(&req.token).await
+        } else if req.username.is_empty() || req.password.is_empty() {
+            return self
+                .send(ids::LOGIN_RESP, &reply(2, "用户名或密码不能为空"))
+                .await;
+        } else {
+            self.ctx
+                .core
+                .login_password(&req.username, &req.password)
+                .await
+        };
+        let ok = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.ctx.metrics.login_failed();
+                let (code, msg) = match &e {
+                    ChatError::UnknownUser => (3, "用户不存在".to_string()),
+                    ChatError::WrongPassword => (4, "密码错误".to_string()),
+                    other => (5, format!("登录失败: {other}")),
+                };
+                return self.send(ids::LOGIN_RESP, &reply(code, &msg)).await;
+            }
+        };
+        // Re-login on the same connection (as anyone) ends the previous session first.
+        self.end_session().await;
+        let me = Me::from(&ok.user);
+        self.send(
+            ids::LOGIN_RESP,
+            &m::CodeMsg {
+                code: 0,
+                data: Some(m::LoginData {
+                    id: ok.user.id,
+                    user_uuid: ok.user.uuid.clone(),
+                    username: ok.user.username.clone(),
+                    email: ok.user.email.clone(),
+                    avatar: ok.user.avatar.clone(),
+                    last_login: m::rfc3339(ok.previous_login),
+                    token: ok.token.clone(),
+                }),
+                msg: "登录成功".into(),
+            },
+        )
+        .await?;
+        self.ctx.metrics.logged_in();
+        self.start_session(me, &req.device).await
+    }
+
+    /// Binds the connection to the user: live pushes, presence, then the backlog.
+    async fn start_session(&mut self, me: Me, device: &str) -> Result<(), Closed> {
+        let core = &self.ctx.core;
+        let groups = match core.backends().store.groups_of(me.id).await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(user_id = me.id, error = %e, "cannot load the user's groups; group pushes start at the next login");
+                Vec::new()
+            }
+        };
+        self.shared.start_recording();
+        self.ctx.hub.attach(
+            me.id,
+            groups,
+            ConnHandle {
+                tx: self.tx.clone(),
+                shared: self.shared.clone(),
+            },
+        );
+        self.me = Some(me.clone());
+        let device = if device.is_empty() { "default" } else { device };
+        if let Err(e) = core.open_session(&me, self.conn_id, device).await {
+            warn!(user_id = me.id, error = %e, "presence registration failed; the user may show offline elsewhere");
+        }
+        info!(conn_id = self.conn_id, user_id = me.id, "logged in");
+        let backlog = match core.backlog(&me).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.shared.stop_recording();
+                warn!(user_id = me.id, error = %e, "cannot read the backlog; the client gets it at its next login or sync");
+                return Ok(());
+            }
+        };
+        let already = self.shared.stop_recording();
+        for msg in &backlog.messages {
+            if already.contains(&msg.seq) {
+                continue;
+            }
+            self.send_raw(Outbound {
+                frame: m::push_frame(msg),
+                seq: msg.seq,
+            })
+            .await?;
+        }
+        if let Err(e) = core.settle_backlog(&me, &backlog).await {
+            warn!(user_id = me.id, error = %e, "cannot save the delivery cursor; some messages repeat at the next login");
+        }
+        Ok(())
+    }
+
+    /// Unbinds the connection from its user (logout, re-login).
+    async fn end_session(&mut self) {
+        if let Some(me) = self.detach_from_hub() {
+            let outcome = DeliveryOutcome {
+                written_upto: self.written.load(Ordering::Relaxed),
+                unwritten_from: None,
+            };
+            self.ctx
+                .core
+                .close_session(&me, self.conn_id, outcome)
+                .await;
+        }
+    }
+
+    async fn logout(&mut self) -> Result<(), Closed> {
+        if self.me.is_none() {
+            return self
+                .send(ids::LOGOUT_RESP, &m::CodeMsg::error(1, "用户未登录"))
+                .await;
+        }
+        self.end_session().await;
+        self.send(ids::LOGOUT_RESP, &m::CodeMsg::error(0, "已登出"))
+            .await
+    }
+
+    // -- direct messages -----------------------------------------------------------------------
+
+    async fn send_ack_error(
+        &self,
+        request: u32,
+        client_msg_id: String,
+        code: u32,
+        message: String,
+    ) -> Result<(), Closed> {
+        if self.v2() {
+            self.send(
+                ids::SEND_ACK,
+                &m::SendAck {
+                    client_msg_id,
+                    code: Some(code),
+                    message: Some(message),
+                    ..Default::default()
+                },
+            )
+            .await
+        } else {
+            self.send_error(request, code, message).await
+        }
+    }
+
+    async fn send_ack(
+        &self,
+        client_msg_id: String,
+        msg: &crate::core::model::StoredMessage,
+    ) -> Result<(), Closed> {
+        if !self.v2() {
+            return Ok(());
+        }
+        self.send(
+            ids::SEND_ACK,
+            &m::SendAck {
+                client_msg_id,
+                msg_id: Some(msg.msg_id.clone()),
+                conv: Some(msg.conv.to_string()),
+                seq: Some(msg.seq),
+                timestamp: Some(msg.timestamp),
+                code: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    async fn text(&mut self, body: &[u8]) -> Result<(), Closed> {
+        let req: m::TextReq = match parse(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .send_ack_error(ids::TEXT_MSG, String::new(), code::MALFORMED, e.to_string())
+                    .await
+            }
+        };
+        if let Some(sent_at) = &req.sent_at {
+            if !m::is_rfc3339(sent_at) {
+                return self
+                    .send_ack_error(
+                        ids::TEXT_MSG,
+                        req.client_msg_id,
+                        code::MALFORMED,
+                        "malformed request: sent_at must be an RFC 3339 time".into(),
+                    )
+                    .await;
+            }
+        }
+        let Some(me) = self.me.clone() else {
+            return self
+                .send_ack_error(
+                    ids::TEXT_MSG,
+                    req.client_msg_id,
+                    code::NOT_LOGGED_IN,
+                    NOT_LOGGED_IN_V2.into(),
+                )
+                .await;
+        };
+        let client_msg_id = req.client_msg_id.clone();
+        let input = DirectInput {
+            to: req.to_user_id,
+            content: req.content,
+            msg_type: req.msg_type,
+            sent_at: req.sent_at,
+            client_msg_id: req.client_msg_id,
+        };
+        match self.ctx.core.send_direct(&me, self.conn_id, input).await {
+            Ok(appended) => {
+                self.ctx
+                    .metrics
+                    .message_stored("direct", appended.duplicate);
+                self.send_ack(client_msg_id, &appended.message).await
+            }
+            Err(e) => {
+                self.ctx.metrics.message_failed("direct");
+                let (c, text) = error_code(&e);
+                self.send_ack_error(ids::TEXT_MSG, client_msg_id, c, text)
+                    .await
+            }
+        }
+    }
+
+    async fn history(&mut self, body: &[u8]) -> Result<(), Closed> {
+        let resp = |code: u32, message: &str| m::HistoryResp {
+            code,
+            message: message.into(),
+            data: Vec::new(),
+        };
+        let Some(me) = self.me.clone() else {
+            return self
+                .send(ids::HISTORY_RESP, &resp(1, "用户未登录或会话无效"))
+                .await;
+        };
+        let req: m::HistoryReq = match parse(body) {
+            Ok(r) => r,
+            Err(_) => return self.send(ids::HISTORY_RESP, &resp(2, "请求格式错误")).await,
+        };
+        if req.target_user_uuid.is_empty() && req.target_username.is_empty() {
+            return self
+                .send(
+                    ids::HISTORY_RESP,
+                    &resp(3, "必须提供目标用户的UUID或用户名"),
+                )
+                .await;
+        }
+        let limit = match req.limit {
+            l if l <= 0 => 50,
+            l if l > 200 => 200,
+            l => l as usize,
+        };
+        match self
+            .ctx
+            .core
+            .history(&me, &req.target_user_uuid, &req.target_username, limit)
+            .await
+        {
+            Ok(messages) => {
+                self.send(
+                    ids::HISTORY_RESP,
+                    &m::HistoryResp {
+                        code: 0,
+                        message: "成功".into(),
+                        data: messages.iter().map(m::history_item).collect(),
+                    },
+                )
+                .await
+            }
+            Err(ChatError::NoSuchTarget(_)) => {
+                let text = if req.target_username.is_empty() {
+                    format!("目标用户UUID {} 不存在", req.target_user_uuid)
+                } else {
+                    format!("目标用户 {} 不存在", req.target_username)
+                };
+                self.send(ids::HISTORY_RESP, &resp(3, &text)).await
+            }
+            Err(e) => {
+                warn!(error = %e, "history failed");
+                self.send(ids::HISTORY_RESP, &resp(4, "获取历史消息失败"))
+                    .await
+            }
+        }
+    }
+
+    async fn relations(&mut self) -> Result<(), Closed> {
+        let Some(me) = self.me.clone() else {
+            return self
+                .send(
+                    ids::RELATIONS_RESP,
+                    &m::CodeMessage::<Option<Vec<String>>> {
+                        code: 1,
+                        message: "未登录用户".into(),
+                        data: None,
+                    },
+                )
+                .await;
+        };
+        let resp = match self.ctx.core.relations(&me).await {
+            Ok(peers) => m::CodeMessage {
+                code: 0,
+                message: "成功".into(),
+                data: Some(peers.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+            },
+            Err(e) => {
+                warn!(error = %e, "relations failed");
+                m::CodeMessage {
+                    code: 2,
+                    message: "获取聊天关系失败".into(),
+                    data: None,
+                }
+            }
+        };
+        self.send(ids::RELATIONS_RESP, &resp).await
+    }
+
+    // -- groups --------------------------------------------------------------------------------
+
+    async fn group_op(&mut self, id: u32, body: &[u8]) -> Result<(), Closed> {
+        let resp_id = id + 1;
+        let Some(me) = self.me.clone() else {
+            return self.send(resp_id, &err_body("用户未登录")).await;
+        };
+        let malformed = if id == ids::GROUP_HISTORY_REQ {
+            "请求格式错误"
+        } else {
+            "请求数据格式错误"
+        };
+        let core = &self.ctx.core;
+        macro_rules! req {
+            ($t:ty) => {
+                match parse::<$t>(body) {
+                    Ok(r) => r,
+                    Err(_) => return self.send(resp_id, &err_body(malformed)).await,
+                }
+            };
+        }
+        match id {
+            ids::CREATE_GROUP_REQ => {
+                let r = req!(m::CreateGroupReq);
+                match core
+                    .create_group(&me, &r.name, &r.description, &r.avatar)
+                    .await
+                {
+                    Ok(g) => self.send(resp_id, &m::CreatedGroup::from(&g)).await,
+                    Err(e @ ChatError::Invalid(_)) => {
+                        self.send(resp_id, &err_body(&format!("创建群组失败: {e}")))
+                            .await
+                    }
+                    Err(e) => {
+                        self.send(
+                            resp_id,
+                            &err_body(&format!("创建群组失败: failed to create group: {e}")),
+                        )
+                        .await
+                    }
+                }
+            }
+            ids::JOIN_GROUP_REQ => {
+                let r = req!(m::GroupIdReq);
+                match core.join_group(&me, r.group_id).await {
+                    Ok(()) => self.send(resp_id, &ok_body("成功加入群组")).await,
+                    Err(e) => {
+                        self.send(resp_id, &err_body(&format!("加入群组失败: {e}")))
+                            .await
+                    }
+                }
+            }
+            ids::LEAVE_GROUP_REQ => {
+                let r = req!(m::GroupIdReq);
+                match core.leave_group(&me, r.group_id).await {
+                    Ok(()) => self.send(resp_id, &ok_body("成功退出群组")).await,
+                    Err(ChatError::NotMember) => {
+                        self.send(
+                            resp_id,
+                            &err_body("退出群组失败: user is not a member of this group"),
+                        )
+                        .await
+                    }
+                    Err(e) => {
+                        self.send(resp_id, &err_body(&format!("退出群组失败: {e}")))
+                            .await
+                    }
+                }
+            }
+            ids::GROUP_MEMBERS_REQ => {
+                let r = req!(m::GroupIdReq);
+                match core.members(&me, r.group_id).await {
+                    Ok(list) => {
+                        let members: Vec<m::MemberItem> = list
+                            .iter()
+                            .map(|(mem, user, online)| m::MemberItem::new(mem, user, *online))
+                            .collect();
+                        let total = members.len() as u64;
+                        self.send(
+                            resp_id,
+                            &m::MembersResp {
+                                group_id: r.group_id,
+                                members,
+                                total,
+                            },
+                        )
+                        .await
+                    }
+                    Err(ChatError::NotMember) => {
+                        self.send(resp_id, &err_body("您不是该群组的成员")).await
+                    }
+                    Err(e) => {
+                        self.send(resp_id, &err_body(&format!("获取群组成员失败: {e}")))
+                            .await
+                    }
+                }
+            }
+            ids::MY_GROUPS_REQ => match core.my_groups(&me).await {
+                Ok(groups) => {
+                    let groups: Vec<m::MyGroupItem> = groups
+                        .into_iter()
+                        .map(|g| m::MyGroupItem {
+                            id: g.id,
+                            name: g.name,
+                            member_count: g.member_count,
+                            description: g.description,
+                        })
+                        .collect();
+                    let total = groups.len() as u64;
+                    self.send(resp_id, &m::MyGroupsResp { groups, total }).await
+                }
+                Err(e) => {
+                    self.send(resp_id, &err_body(&format!("获取群组列表失败: {e}")))
+                        .await
+                }
+            },
+            ids::UPDATE_GROUP_REQ => {
+                let r = req!(m::UpdateGroupReq);
+                let some = |s: String| (!s.is_empty()).then_some(s);
+                let patch = GroupPatch {
+                    name: some(r.name),
+                    description: some(r.description),
+                    avatar: some(r.avatar),
+                };
+                match core.update_group(&me, r.group_id, patch).await {
+                    Ok(_) => self.send(resp_id, &ok_body("群组信息更新成功")).await,
+                    Err(e) => {
+                        self.send(resp_id, &err_body(&format!("更新群组信息失败: {e}")))
+                            .await
+                    }
+                }
+            }
+            ids::SET_ROLE_REQ => {
+                let r = req!(m::SetRoleReq);
+                match core
+                    .set_role(&me, r.group_id, r.target_user_id, &r.new_role)
+                    .await
+                {
+                    Ok(()) => self.send(resp_id, &ok_body("成员角色设置成功")).await,
+                    Err(e) => {
+                        self.send(resp_id, &err_body(&format!("设置成员角色失败: {e}")))
+                            .await
+                    }
+                }
+            }
+            ids::REMOVE_MEMBER_REQ => {
+                let r = req!(m::RemoveMemberReq);
+                match core.remove_member(&me, r.group_id, r.target_user_id).await {
+                    Ok(()) => self.send(resp_id, &ok_body("成员已从群组中移除")).await,
+                    Err(e) => {
+                        self.send(resp_id, &err_body(&format!("移除成员失败: {e}")))
+                            .await
+                    }
+                }
+            }
+            ids::GROUP_DETAILS_REQ => {
+                let r = req!(m::GroupIdReq);
+                match core.group_details(&me, r.group_id).await {
+                    Ok(g) => self.send(resp_id, &m::GroupDetails::from(&g)).await,
+                    Err(ChatError::NotMember) => {
+                        self.send(resp_id, &err_body("您不是该群组的成员")).await
+                    }
+                    Err(e) => {
+                        self.send(resp_id, &err_body(&format!("获取群组详情失败: {e}")))
+                            .await
+                    }
+                }
+            }
+            ids::GROUP_HISTORY_REQ => {
+                let r = req!(m::GroupHistoryReq);
+                let limit = match r.limit {
+                    l if l <= 0 => 20,
+                    l if l > 100 => 100,
+                    l => l as usize,
+                };
+                match core.group_history(&me, r.group_id, r.last_id, limit).await {
+                    Ok(page) => {
+                        self.send(
+                            resp_id,
+                            &m::GroupHistoryResp {
+                                group_id: r.group_id,
+                                messages: page.messages.iter().map(m::group_history_item).collect(),
+                                has_more: page.has_more,
+                            },
+                        )
+                        .await
+                    }
+                    Err(ChatError::NotMember) => {
+                        let text = format!(
+                            "获取历史消息失败：user {} is not a member of group {}",
+                            me.id, r.group_id
+                        );
+                        self.send(resp_id, &err_body(&text)).await
+                    }
+                    Err(e) => {
+                        self.send(resp_id, &err_body(&format!("获取历史消息失败：{e}")))
+                            .await
+                    }
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn group_text(&mut self, body: &[u8]) -> Result<(), Closed> {
+        let Some(me) = self.me.clone() else {
+            // The original drops it silently; PROTOCOL.md §2.6 answers with 99.
+            return self
+                .send_error(ids::GROUP_TEXT_REQ, code::NOT_LOGGED_IN, NOT_LOGGED_IN_V2)
+                .await;
+        };
+        let ack = |status: u32, error: &str| m::GroupTextAck {
+            msg_id: String::new(),
+            status,
+            error: error.into(),
+        };
+        let req: m::GroupTextReq = match parse(body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.send(ids::GROUP_TEXT_ACK, &ack(1, "Invalid request format"))
+                    .await?;
+                return self
+                    .v2_send_failure(String::new(), code::MALFORMED, e.to_string())
+                    .await;
+            }
+        };
+        let client_msg_id = req.client_msg_id.clone();
+        match self
+            .ctx
+            .core
+            .send_group(
+                &me,
+                self.conn_id,
+                req.group_id,
+                req.content,
+                &req.client_msg_id,
+            )
+            .await
+        {
+            Ok(appended) => {
+                self.ctx.metrics.message_stored("group", appended.duplicate);
+                self.send(
+                    ids::GROUP_TEXT_ACK,
+                    &m::GroupTextAck {
+                        msg_id: appended.message.msg_id.clone(),
+                        status: 0,
+                        error: String::new(),
+                    },
+                )
+                .await?;
+                self.send_ack(client_msg_id, &appended.message).await
+            }
+            Err(e) => {
+                self.ctx.metrics.message_failed("group");
+                let (status, text) = match &e {
+                    ChatError::NotMember => (3, "You are not a member of this group".to_string()),
+                    ChatError::Invalid(t) => (1, format!("Invalid request format: {t}")),
+                    other => (2, format!("Failed to store the message: {other}")),
+                };
+                self.send(ids::GROUP_TEXT_ACK, &ack(status, &text)).await?;
+                let (c, t) = error_code(&e);
+                self.v2_send_failure(client_msg_id, c, t).await
+            }
+        }
+    }
+
+    async fn v2_send_failure(
+        &self,
+        client_msg_id: String,
+        code: u32,
+        message: String,
+    ) -> Result<(), Closed> {
+        if self.v2() {
+            self.send_ack_error(ids::GROUP_TEXT_REQ, client_msg_id, code, message)
+                .await
+        } else {
+            Ok(())
+        }
+    }
+
+    // -- v2 sync -------------------------------------------------------------------------------
+
+    async fn sync(&mut self, body: &[u8]) -> Result<(), Closed> {
+        let Some(me) = self.me.clone() else {
+            return self
+                .send_error(ids::SYNC_REQ, code::NOT_LOGGED_IN, NOT_LOGGED_IN_V2)
+                .await;
+        };
+        let req: m::SyncReq = match parse(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .send_error(ids::SYNC_REQ, code::MALFORMED, e.to_string())
+                    .await
+            }
+        };
+        let cursor = if req.cursor.is_empty() {
+            None
+        } else {
+            match decode_cursor(&req.cursor) {
+                Some(c) => Some(c),
+                None => {
+                    return self
+                        .send_error(
+                            ids::SYNC_REQ,
+                            code::MALFORMED,
+                            ChatError::BadCursor.to_string(),
+                        )
+                        .await
+                }
+            }
+        };
+        let limit = if req.limit <= 0 {
+            100
+        } else {
+            req.limit as usize
+        };
+        match self.ctx.core.sync(&me, cursor, limit).await {
+            Ok(page) => {
+                let messages = page.messages.iter().map(|msg| m::push_of(msg).1).collect();
+                self.send(
+                    ids::SYNC_RESP,
+                    &m::SyncResp {
+                        messages,
+                        cursor: encode_cursor(page.cursor),
+                        has_more: page.has_more,
+                    },
+                )
+                .await
+            }
+            Err(e) => {
+                let (c, t) = error_code(&e);
+                self.send_error(ids::SYNC_REQ, c, t).await
+            }
+        }
+    }
+}
+
+fn err_body(text: &str) -> m::ErrorBody {
+    m::ErrorBody { error: text.into() }
+}
+
+fn ok_body(text: &str) -> m::MessageBodyResp {
+    m::MessageBodyResp {
+        message: text.into(),
+    }
+}
+
+/// The 99 / 402 code and text of a core error.
+fn error_code(e: &ChatError) -> (u32, String) {
+    let c = match e {
+        ChatError::NoSuchTarget(_) | ChatError::UnknownUser | ChatError::GroupNotFound => {
+            code::NOT_FOUND
+        }
+        ChatError::NotMember => code::NOT_MEMBER,
+        ChatError::Unavailable(_) => code::UNAVAILABLE,
+        ChatError::Internal(_) => code::INTERNAL,
+        ChatError::BadCursor => code::MALFORMED,
+        ChatError::BadToken(_) => code::BAD_TOKEN,
+        _ => code::INVALID,
+    };
+    (c, e.to_string())
+}
+
+/// Sync cursors are opaque to clients; today they wrap a log position.
+pub fn encode_cursor(seq: Seq) -> String {
+    format!("c{seq}")
+}
+
+pub fn decode_cursor(s: &str) -> Option<Seq> {
+    s.strip_prefix('c')?.parse().ok()
+}
