@@ -1021,11 +1021,11 @@ fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
     );
     check(
         "server.node_id",
-        s.node_id.as_deref().map_or(true, valid_node_id),
+        s.node_id.as_deref().is_none_or(valid_node_id),
     );
     check(
         "server.advertise_addr",
-        s.advertise_addr.as_deref().map_or(true, valid_host_port),
+        s.advertise_addr.as_deref().is_none_or(valid_host_port),
     );
     check("server.max_connections", s.max_connections >= 1);
     let p = &c.protocol;
@@ -1047,15 +1047,15 @@ fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
     check("log.level", valid_log_filter(&c.log.level));
     check(
         "nats.url",
-        c.nats.url.as_deref().map_or(true, valid_nats_urls),
+        c.nats.url.as_deref().is_none_or(valid_nats_urls),
     );
     check(
         "redis.url",
-        c.redis.url.as_deref().map_or(true, valid_redis_url),
+        c.redis.url.as_deref().is_none_or(valid_redis_url),
     );
     check(
         "consul.addr",
-        c.consul.addr.as_deref().map_or(true, valid_consul_addr),
+        c.consul.addr.as_deref().is_none_or(valid_consul_addr),
     );
 
     bad.into_iter()

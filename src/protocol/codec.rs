@@ -232,12 +232,7 @@ mod tests {
         fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let mut codec = FrameCodec::new(512);
             let mut buf = BytesMut::from(&data[..]);
-            loop {
-                match codec.decode(&mut buf) {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = codec.decode(&mut buf) {}
         }
     }
 }
