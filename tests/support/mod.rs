@@ -1,0 +1,280 @@
+//! Test support: a real daemon on a loopback port and a raw-frame client.
+//!
+//! The daemon is the real `Node` (listener, connection tasks, hub, core) on the in-process
+//! backends, reached over real TCP. The client speaks raw frames so tests control every byte.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_zinx::config::Config;
+use chat_zinx::protocol::{codec, ids, Frame, FrameCodec};
+use chat_zinx::server::Node;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::FramedRead;
+
+/// How long a test waits for a frame it expects before failing (a safety net, not a
+/// performance assertion).
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub const PASSWORD: &str = "secret1";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub node: Option<Node>,
+    _state: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let state = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".into();
+        config.server.state_dir = Some(state.path().to_path_buf());
+        config.auth.hash_concurrency = 2;
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let node = Node::start(&config, listener).await.expect("node starts");
+        TestServer {
+            addr: node.local_addr,
+            node: Some(node),
+            _state: state,
+        }
+    }
+
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("running")
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// A registered, logged-in v1 client.
+    pub async fn user(&self, name: &str) -> Client {
+        let mut c = self.client().await;
+        c.register(name).await;
+        c.login(name).await;
+        c
+    }
+
+    /// A registered, logged-in v2 client.
+    pub async fn user_v2(&self, name: &str) -> Client {
+        let mut c = self.client().await;
+        c.hello().await;
+        c.register(name).await;
+        c.login(name).await;
+        c
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+pub struct Client {
+    reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    writer: OwnedWriteHalf,
+    pub user: Option<Value>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).ok();
+        let (rd, wr) = stream.into_split();
+        Client {
+            reader: FramedRead::new(rd, FrameCodec::client()),
+            writer: wr,
+            user: None,
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("write");
+    }
+
+    /// Like `send_raw`, but the server may already have closed the connection.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes).await
+    }
+
+    pub async fn send_body(&mut self, id: u32, body: &[u8]) {
+        let frame = codec::encode(id, body);
+        self.send_raw(&frame).await;
+    }
+
+    pub async fn send(&mut self, id: u32, body: Value) {
+        self.send_body(id, body.to_string().as_bytes()).await;
+    }
+
+    /// Closes the writing side (the server sees EOF).
+    pub async fn shutdown_write(&mut self) {
+        let _ = self.writer.shutdown().await;
+    }
+
+    /// The next frame, or `None` when the server closed the connection.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        match tokio::time::timeout(WAIT, self.reader.next()).await {
+            Ok(Some(Ok(f))) => Some(f),
+            Ok(Some(Err(_))) | Ok(None) => None,
+            Err(_) => panic!("no frame within {WAIT:?}"),
+        }
+    }
+
+    /// The next frame as (id, JSON body); the pong body is returned as a JSON string.
+    pub async fn recv(&mut self) -> (u32, Value) {
+        let f = self
+            .next_frame()
+            .await
+            .expect("connection closed unexpectedly");
+        (f.id, body_json(&f.body))
+    }
+
+    /// The next frame, which must have message id `id`.
+    pub async fn expect(&mut self, id: u32) -> Value {
+        let (got, body) = self.recv().await;
+        assert_eq!(got, id, "expected message id {id}, got {got}: {body}");
+        body
+    }
+
+    /// Asserts that nothing is pending for this client: a ping's pong is the next frame.
+    /// Deterministic: pushes are queued before the request that caused them is answered.
+    pub async fn assert_quiet(&mut self) {
+        self.send_body(ids::PING, b"ping").await;
+        let (id, body) = self.recv().await;
+        assert_eq!(
+            id,
+            ids::PONG,
+            "expected nothing pending, got id {id}: {body}"
+        );
+    }
+
+    /// Reads until the server closes the connection; returns the frames seen on the way.
+    pub async fn until_closed(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        while let Some(f) = self.next_frame().await {
+            frames.push(f);
+        }
+        frames
+    }
+
+    pub async fn hello(&mut self) -> Value {
+        self.send(ids::HELLO_REQ, json!({"version": 2, "client": "tests/1"}))
+            .await;
+        self.expect(ids::HELLO_RESP).await
+    }
+
+    pub async fn register(&mut self, name: &str) -> Value {
+        self.send(
+            ids::REGISTER_REQ,
+            json!({"username": name, "password": PASSWORD, "email": format!("{name}@example.org")}),
+        )
+        .await;
+        let r = self.expect(ids::REGISTER_RESP).await;
+        assert_eq!(r["code"], 0, "register {name}: {r}");
+        r["data"].clone()
+    }
+
+    pub async fn login(&mut self, name: &str) -> Value {
+        self.send(
+            ids::LOGIN_REQ,
+            json!({"username": name, "password": PASSWORD}),
+        )
+        .await;
+        let r = self.expect(ids::LOGIN_RESP).await;
+        assert_eq!(r["code"], 0, "login {name}: {r}");
+        self.user = Some(r["data"].clone());
+        r["data"].clone()
+    }
+
+    pub fn id(&self) -> u64 {
+        self.user.as_ref().expect("logged in")["id"]
+            .as_u64()
+            .unwrap()
+    }
+
+    pub fn uuid(&self) -> String {
+        self.user.as_ref().expect("logged in")["user_uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn token(&self) -> String {
+        self.user.as_ref().expect("logged in")["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Sends a direct message (v1 frame).
+    pub async fn msg(&mut self, to: &str, content: &str) {
+        self.send(ids::TEXT_MSG, json!({"to_user_id": to, "content": content}))
+            .await;
+    }
+
+    pub async fn create_group(&mut self, name: &str) -> u64 {
+        self.send(
+            ids::CREATE_GROUP_REQ,
+            json!({"name": name, "description": "d"}),
+        )
+        .await;
+        let r = self.expect(ids::CREATE_GROUP_RESP).await;
+        r["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("create group: {r}"))
+    }
+
+    pub async fn join_group(&mut self, gid: u64) {
+        self.send(ids::JOIN_GROUP_REQ, json!({"group_id": gid}))
+            .await;
+        let r = self.expect(ids::JOIN_GROUP_RESP).await;
+        assert_eq!(r["message"], "成功加入群组", "{r}");
+    }
+
+    /// Sends a group text and returns its 311 ack.
+    pub async fn group_msg(&mut self, gid: u64, content: &str) -> Value {
+        self.send(
+            ids::GROUP_TEXT_REQ,
+            json!({"group_id": gid, "content": content}),
+        )
+        .await;
+        self.expect(ids::GROUP_TEXT_ACK).await
+    }
+}
+
+pub fn body_json(body: &Bytes) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+/// A frame header with an arbitrary length (for oversized / truncated frames).
+pub fn header(len: u32, id: u32) -> Vec<u8> {
+    let mut h = len.to_le_bytes().to_vec();
+    h.extend_from_slice(&id.to_le_bytes());
+    h
+}
+
+/// The sorted key set of a JSON object.
+pub fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
