@@ -308,9 +308,7 @@ impl ChatCore {
     /// move the user's delivery cursor to what the connection really wrote.
     pub async fn close_session(&self, me: &Me, conn: ConnId, outcome: DeliveryOutcome) {
         let b = &self.backends;
-        if let Err(e) = b.presence.unregister(me.id, &self.node_id, conn).await {
-            warn!(user_id = me.id, error = %e, "presence unregister failed; the entry expires by itself");
-        }
+        // Cursor first, presence last: once a user shows offline, its cursor is final.
         if outcome.written_upto > 0 {
             if let Err(e) = b.store.advance_cursor(me.id, outcome.written_upto).await {
                 warn!(user_id = me.id, error = %e, "could not save the delivery cursor; the next login repeats some messages");
@@ -318,6 +316,9 @@ impl ChatCore {
         }
         if let Some(seq) = outcome.unwritten_from {
             self.mark_undelivered(me.id, seq).await;
+        }
+        if let Err(e) = b.presence.unregister(me.id, &self.node_id, conn).await {
+            warn!(user_id = me.id, error = %e, "presence unregister failed; the entry expires by itself");
         }
     }
 

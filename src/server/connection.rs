@@ -34,6 +34,45 @@ use crate::protocol::{codec, ids, FrameCodec, FrameError};
 const WRITE_BATCH: usize = 64 * 1024;
 /// How long the writer tries to deliver a final error frame to a closing connection.
 const FAREWELL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pushes written this shortly before a connection ends are not counted as delivered: the
+/// client may have closed its socket before reading them (a v1 client has no acks). They are
+/// pushed again at the next login; a duplicate is better than a loss.
+const UNCERTAIN_WINDOW: Duration = Duration::from_secs(2);
+
+/// What the writer has written, split into what is settled and the uncertain recent tail.
+#[derive(Default)]
+struct WrittenLog {
+    settled: Seq,
+    recent: std::collections::VecDeque<(Instant, Seq)>,
+}
+
+impl WrittenLog {
+    fn record(&mut self, seq: Seq) {
+        let now = Instant::now();
+        self.settle(now);
+        self.recent.push_back((now, seq));
+    }
+
+    fn settle(&mut self, now: Instant) {
+        while let Some(&(at, seq)) = self.recent.front() {
+            if now.duration_since(at) < UNCERTAIN_WINDOW {
+                break;
+            }
+            self.settled = self.settled.max(seq);
+            self.recent.pop_front();
+        }
+        if self.recent.is_empty() && self.recent.capacity() > 0 {
+            // An idle connection keeps no allocation.
+            self.recent = Default::default();
+        }
+    }
+
+    /// (settled position, lowest position of the uncertain tail).
+    fn finish(mut self) -> (Seq, Option<Seq>) {
+        self.settle(Instant::now());
+        (self.settled, self.recent.iter().map(|&(_, s)| s).min())
+    }
+}
 
 /// Why a connection ended (logged, and counted in metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +233,7 @@ async fn write_loop(
 ) -> DeliveryOutcome {
     let mut batch: Vec<u8> = Vec::new();
     let mut outcome = DeliveryOutcome::default();
+    let mut log = WrittenLog::default();
     loop {
         let first = tokio::select! {
             biased;
@@ -218,7 +258,10 @@ async fn write_loop(
         }
         match tokio::time::timeout(write_timeout, wr.write_all(&batch)).await {
             Ok(Ok(())) => {
-                outcome.written_upto = outcome.written_upto.max(batch_seq);
+                if let Some(low) = batch_min {
+                    log.record(low);
+                    log.record(batch_seq);
+                }
                 written.fetch_max(batch_seq, Ordering::Relaxed);
             }
             Ok(Err(_)) => {
@@ -240,6 +283,9 @@ async fn write_loop(
             batch = Vec::new();
         }
     }
+    let (settled, uncertain) = log.finish();
+    outcome.written_upto = settled;
+    outcome.unwritten_from = min_opt(outcome.unwritten_from, uncertain);
     // Whatever is still queued was never written: remember the lowest pushed message.
     rx.close();
     while let Ok(m) = rx.try_recv() {
