@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// Configuration file (TOML). Default: /etc/chat-zinx/config.toml when it exists.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", env = "CHAT_ZINX_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
