@@ -38,6 +38,9 @@ pub enum ChatError {
     AdminCannotRemoveAdmin,
     #[error("target user is not a member of this group")]
     TargetNotMember,
+    /// The owner's path of remove-member (the original words it differently).
+    #[error("member not found in group")]
+    MemberNotFound,
     #[error("cannot change role of the group owner")]
     CannotChangeOwnerRole,
     #[error("invalid role: must be 'admin' or 'member'")]

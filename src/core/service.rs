@@ -803,7 +803,7 @@ impl ChatCore {
         }
         match store.remove_member(group, target).await {
             Ok(()) => {}
-            Err(BackendError::NotFound(_)) => return Err(ChatError::TargetNotMember),
+            Err(BackendError::NotFound(_)) => return Err(ChatError::MemberNotFound),
             Err(e) => return Err(e.into()),
         }
         self.membership_changed(target, group, false).await;

@@ -8,7 +8,7 @@
 //! (large) future exists only while a request is being handled.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +32,10 @@ use crate::protocol::{codec, ids, FrameCodec, FrameError};
 
 /// Largest batch the writer puts into one `write` call.
 const WRITE_BATCH: usize = 64 * 1024;
-/// How long the writer tries to deliver a final error frame to a closing connection.
-const FAREWELL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Frames handled back to back before the reader yields to other tasks. Without it, a client
+/// pipelining many requests keeps its worker busy while the writers of the connections it
+/// pushes to wait in that worker's queue, and their queues overflow.
+const FRAMES_PER_YIELD: u32 = 16;
 /// Pushes written this shortly before a connection ends are not counted as delivered: the
 /// client may have closed its socket before reading them (a v1 client has no acks). They are
 /// pushed again at the next login; a duplicate is better than a loss.
@@ -99,15 +101,8 @@ pub async fn serve(
     let settings = ctx.settings();
     let (tx, rx) = mpsc::channel(settings.write_queue);
     let shared = Arc::new(ConnShared::new(conn_id));
-    let written = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(write_loop(
-        wr,
-        rx,
-        shared.clone(),
-        written.clone(),
-        settings.write_timeout,
-    ));
-    let mut session = Session::new(ctx.clone(), conn_id, tx, shared.clone(), written);
+    let writer = tokio::spawn(write_loop(wr, rx, shared.clone(), settings.write_timeout));
+    let mut session = Session::new(ctx.clone(), conn_id, tx, shared.clone());
     let reason = read_loop(&rd, &mut session, &ctx, &shared, &shutdown).await;
     debug!(conn_id, ?peer, ?reason, "connection ending");
     ctx.metrics.connection_ended(reason);
@@ -131,6 +126,7 @@ async fn read_loop(
     let mut buf = BytesMut::new();
     let mut last_frame = Instant::now();
     let mut tokens = RateLimiter::new(ctx.settings().rate_per_sec, ctx.settings().rate_burst);
+    let mut handled: u32 = 0;
     loop {
         let settings = ctx.settings();
         let mut codec = FrameCodec::new(settings.max_body);
@@ -188,6 +184,10 @@ async fn read_loop(
             if Box::pin(session.handle(frame)).await.is_err() {
                 return EndReason::ClosedByServer;
             }
+            handled = handled.wrapping_add(1);
+            if handled % FRAMES_PER_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
         }
         if buf.is_empty() {
             // Release the buffer of an idle connection (it holds no partial frame).
@@ -228,12 +228,14 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outbound>,
     shared: Arc<ConnShared>,
-    written: Arc<AtomicU64>,
     write_timeout: Duration,
 ) -> DeliveryOutcome {
     let mut batch: Vec<u8> = Vec::new();
     let mut outcome = DeliveryOutcome::default();
     let mut log = WrittenLog::default();
+    // False once a write was cut off: the stream may end inside a frame, so nothing more can
+    // be appended to it.
+    let mut at_frame_boundary = true;
     loop {
         let first = tokio::select! {
             biased;
@@ -262,15 +264,17 @@ async fn write_loop(
                     log.record(low);
                     log.record(batch_seq);
                 }
-                written.fetch_max(batch_seq, Ordering::Relaxed);
+                shared.written.fetch_max(batch_seq, Ordering::Relaxed);
             }
             Ok(Err(_)) => {
                 outcome.unwritten_from = min_opt(outcome.unwritten_from, batch_min);
+                at_frame_boundary = false;
                 shared.request_close(code::INTERNAL, "write failed");
                 break;
             }
             Err(_) => {
                 outcome.unwritten_from = min_opt(outcome.unwritten_from, batch_min);
+                at_frame_boundary = false;
                 shared.request_close(
                     code::SLOW_CONSUMER,
                     "slow consumer: the socket accepted nothing within the write timeout",
@@ -293,8 +297,9 @@ async fn write_loop(
             outcome.unwritten_from = min_opt(outcome.unwritten_from, Some(m.seq));
         }
     }
-    if let Some(reason) = shared.close_reason() {
-        // Tell the client why, if its socket still takes bytes. 99 is in the v1 id table.
+    if let (Some(reason), true) = (shared.close_reason(), at_frame_boundary) {
+        // Tell the client why, if its socket takes the bytes within the write timeout.
+        // 99 is in the v1 id table.
         let body = serde_json::to_vec(&ErrorResp {
             code: reason.code,
             message: reason.message,
@@ -302,9 +307,9 @@ async fn write_loop(
         })
         .unwrap_or_default();
         let frame = codec::encode(ids::ERROR, &body);
-        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, wr.write_all(&frame)).await;
+        let _ = tokio::time::timeout(write_timeout, wr.write_all(&frame)).await;
     }
-    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, wr.shutdown()).await;
+    let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
     outcome
 }
 

@@ -51,6 +51,8 @@ pub struct ConnShared {
     recording: Mutex<Option<HashSet<Seq>>>,
     /// Frames pushed to this connection (metrics, tests).
     pub pushed: AtomicU64,
+    /// Highest log position the writer has written to the socket.
+    pub written: AtomicU64,
 }
 
 impl ConnShared {
@@ -62,6 +64,7 @@ impl ConnShared {
             reason: Mutex::new(None),
             recording: Mutex::new(None),
             pushed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         }
     }
 
@@ -135,6 +138,10 @@ struct UserEntry {
     groups: HashSet<GroupId>,
     /// Set when the last connection closed: the user is kept in the group index until then.
     tombstone_until: Option<Instant>,
+    /// Highest written position seen at the previous cursor flush (see `flush_cursors`).
+    sampled: Seq,
+    /// Delivery cursor last saved by `flush_cursors`.
+    saved: Seq,
 }
 
 #[derive(Default)]
@@ -191,6 +198,8 @@ impl Hub {
             conns: Vec::new(),
             groups: HashSet::new(),
             tombstone_until: None,
+            sampled: 0,
+            saved: 0,
         });
         entry.tombstone_until = None;
         entry.conns.push(handle);
@@ -308,6 +317,42 @@ impl Hub {
             }
         }
         debug!("hub subscription task stopped");
+    }
+
+    /// Saves the delivery cursor of online users every `every`, so that a user's new device
+    /// does not get, as login backlog, what the user's other devices already received.
+    /// A position is saved one period after it was sampled: by then it lies outside the
+    /// writer's uncertain window (it was written long enough ago).
+    pub async fn flush_cursors(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let mut due = Vec::new();
+            {
+                let mut s = self.write();
+                for (user, entry) in s.users.iter_mut() {
+                    if entry.sampled > entry.saved {
+                        due.push((*user, entry.sampled));
+                        entry.saved = entry.sampled;
+                    }
+                    entry.sampled = entry
+                        .conns
+                        .iter()
+                        .map(|c| c.shared.written.load(Ordering::Relaxed))
+                        .max()
+                        .unwrap_or(entry.sampled);
+                }
+            }
+            for (user, seq) in due {
+                if let Err(e) = self.store.advance_cursor(user, seq).await {
+                    debug!(user_id = user, error = %e, "cursor flush failed; retried at close");
+                }
+            }
+        }
     }
 
     /// Pushes `frame` to one connection; false if it could not take it.

@@ -82,6 +82,10 @@ impl ServerCtx {
 /// Grace period during which a closed user stays in the local group index.
 const TOMBSTONE_GRACE: Duration = Duration::from_secs(10);
 
+/// How often online users' delivery cursors are saved (must exceed the writer's 2 s
+/// uncertain window, see `connection::UNCERTAIN_WINDOW`).
+const CURSOR_FLUSH: Duration = Duration::from_secs(5);
+
 /// A running node.
 pub struct Node {
     pub ctx: Arc<ServerCtx>,
@@ -182,7 +186,8 @@ impl Node {
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(hub.run_subscriptions(shutdown.clone()));
+        tasks.spawn(hub.clone().run_subscriptions(shutdown.clone()));
+        tasks.spawn(hub.clone().flush_cursors(CURSOR_FLUSH, shutdown.clone()));
         tasks.spawn(accept_loop(
             listener,
             ctx.clone(),

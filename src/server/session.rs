@@ -5,7 +5,7 @@
 //! `{code,message}` for 212/214, `{"error"}`/`{"message"}` for group management, `{status}`
 //! for 311, 99 for P2P failures), next to the v2 frames.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -29,8 +29,6 @@ pub struct Session {
     conn_id: ConnId,
     tx: mpsc::Sender<Outbound>,
     shared: Arc<ConnShared>,
-    /// Highest log position the writer has written (shared with it).
-    written: Arc<AtomicU64>,
     me: Option<Me>,
 }
 
@@ -42,14 +40,12 @@ impl Session {
         conn_id: ConnId,
         tx: mpsc::Sender<Outbound>,
         shared: Arc<ConnShared>,
-        written: Arc<AtomicU64>,
     ) -> Self {
         Session {
             ctx,
             conn_id,
             tx,
             shared,
-            written,
             me: None,
         }
     }
@@ -376,7 +372,7 @@ impl Session {
     async fn end_session(&mut self) {
         if let Some(me) = self.detach_from_hub() {
             let outcome = DeliveryOutcome {
-                written_upto: self.written.load(Ordering::Relaxed),
+                written_upto: self.shared.written.load(Ordering::Relaxed),
                 unwritten_from: None,
             };
             self.ctx
