@@ -16,13 +16,12 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::hub::{ConnShared, Outbound};
+use super::hub::ConnShared;
 use super::session::Session;
 use super::ServerCtx;
 use crate::core::model::Seq;
@@ -99,10 +98,9 @@ pub async fn serve(
     let peer = stream.peer_addr().ok();
     let (rd, wr) = stream.into_split();
     let settings = ctx.settings();
-    let (tx, rx) = mpsc::channel(settings.write_queue);
-    let shared = Arc::new(ConnShared::new(conn_id));
-    let writer = tokio::spawn(write_loop(wr, rx, shared.clone(), settings.write_timeout));
-    let mut session = Session::new(ctx.clone(), conn_id, tx, shared.clone());
+    let shared = Arc::new(ConnShared::new(conn_id, settings.write_queue));
+    let writer = tokio::spawn(write_loop(wr, shared.clone(), settings.write_timeout));
+    let mut session = Session::new(ctx.clone(), conn_id, shared.clone());
     let reason = read_loop(&rd, &mut session, &ctx, &shared, &shutdown).await;
     debug!(conn_id, ?peer, ?reason, "connection ending");
     ctx.metrics.connection_ended(reason);
@@ -110,6 +108,7 @@ pub async fn serve(
     // what is queued (bounded by the write timeout) and report what it really wrote.
     let me = session.detach_from_hub();
     drop(session);
+    shared.outbox.close();
     let outcome = writer.await.unwrap_or_default();
     if let Some(me) = me {
         ctx.core.close_session(&me, conn_id, outcome).await;
@@ -226,7 +225,6 @@ fn fill(rd: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<bool> {
 /// told to close. Returns what it wrote and what it had to leave unwritten.
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Outbound>,
     shared: Arc<ConnShared>,
     write_timeout: Duration,
 ) -> DeliveryOutcome {
@@ -237,43 +235,28 @@ async fn write_loop(
     // be appended to it.
     let mut at_frame_boundary = true;
     loop {
-        let first = tokio::select! {
+        let taken = tokio::select! {
             biased;
             _ = shared.close_token().cancelled() => None,
-            m = rx.recv() => m,
+            b = shared.outbox.take_batch(&mut batch, WRITE_BATCH) => b,
         };
-        let Some(first) = first else { break };
-        let mut batch_seq: Seq = first.seq;
-        let mut batch_min: Option<Seq> = (first.seq > 0).then_some(first.seq);
-        batch.extend_from_slice(&first.frame);
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(m) => {
-                    batch.extend_from_slice(&m.frame);
-                    if m.seq > 0 {
-                        batch_seq = batch_seq.max(m.seq);
-                        batch_min = Some(batch_min.map_or(m.seq, |x| x.min(m.seq)));
-                    }
-                }
-                Err(_) => break,
-            }
-        }
+        let Some(taken) = taken else { break };
         match tokio::time::timeout(write_timeout, wr.write_all(&batch)).await {
             Ok(Ok(())) => {
-                if let Some(low) = batch_min {
+                if let Some(low) = taken.min_seq {
                     log.record(low);
-                    log.record(batch_seq);
+                    log.record(taken.max_seq);
                 }
-                shared.written.fetch_max(batch_seq, Ordering::Relaxed);
+                shared.written.fetch_max(taken.max_seq, Ordering::Relaxed);
             }
             Ok(Err(_)) => {
-                outcome.unwritten_from = min_opt(outcome.unwritten_from, batch_min);
+                outcome.unwritten_from = min_opt(outcome.unwritten_from, taken.min_seq);
                 at_frame_boundary = false;
                 shared.request_close(code::INTERNAL, "write failed");
                 break;
             }
             Err(_) => {
-                outcome.unwritten_from = min_opt(outcome.unwritten_from, batch_min);
+                outcome.unwritten_from = min_opt(outcome.unwritten_from, taken.min_seq);
                 at_frame_boundary = false;
                 shared.request_close(
                     code::SLOW_CONSUMER,
@@ -283,20 +266,16 @@ async fn write_loop(
             }
         }
         batch.clear();
-        if rx.is_empty() || batch.capacity() > WRITE_BATCH * 2 {
+        if shared.outbox.is_empty() || batch.capacity() > WRITE_BATCH * 2 {
+            // An idle connection keeps no write buffer.
             batch = Vec::new();
         }
     }
     let (settled, uncertain) = log.finish();
     outcome.written_upto = settled;
     outcome.unwritten_from = min_opt(outcome.unwritten_from, uncertain);
-    // Whatever is still queued was never written: remember the lowest pushed message.
-    rx.close();
-    while let Ok(m) = rx.try_recv() {
-        if m.seq > 0 {
-            outcome.unwritten_from = min_opt(outcome.unwritten_from, Some(m.seq));
-        }
-    }
+    // Whatever is still queued is never written: remember the lowest pushed message.
+    outcome.unwritten_from = min_opt(outcome.unwritten_from, shared.outbox.abandon());
     if let (Some(reason), true) = (shared.close_reason(), at_frame_boundary) {
         // Tell the client why, if its socket takes the bytes within the write timeout.
         // 99 is in the v1 id table.

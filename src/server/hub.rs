@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -25,13 +25,7 @@ use crate::core::model::{ConnId, GroupId, MessageBody, Seq, StoredMessage, UserI
 use crate::core::LocalDelivery;
 use crate::protocol::messages::push_frame;
 
-/// One frame queued for a connection's writer. `seq` is the log position of a pushed message
-/// (0 for replies), so the writer can report what it really wrote.
-#[derive(Debug, Clone)]
-pub struct Outbound {
-    pub frame: Bytes,
-    pub seq: Seq,
-}
+use super::outbox::{Outbound, Outbox, PushError};
 
 /// Why a connection is being closed by the server (sent as a 99 frame when possible).
 #[derive(Debug, Clone)]
@@ -43,6 +37,8 @@ pub struct CloseReason {
 /// State of a connection shared between its reader task, its writer task and the hub.
 pub struct ConnShared {
     pub conn_id: ConnId,
+    /// Frames towards this connection, taken by its writer task.
+    pub outbox: Outbox,
     /// The client said Hello (v2).
     pub v2: AtomicBool,
     close: CancellationToken,
@@ -56,9 +52,10 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    pub fn new(conn_id: ConnId) -> Self {
+    pub fn new(conn_id: ConnId, queue_capacity: usize) -> Self {
         ConnShared {
             conn_id,
+            outbox: Outbox::new(queue_capacity),
             v2: AtomicBool::new(false),
             close: CancellationToken::new(),
             reason: Mutex::new(None),
@@ -124,7 +121,6 @@ impl ConnShared {
 /// What the hub holds of a connection.
 #[derive(Clone)]
 pub struct ConnHandle {
-    pub tx: mpsc::Sender<Outbound>,
     pub shared: Arc<ConnShared>,
 }
 
@@ -357,7 +353,7 @@ impl Hub {
 
     /// Pushes `frame` to one connection; false if it could not take it.
     fn push(&self, conn: &ConnHandle, frame: &Bytes, seq: Seq) -> bool {
-        match conn.tx.try_send(Outbound {
+        match conn.shared.outbox.try_push(Outbound {
             frame: frame.clone(),
             seq,
         }) {
@@ -367,7 +363,7 @@ impl Hub {
                 self.stats.pushes.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 info!(
                     conn_id = conn.shared.conn_id,
@@ -379,7 +375,7 @@ impl Hub {
                 );
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(PushError::Closed) => false,
         }
     }
 

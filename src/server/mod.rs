@@ -7,6 +7,7 @@
 pub mod connection;
 pub mod hub;
 pub mod metrics;
+pub mod outbox;
 pub mod session;
 
 use std::net::SocketAddr;

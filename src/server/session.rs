@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::hub::{ConnHandle, ConnShared, Outbound};
+use super::hub::{ConnHandle, ConnShared};
+use super::outbox::Outbound;
 use super::ServerCtx;
 use crate::core::model::{ConnId, GroupPatch, Seq};
 use crate::core::service::{DeliveryOutcome, DirectInput};
@@ -27,7 +27,6 @@ pub struct Closed;
 pub struct Session {
     ctx: Arc<ServerCtx>,
     conn_id: ConnId,
-    tx: mpsc::Sender<Outbound>,
     shared: Arc<ConnShared>,
     me: Option<Me>,
 }
@@ -35,16 +34,10 @@ pub struct Session {
 const NOT_LOGGED_IN_V2: &str = "not logged in: log in (104) first";
 
 impl Session {
-    pub fn new(
-        ctx: Arc<ServerCtx>,
-        conn_id: ConnId,
-        tx: mpsc::Sender<Outbound>,
-        shared: Arc<ConnShared>,
-    ) -> Self {
+    pub fn new(ctx: Arc<ServerCtx>, conn_id: ConnId, shared: Arc<ConnShared>) -> Self {
         Session {
             ctx,
             conn_id,
-            tx,
             shared,
             me: None,
         }
@@ -57,7 +50,7 @@ impl Session {
     /// Queues a frame, waiting (bounded by the write timeout) while the queue is full.
     async fn send_raw(&self, frame: Outbound) -> Result<(), Closed> {
         let timeout = self.ctx.settings().write_timeout;
-        match tokio::time::timeout(timeout, self.tx.send(frame)).await {
+        match tokio::time::timeout(timeout, self.shared.outbox.push(frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Closed),
             Err(_) => {
@@ -115,7 +108,7 @@ impl Session {
             reference: None,
         })
         .expect("serialises");
-        let _ = self.tx.try_send(Outbound {
+        let _ = self.shared.outbox.try_push(Outbound {
             frame: codec::encode(ids::ERROR, &body),
             seq: 0,
         });
@@ -333,7 +326,6 @@ impl Session {
             me.id,
             groups,
             ConnHandle {
-                tx: self.tx.clone(),
                 shared: self.shared.clone(),
             },
         );
