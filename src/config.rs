@@ -116,12 +116,39 @@ pub struct LogConfig {
     pub level: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     /// NATS server URL(s), comma separated; unset = in-process bus and memory store.
     #[serde(deserialize_with = "de::opt_string")]
     pub url: Option<String>,
+    /// Name of the JetStream stream holding the message log (KV buckets are named after it).
+    #[serde(deserialize_with = "de::string")]
+    pub stream: String,
+    /// Replicas of the stream and KV buckets: 1, or 3 on a NATS cluster.
+    pub replicas: usize,
+    /// Messages older than this leave the log; "0s" keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// A retried send with the same `client_msg_id` is recognised within this window.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// Time limit of one request to NATS; past it the client gets a "try again" error.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: None,
+            stream: "CHAT_ZINX".into(),
+            replicas: 1,
+            max_age: Duration::ZERO,
+            duplicate_window: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -390,6 +417,26 @@ pub const KEYS: &[KeyInfo] = &[
         expected: "one or more NATS URLs separated by commas, such as \"nats://127.0.0.1:4222\"",
     },
     KeyInfo {
+        key: "nats.stream",
+        expected: "a stream name of letters, digits, '-' and '_' such as \"CHAT_ZINX\"",
+    },
+    KeyInfo {
+        key: "nats.replicas",
+        expected: "1 or 3 (3 needs a NATS cluster of at least 3 servers)",
+    },
+    KeyInfo {
+        key: "nats.max_age",
+        expected: "a duration such as \"365days\", or \"0s\" to keep messages forever",
+    },
+    KeyInfo {
+        key: "nats.duplicate_window",
+        expected: "a duration of at least 1s such as \"10m\"",
+    },
+    KeyInfo {
+        key: "nats.request_timeout",
+        expected: "a duration of at least 100ms such as \"5s\"",
+    },
+    KeyInfo {
         key: "redis.url",
         expected: "a redis://, rediss:// or unix:// URL such as \"redis://127.0.0.1:6379\"",
     },
@@ -478,6 +525,16 @@ level = "info"
 [nats]
 # NATS server URL(s), comma separated. Unset = in-process bus and memory store.
 url = "nats://127.0.0.1:4222"
+# JetStream stream of the message log; the KV buckets are named <stream>_users, _groups, _meta.
+stream = "CHAT_ZINX"
+# Replicas of the stream and buckets: 1, or 3 on a NATS cluster.
+replicas = 1
+# Messages older than this leave the log; "0s" keeps them forever.
+max_age = "0s"
+# A retried send with the same client_msg_id is recognised within this window.
+duplicate_window = "10m"
+# Time limit of one request to NATS; past it the client gets a "try again" error.
+request_timeout = "5s"
 
 [redis]
 # Redis URL. Unset = in-process presence.
@@ -1048,6 +1105,24 @@ fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
     check(
         "nats.url",
         c.nats.url.as_deref().is_none_or(valid_nats_urls),
+    );
+    check(
+        "nats.stream",
+        !c.nats.stream.is_empty()
+            && c.nats.stream.len() <= 64
+            && c.nats
+                .stream
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'),
+    );
+    check("nats.replicas", matches!(c.nats.replicas, 1 | 3));
+    check(
+        "nats.duplicate_window",
+        c.nats.duplicate_window >= Duration::from_secs(1),
+    );
+    check(
+        "nats.request_timeout",
+        c.nats.request_timeout >= Duration::from_millis(100),
     );
     check(
         "redis.url",

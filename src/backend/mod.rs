@@ -11,6 +11,7 @@
 //! (NATS JetStream, Redis, Consul) implement the same traits.
 
 pub mod memory;
+pub mod nats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -113,6 +114,12 @@ pub trait Store: Send + Sync + 'static {
     /// After a backlog was delivered up to `to`: sets `delivered = max(delivered, to)` and clears
     /// `undelivered_from` if it still equals `seen` (a newer mark stays).
     async fn settle_cursor(&self, user: UserId, seen: Option<Seq>, to: Seq) -> BackendResult<()>;
+
+    /// Whether this backend can serve now: a cheap round trip or the client's connection state.
+    /// `Unavailable` when it cannot. In-process backends are always healthy.
+    async fn health(&self) -> BackendResult<()> {
+        Ok(())
+    }
 }
 
 /// Which user is connected where, across the cluster.
@@ -122,6 +129,12 @@ pub trait Presence: Send + Sync + 'static {
     async fn unregister(&self, user: UserId, node_id: &str, conn: ConnId) -> BackendResult<()>;
     /// Sessions of many users at once (fan-out), oldest first per user.
     async fn sessions(&self, users: &[UserId]) -> BackendResult<HashMap<UserId, Vec<SessionInfo>>>;
+
+    /// Whether this backend can serve now: a cheap round trip or the client's connection state.
+    /// `Unavailable` when it cannot. In-process backends are always healthy.
+    async fn health(&self) -> BackendResult<()> {
+        Ok(())
+    }
 }
 
 /// What travels between nodes.
@@ -171,6 +184,12 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe_group(&self, group: GroupId) -> BackendResult<()>;
     /// No local member of `group` is online any more.
     async fn unsubscribe_group(&self, group: GroupId) -> BackendResult<()>;
+
+    /// Whether this backend can serve now: a cheap round trip or the client's connection state.
+    /// `Unavailable` when it cannot. In-process backends are always healthy.
+    async fn health(&self) -> BackendResult<()> {
+        Ok(())
+    }
 }
 
 /// The nodes of the cluster.
@@ -186,6 +205,12 @@ pub trait Registry: Send + Sync + 'static {
     async fn deregister(&self, node_id: &str) -> BackendResult<()>;
     /// Healthy nodes, least loaded first.
     async fn nodes(&self) -> BackendResult<Vec<NodeInfo>>;
+
+    /// Whether this backend can serve now: a cheap round trip or the client's connection state.
+    /// `Unavailable` when it cannot. In-process backends are always healthy.
+    async fn health(&self) -> BackendResult<()> {
+        Ok(())
+    }
 }
 
 /// The backends a node runs on, chosen at start-up from the configuration.
@@ -198,6 +223,48 @@ pub struct Backends {
 }
 
 impl Backends {
+    /// The backends the configuration asks for: NATS JetStream for store and bus when
+    /// `nats.url` is set, in-process otherwise.
+    pub async fn from_config(
+        config: &crate::config::Config,
+        node_id: &str,
+    ) -> anyhow::Result<Backends> {
+        use anyhow::Context;
+        if config.redis.url.is_some() {
+            anyhow::bail!("redis.url is set, but Redis presence is not available in this build yet; unset redis.url");
+        }
+        if config.consul.addr.is_some() {
+            anyhow::bail!("consul.addr is set, but Consul discovery is not available in this build yet; unset consul.addr");
+        }
+        let mut backends = Backends::in_memory();
+        match &config.nats.url {
+            None => {
+                tracing::info!(
+                    node_id,
+                    "running on in-process backends: every account and message lives in this process's memory and is lost when it stops (set nats.url to a nats-server with JetStream for durability)"
+                );
+            }
+            Some(url) => {
+                let n = &config.nats;
+                let settings = nats::NatsSettings {
+                    url: url.clone(),
+                    stream: n.stream.clone(),
+                    replicas: n.replicas,
+                    max_age: n.max_age,
+                    duplicate_window: n.duplicate_window,
+                    request_timeout: n.request_timeout,
+                };
+                let conn = nats::Nats::connect(&settings)
+                    .await
+                    .with_context(|| format!("cannot set up NATS JetStream at {url} (nats.url): is nats-server running with JetStream enabled (-js)?"))?;
+                backends.store = Arc::new(nats::NatsStore(conn.clone()));
+                backends.bus = Arc::new(nats::NatsBus(conn));
+                tracing::info!(node_id, url = %url, stream = %n.stream, "message log and accounts on NATS JetStream");
+            }
+        }
+        Ok(backends)
+    }
+
     /// Everything in this process, in memory: the single-node default.
     pub fn in_memory() -> Self {
         Backends {
@@ -205,6 +272,103 @@ impl Backends {
             presence: Arc::new(memory::MemoryPresence::default()),
             bus: Arc::new(memory::MemoryBus::default()),
             registry: Arc::new(memory::MemoryRegistry::default()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health
+// ---------------------------------------------------------------------------------------------
+
+/// How one backend answered a health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendStatus {
+    /// It can serve.
+    Healthy,
+    /// It answered that it cannot serve (the detail says why).
+    Unavailable(String),
+    /// It did not answer within the deadline.
+    NoAnswer,
+}
+
+impl BackendStatus {
+    fn of(r: Result<BackendResult<()>, tokio::time::error::Elapsed>) -> Self {
+        match r {
+            Ok(Ok(())) => BackendStatus::Healthy,
+            Ok(Err(e)) => BackendStatus::Unavailable(e.to_string()),
+            Err(_) => BackendStatus::NoAnswer,
+        }
+    }
+}
+
+/// The health of each backend of a node (see [`Backends::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendsHealth {
+    pub store: BackendStatus,
+    pub presence: BackendStatus,
+    pub bus: BackendStatus,
+    pub registry: BackendStatus,
+}
+
+impl BackendsHealth {
+    /// Every backend by role name, in a fixed order.
+    pub fn entries(&self) -> [(&'static str, &BackendStatus); 4] {
+        [
+            ("store", &self.store),
+            ("presence", &self.presence),
+            ("bus", &self.bus),
+            ("registry", &self.registry),
+        ]
+    }
+
+    /// Every backend can serve.
+    pub fn all_healthy(&self) -> bool {
+        self.entries()
+            .iter()
+            .all(|(_, s)| **s == BackendStatus::Healthy)
+    }
+
+    /// Every backend answered (healthy or not) within the deadline.
+    pub fn all_answered(&self) -> bool {
+        self.entries()
+            .iter()
+            .all(|(_, s)| **s != BackendStatus::NoAnswer)
+    }
+
+    /// One line: `ok`, or what is wrong (`bus unavailable: ...; registry no answer`).
+    pub fn summary(&self) -> String {
+        let bad: Vec<String> = self
+            .entries()
+            .iter()
+            .filter_map(|(name, s)| match s {
+                BackendStatus::Healthy => None,
+                BackendStatus::Unavailable(d) => Some(format!("{name} unavailable: {d}")),
+                BackendStatus::NoAnswer => Some(format!("{name} not answering")),
+            })
+            .collect();
+        if bad.is_empty() {
+            "ok".into()
+        } else {
+            bad.join("; ")
+        }
+    }
+}
+
+impl Backends {
+    /// Asks every backend whether it can serve, all at once, each bounded by `deadline`.
+    pub async fn health(&self, deadline: std::time::Duration) -> BackendsHealth {
+        use tokio::time::timeout;
+        let (store, presence, bus, registry) = tokio::join!(
+            timeout(deadline, self.store.health()),
+            timeout(deadline, self.presence.health()),
+            timeout(deadline, self.bus.health()),
+            timeout(deadline, self.registry.health()),
+        );
+        BackendsHealth {
+            store: BackendStatus::of(store),
+            presence: BackendStatus::of(presence),
+            bus: BackendStatus::of(bus),
+            registry: BackendStatus::of(registry),
         }
     }
 }

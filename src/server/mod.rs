@@ -136,16 +136,7 @@ impl Node {
         let secret = Auth::load_or_create_secret(&secret_path)?;
         let auth = Auth::new(secret, config.auth.token_ttl, config.auth.hash_concurrency);
 
-        if config.nats.url.is_some() || config.redis.url.is_some() || config.consul.addr.is_some() {
-            anyhow::bail!(
-                "nats.url / redis.url / consul.addr are set, but this build has only the in-process backends; unset them to run a single node"
-            );
-        }
-        let backends = Backends::in_memory();
-        info!(
-            node_id = %node_id,
-            "running on in-process backends: every account and message lives in this process's memory and is lost when it stops (set nats.url to a nats-server with JetStream for durability)"
-        );
+        let backends = Backends::from_config(config, &node_id).await?;
 
         let hub = Arc::new(Hub::new(
             node_id.clone(),
