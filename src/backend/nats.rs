@@ -823,6 +823,12 @@ impl Store for NatsStore {
         .map(|_| ())
     }
 
+    async fn health(&self) -> BackendResult<()> {
+        // A round trip to the stream: proves the connection and that JetStream answers.
+        self.0.log.get_info().await.map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn settle_cursor(&self, user: UserId, seen: Option<Seq>, to: Seq) -> BackendResult<()> {
         Nats::kv_modify::<DeliveryCursor, _>(&self.0.meta, &format!("cur.{user}"), |c| {
             let mut c = c.unwrap_or_default();
@@ -925,6 +931,16 @@ impl Bus for NatsBus {
             old.abort();
         }
         Ok(())
+    }
+
+    async fn health(&self) -> BackendResult<()> {
+        if self.0.is_connected() {
+            Ok(())
+        } else {
+            Err(unavailable(
+                "not connected to any NATS server; reconnecting",
+            ))
+        }
     }
 
     async fn unsubscribe_group(&self, group: GroupId) -> BackendResult<()> {

@@ -342,7 +342,8 @@ impl ChatCore {
     }
 
     /// Messages the user missed since its delivery cursor, oldest first (direct messages all or
-    /// up to the configured cap per conversation, group messages the newest `group_backlog`).
+    /// up to the configured cap per conversation, group messages the newest `group_backlog`),
+    /// leaving out what the user sent.
     pub async fn backlog(&self, me: &Me) -> ChatResult<Backlog> {
         let store = &self.backends.store;
         let cursor = store.cursor(me.id).await?;
@@ -389,6 +390,9 @@ impl ChatCore {
                 }
             }
         }
+        // What the user sent was acknowledged to the sending device; pushing it back at login
+        // would show one's own messages as incoming (a v2 device gets them through sync).
+        out.retain(|m| m.sender_id != me.id);
         out.sort_by_key(|m| m.seq);
         Ok(Backlog {
             messages: out,
