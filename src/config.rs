@@ -159,7 +159,7 @@ pub struct RedisConfig {
     pub url: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsulConfig {
     /// Consul HTTP address; unset = no discovery (this node only).
@@ -168,6 +168,35 @@ pub struct ConsulConfig {
     /// Consul ACL token (secret).
     #[serde(deserialize_with = "de::opt_string")]
     pub token: Option<String>,
+    /// Service name every node registers under.
+    #[serde(deserialize_with = "de::string")]
+    pub service: String,
+    /// TTL of a node's health check; the node passes it every third of it.
+    #[serde(with = "humantime_serde")]
+    pub check_ttl: Duration,
+    /// Consul removes a node whose check has been critical for this long.
+    #[serde(with = "humantime_serde")]
+    pub deregister_after: Duration,
+    /// KV prefix of the live settings.
+    #[serde(deserialize_with = "de::string")]
+    pub kv_prefix: String,
+    /// Time limit of one request to Consul.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        ConsulConfig {
+            addr: None,
+            token: None,
+            service: "chat-zinx".into(),
+            check_ttl: Duration::from_secs(15),
+            deregister_after: Duration::from_secs(60),
+            kv_prefix: "chat-zinx/settings/".into(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -448,6 +477,26 @@ pub const KEYS: &[KeyInfo] = &[
         key: "consul.token",
         expected: "a Consul ACL token string",
     },
+    KeyInfo {
+        key: "consul.service",
+        expected: "a service name of 1 to 63 letters, digits and '-' such as \"chat-zinx\"",
+    },
+    KeyInfo {
+        key: "consul.check_ttl",
+        expected: "a duration between 1s and 1h such as \"15s\"",
+    },
+    KeyInfo {
+        key: "consul.deregister_after",
+        expected: "a duration of at least 1m (Consul's minimum) such as \"1m\"",
+    },
+    KeyInfo {
+        key: "consul.kv_prefix",
+        expected: "a Consul KV prefix ending with '/', without spaces or a leading '/', such as \"chat-zinx/settings/\"",
+    },
+    KeyInfo {
+        key: "consul.request_timeout",
+        expected: "a duration of at least 100ms such as \"5s\"",
+    },
 ];
 
 /// The environment variable that sets `key` (`server.listen` → `CHAT_ZINX_SERVER__LISTEN`).
@@ -545,6 +594,18 @@ url = "redis://127.0.0.1:6379"
 addr = "http://127.0.0.1:8500"
 # Consul ACL token (secret; prefer CHAT_ZINX_CONSUL__TOKEN over writing it here).
 token = "00000000-0000-0000-0000-000000000000"
+# Service name every node registers under (letters, digits, '-').
+service = "chat-zinx"
+# TTL of a node's health check, passed by the node every third of it (1s to 1h).
+# A node that stops passing leaves the healthy nodes after it.
+check_ttl = "15s"
+# Consul removes a node whose check has been critical for this long (at least 1m).
+deregister_after = "1m"
+# KV prefix of the live settings (rate_per_sec, rate_burst, max_devices, ...),
+# applied without restart; a removed key goes back to the value configured here.
+kv_prefix = "chat-zinx/settings/"
+# Time limit of one request to Consul (a blocking watch waits longer).
+request_timeout = "5s"
 "#;
 
 // ---------------------------------------------------------------------------------------------
@@ -1132,6 +1193,27 @@ fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
         "consul.addr",
         c.consul.addr.as_deref().is_none_or(valid_consul_addr),
     );
+    check(
+        "consul.service",
+        (1..=63).contains(&c.consul.service.len())
+            && c.consul
+                .service
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+    );
+    check(
+        "consul.check_ttl",
+        (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&c.consul.check_ttl),
+    );
+    check(
+        "consul.deregister_after",
+        c.consul.deregister_after >= Duration::from_secs(60),
+    );
+    check("consul.kv_prefix", valid_kv_prefix(&c.consul.kv_prefix));
+    check(
+        "consul.request_timeout",
+        c.consul.request_timeout >= Duration::from_millis(100),
+    );
 
     bad.into_iter()
         .map(|key| Problem {
@@ -1210,6 +1292,17 @@ fn valid_redis_url(url: &str) -> bool {
         .iter()
         .any(|scheme| url.len() > scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
         && no_space(url)
+}
+
+/// A Consul KV prefix: `a/b/`, no leading `/`, no spaces, no URL specials.
+fn valid_kv_prefix(prefix: &str) -> bool {
+    prefix.len() > 1
+        && prefix.ends_with('/')
+        && !prefix.starts_with('/')
+        && !prefix.contains("//")
+        && !prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '%'))
 }
 
 fn valid_consul_addr(addr: &str) -> bool {
@@ -1839,6 +1932,19 @@ mod tests {
         assert!(ok(&[("CHAT_ZINX_CONSUL__ADDR", "127.0.0.1:8500")]));
         assert!(ok(&[("CHAT_ZINX_CONSUL__ADDR", "https://consul.service")]));
         assert!(!ok(&[("CHAT_ZINX_CONSUL__ADDR", "consul")]));
+        assert!(ok(&[("CHAT_ZINX_CONSUL__SERVICE", "chat-zinx-eu")]));
+        assert!(!ok(&[("CHAT_ZINX_CONSUL__SERVICE", "chat zinx")]));
+        assert!(!ok(&[("CHAT_ZINX_CONSUL__SERVICE", "")]));
+        assert!(ok(&[("CHAT_ZINX_CONSUL__CHECK_TTL", "1s")]));
+        assert!(!ok(&[("CHAT_ZINX_CONSUL__CHECK_TTL", "500ms")]));
+        assert!(!ok(&[("CHAT_ZINX_CONSUL__CHECK_TTL", "2h")]));
+        assert!(ok(&[("CHAT_ZINX_CONSUL__DEREGISTER_AFTER", "90s")]));
+        assert!(!ok(&[("CHAT_ZINX_CONSUL__DEREGISTER_AFTER", "30s")]));
+        assert!(ok(&[("CHAT_ZINX_CONSUL__KV_PREFIX", "chat/eu/settings/")]));
+        assert!(!ok(&[("CHAT_ZINX_CONSUL__KV_PREFIX", "chat/settings")]));
+        assert!(!ok(&[("CHAT_ZINX_CONSUL__KV_PREFIX", "/chat/")]));
+        assert!(!ok(&[("CHAT_ZINX_CONSUL__KV_PREFIX", "chat settings/")]));
+        assert!(!ok(&[("CHAT_ZINX_CONSUL__REQUEST_TIMEOUT", "10ms")]));
     }
 
     #[test]
@@ -1913,7 +2019,8 @@ mod tests {
         d.auth.token_secret_file = c.auth.token_secret_file.clone();
         d.nats = c.nats.clone();
         d.redis = c.redis.clone();
-        d.consul = c.consul.clone();
+        d.consul.addr = c.consul.addr.clone();
+        d.consul.token = c.consul.token.clone();
         assert_eq!(c, d);
         assert!(c.server.node_id.is_some() && c.consul.token.is_some());
     }

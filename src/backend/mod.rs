@@ -10,6 +10,7 @@
 //! in-process implementations ([`memory`]) are the single-node default; the cluster ones
 //! (NATS JetStream, Redis, Consul) implement the same traits.
 
+pub mod consul;
 pub mod memory;
 pub mod nats;
 
@@ -206,6 +207,12 @@ pub trait Registry: Send + Sync + 'static {
     /// Healthy nodes, least loaded first.
     async fn nodes(&self) -> BackendResult<Vec<NodeInfo>>;
 
+    /// Background upkeep (keeping this node's entry alive, watching the other nodes) until
+    /// `shutdown`; the node spawns it on its task tracker. In-process registries need none.
+    async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        drop(shutdown);
+    }
+
     /// Whether this backend can serve now: a cheap round trip or the client's connection state.
     /// `Unavailable` when it cannot. In-process backends are always healthy.
     async fn health(&self) -> BackendResult<()> {
@@ -233,9 +240,6 @@ impl Backends {
         if config.redis.url.is_some() {
             anyhow::bail!("redis.url is set, but Redis presence is not available in this build yet; unset redis.url");
         }
-        if config.consul.addr.is_some() {
-            anyhow::bail!("consul.addr is set, but Consul discovery is not available in this build yet; unset consul.addr");
-        }
         let mut backends = Backends::in_memory();
         match &config.nats.url {
             None => {
@@ -261,6 +265,12 @@ impl Backends {
                 backends.bus = Arc::new(nats::NatsBus(conn));
                 tracing::info!(node_id, url = %url, stream = %n.stream, "message log and accounts on NATS JetStream");
             }
+        }
+        if let Some(settings) = consul::ConsulSettings::from_config(&config.consul) {
+            let registry = consul::ConsulRegistry::new(&settings)
+                .context("cannot set up the Consul client (consul.addr)")?;
+            backends.registry = Arc::new(registry);
+            tracing::info!(node_id, addr = %settings.base_url, service = %settings.service, "node registry and live settings on Consul");
         }
         Ok(backends)
     }

@@ -101,6 +101,10 @@ pub async fn serve(
     let shared = Arc::new(ConnShared::new(conn_id, settings.write_queue));
     let writer = tokio::spawn(write_loop(wr, shared.clone(), settings.write_timeout));
     let mut session = Session::new(ctx.clone(), conn_id, shared.clone());
+    // `open` already counts this connection.
+    if ctx.open.load(std::sync::atomic::Ordering::Relaxed) > settings.max_connections {
+        session.set_overloaded();
+    }
     let reason = read_loop(&rd, &mut session, &ctx, &shared, &shutdown).await;
     debug!(conn_id, ?peer, ?reason, "connection ending");
     ctx.metrics.connection_ended(reason);
@@ -235,10 +239,20 @@ async fn write_loop(
     // be appended to it.
     let mut at_frame_boundary = true;
     loop {
-        let taken = tokio::select! {
-            biased;
-            _ = shared.close_token().cancelled() => None,
-            b = shared.outbox.take_batch(&mut batch, WRITE_BATCH) => b,
+        let taken = if shared.closes_after_flush() {
+            // Graceful close (drain): write what is queued, then end.
+            shared.outbox.take_batch(&mut batch, WRITE_BATCH).await
+        } else {
+            tokio::select! {
+                biased;
+                _ = shared.close_token().cancelled() => {
+                    if shared.closes_after_flush() {
+                        continue;
+                    }
+                    None
+                }
+                b = shared.outbox.take_batch(&mut batch, WRITE_BATCH) => b,
+            }
         };
         let Some(taken) = taken else { break };
         match tokio::time::timeout(write_timeout, wr.write_all(&batch)).await {

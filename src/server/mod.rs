@@ -158,7 +158,7 @@ impl Node {
             .advertise_addr
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
-        backends
+        if let Err(e) = backends
             .registry
             .register(NodeInfo {
                 node_id: node_id.clone(),
@@ -167,7 +167,11 @@ impl Node {
                 capacity: config.server.max_connections,
                 draining: false,
             })
-            .await?;
+            .await
+        {
+            // The registry's upkeep (`Registry::run`) registers the node once it can.
+            warn!(error = %e, "cannot register this node in the cluster registry yet; serving anyway, it is registered once the registry answers");
+        }
 
         let ctx = Arc::new(ServerCtx {
             core,
@@ -180,6 +184,13 @@ impl Node {
         let tasks = TaskTracker::new();
         tasks.spawn(hub.clone().run_subscriptions(shutdown.clone()));
         tasks.spawn(hub.clone().flush_cursors(CURSOR_FLUSH, shutdown.clone()));
+        tasks.spawn(backends.registry.clone().run(shutdown.clone()));
+        let on_settings = live_settings_applier(&ctx, config);
+        if let Some(w) =
+            crate::backend::consul::LiveSettingsWatcher::from_config(config, on_settings)?
+        {
+            tasks.spawn(w.run(shutdown.clone()));
+        }
         tasks.spawn(accept_loop(
             listener,
             ctx.clone(),
@@ -226,6 +237,32 @@ fn limits_from(c: &Config) -> Limits {
         group_backlog: c.offline.group_backlog,
         direct_backlog: c.offline.direct_backlog,
     }
+}
+
+/// Applies live settings (Consul KV) on top of the configured values: a key that is no longer
+/// set goes back to its configured value.
+fn live_settings_applier(
+    ctx: &Arc<ServerCtx>,
+    config: &Config,
+) -> crate::backend::consul::OnSettings {
+    let (conn, limits) = (ConnSettings::from_config(config), limits_from(config));
+    let ctx = Arc::downgrade(ctx);
+    Arc::new(move |live| {
+        let Some(ctx) = ctx.upgrade() else { return };
+        let mut s = conn.clone();
+        s.rate_per_sec = live.rate_per_sec.unwrap_or(s.rate_per_sec);
+        s.rate_burst = live.rate_burst.unwrap_or(s.rate_burst);
+        s.max_body = live.max_body.unwrap_or(s.max_body);
+        s.idle_timeout = live.idle_timeout.unwrap_or(s.idle_timeout);
+        s.write_timeout = live.write_timeout.unwrap_or(s.write_timeout);
+        s.max_connections = live.max_connections.unwrap_or(s.max_connections);
+        ctx.set_settings(s);
+        let mut l = limits.clone();
+        l.max_devices = live.max_devices.unwrap_or(l.max_devices);
+        l.group_backlog = live.group_backlog.unwrap_or(l.group_backlog);
+        l.direct_backlog = live.direct_backlog.unwrap_or(l.direct_backlog);
+        ctx.core.set_limits(l);
+    })
 }
 
 async fn accept_loop(

@@ -29,6 +29,8 @@ pub struct Session {
     conn_id: ConnId,
     shared: Arc<ConnShared>,
     me: Option<Me>,
+    /// Accepted past `server.max_connections`: only told where to go (see `turn_away`).
+    overloaded: bool,
 }
 
 const NOT_LOGGED_IN_V2: &str = "not logged in: log in (104) first";
@@ -40,7 +42,13 @@ impl Session {
             conn_id,
             shared,
             me: None,
+            overloaded: false,
         }
+    }
+
+    /// Marks this connection as over the node's capacity.
+    pub fn set_overloaded(&mut self) {
+        self.overloaded = true;
     }
 
     fn v2(&self) -> bool {
@@ -124,6 +132,9 @@ impl Session {
     /// Handles one request frame. `Err` means the connection must close.
     pub async fn handle(&mut self, frame: Frame) -> Result<(), Closed> {
         self.ctx.metrics.frame_in(frame.id);
+        if self.overloaded {
+            return self.turn_away(frame).await;
+        }
         let body = &frame.body[..];
         match frame.id {
             ids::PING => {
@@ -167,6 +178,30 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// This connection came in past `server.max_connections`: a v2 client is told where to go
+    /// (401, then 406 "overloaded" with the least-loaded peers); a v1 client gets a reason.
+    /// Either way the connection closes once that is written.
+    async fn turn_away(&mut self, frame: Frame) -> Result<(), Closed> {
+        let farewell = if frame.id == ids::HELLO_REQ {
+            self.hello(&frame.body).await?;
+            let peers = self.ctx.core.nodes().await.unwrap_or_default();
+            super::drain::redirect_frame("overloaded", &peers, self.ctx.core.node_id())
+        } else {
+            let body = serde_json::to_vec(&m::ErrorResp {
+                code: code::SHUTTING_DOWN,
+                message: "this node is full: connect to another node".into(),
+                reference: None,
+            })
+            .expect("serialises");
+            codec::encode(ids::ERROR, &body)
+        };
+        self.shared.close_after_flush(Some(Outbound {
+            frame: farewell,
+            seq: 0,
+        }));
+        Err(Closed)
     }
 
     async fn hello(&mut self, body: &[u8]) -> Result<(), Closed> {

@@ -1,0 +1,1219 @@
+//! Consul: the node registry and live settings.
+//!
+//! * [`ConsulRegistry`] implements [`Registry`]. A node is the service `consul.service`
+//!   (`chat-zinx`) with the node id as service id, its advertise address, the tag `chat` and its
+//!   load in the service meta (`version`, `connections`, `capacity`, `draining`). Its health is
+//!   a **TTL check** that the node itself passes every `check_ttl / 3`: the daemon knows best
+//!   whether it serves, and an HTTP check would need this node's HTTP endpoint reachable from the
+//!   Consul agent. A node that stops passing goes critical after `check_ttl`, leaves every
+//!   peer's [`Registry::nodes`] and is removed by Consul after `consul.deregister_after`.
+//! * [`ConsulRegistry::run`] is the registry's upkeep: it passes the check, registers the node
+//!   again whenever Consul has lost it (an agent restart, a dev agent that forgot everything, an
+//!   outage longer than `deregister_after`), and keeps the list of healthy nodes current with
+//!   blocking queries on `/v1/health/service/<service>?passing`. [`Registry::nodes`] answers from
+//!   that list and never waits on Consul.
+//! * [`LiveSettingsWatcher`] watches the KV prefix `consul.kv_prefix` with blocking queries and
+//!   hands every change of the live settings ([`LiveSettings`], keys in [`LIVE_KEYS`]) to a
+//!   callback. An invalid value is logged with its key and ignored (the previous value stays);
+//!   a removed key goes back to the configured value.
+//!
+//! Consul being unavailable never stops the chat: calls fail with
+//! [`BackendError::Unavailable`] within `consul.request_timeout`, the node list and the live
+//! settings stay as they were last read, and the upkeep registers the node again once Consul
+//! answers. Every request carries the ACL token `consul.token` (header `X-Consul-Token`) when
+//! one is set.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{BackendError, BackendResult, Registry};
+use crate::config::ConsulConfig;
+use crate::core::model::NodeInfo;
+
+/// The backend name in [`BackendError::Unavailable`].
+pub const BACKEND: &str = "consul";
+
+/// The tag every chat node carries.
+pub const TAG: &str = "chat";
+
+/// Longest a blocking query waits for a change (Consul adds up to 1/16 of it).
+pub const WATCH_WAIT: Duration = Duration::from_secs(30);
+
+/// Least time between the starts of two blocking queries of one watcher, so that a query that
+/// keeps returning at once cannot spin.
+const MIN_QUERY_SPACING: Duration = Duration::from_millis(200);
+
+/// Longest pause between two attempts while Consul does not answer.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+/// How a node reaches Consul and how it appears there (from the `[consul]` section).
+#[derive(Debug, Clone)]
+pub struct ConsulSettings {
+    /// Base URL of the agent's HTTP API, `http://host:port` (no trailing slash).
+    pub base_url: String,
+    /// ACL token sent as `X-Consul-Token`.
+    pub token: Option<String>,
+    /// Service name the nodes register under.
+    pub service: String,
+    /// TTL of the node's health check; the node passes it every third of it.
+    pub check_ttl: Duration,
+    /// Consul removes a node whose check has been critical for this long.
+    pub deregister_after: Duration,
+    /// KV prefix of the live settings (ends with `/`).
+    pub kv_prefix: String,
+    /// Time limit of one request (a blocking query gets its wait time on top).
+    pub request_timeout: Duration,
+    /// Longest wait of one blocking query.
+    pub watch_wait: Duration,
+}
+
+impl ConsulSettings {
+    /// The settings of `[consul]`; `None` when `consul.addr` is unset.
+    pub fn from_config(c: &ConsulConfig) -> Option<ConsulSettings> {
+        let addr = c.addr.as_deref()?;
+        Some(ConsulSettings {
+            base_url: base_url(addr),
+            token: c.token.clone().filter(|t| !t.is_empty()),
+            service: c.service.clone(),
+            check_ttl: c.check_ttl,
+            deregister_after: c.deregister_after,
+            kv_prefix: c.kv_prefix.clone(),
+            request_timeout: c.request_timeout,
+            watch_wait: WATCH_WAIT,
+        })
+    }
+}
+
+/// `127.0.0.1:8500` → `http://127.0.0.1:8500`; a given scheme is kept; no trailing slash.
+pub fn base_url(addr: &str) -> String {
+    let addr = addr.trim().trim_end_matches('/');
+    let lower = addr.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// Why a request to Consul failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConsulError {
+    /// No answer: connection refused, reset, timed out.
+    #[error("{0}")]
+    Transport(String),
+    /// Consul answered with an error status.
+    #[error("Consul answered HTTP {status} to {what}: {body}{hint}")]
+    Status {
+        status: u16,
+        what: String,
+        body: String,
+        hint: &'static str,
+    },
+    /// Consul answered something this node cannot read.
+    #[error("cannot read Consul's answer to {what}: {detail}")]
+    Decode { what: String, detail: String },
+}
+
+impl From<ConsulError> for BackendError {
+    fn from(e: ConsulError) -> Self {
+        BackendError::Unavailable {
+            backend: BACKEND,
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// The full chain of an error's causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let part = c.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// An answer of Consul.
+struct Answer {
+    status: StatusCode,
+    /// `X-Consul-Index`, for blocking queries.
+    index: Option<u64>,
+    body: bytes::Bytes,
+}
+
+/// The HTTP client of one Consul agent: base URL, ACL token, time limits.
+#[derive(Clone)]
+pub struct ConsulClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl ConsulClient {
+    pub fn new(settings: &ConsulSettings) -> BackendResult<ConsulClient> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| BackendError::Unavailable {
+                backend: BACKEND,
+                detail: format!("cannot set up the HTTP client: {}", chain(&e)),
+            })?;
+        Ok(ConsulClient {
+            http,
+            base: settings.base_url.clone(),
+            token: settings.token.clone(),
+            timeout: settings.request_timeout,
+        })
+    }
+
+    /// The agent's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// One request; `wait` adds a blocking query's wait to the time limit.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+        wait: Option<Duration>,
+    ) -> Result<Answer, ConsulError> {
+        let what = format!("{method} {path}");
+        let limit = match wait {
+            // Consul adds up to wait/16 of jitter.
+            Some(w) => self.timeout + w + w / 16,
+            None => self.timeout,
+        };
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .query(query)
+            .timeout(limit);
+        if let Some(token) = &self.token {
+            req = req.header("X-Consul-Token", token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let transport = |e: reqwest::Error| {
+            let base = &self.base;
+            ConsulError::Transport(if e.is_timeout() {
+                format!(
+                    "no answer from Consul at {base} to {what} within {limit:?}: is the agent \
+                     overloaded or unreachable? (consul.addr, consul.request_timeout)"
+                )
+            } else if e.is_connect() {
+                format!(
+                    "cannot connect to Consul at {base} ({}): is the Consul agent running and \
+                     consul.addr right?",
+                    chain(&e)
+                )
+            } else {
+                format!("request {what} to Consul at {base} failed: {}", chain(&e))
+            })
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let index = resp
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = resp.bytes().await.map_err(transport)?;
+        Ok(Answer {
+            status,
+            index,
+            body,
+        })
+    }
+
+    /// A request whose answer must be a success; its body is returned.
+    async fn expect_ok(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<bytes::Bytes, ConsulError> {
+        let what = format!("{method} {path}");
+        let answer = self.send(method, path, query, body, None).await?;
+        if answer.status.is_success() {
+            Ok(answer.body)
+        } else {
+            Err(status_error(what, &answer))
+        }
+    }
+
+    /// A blocking GET: waits until the index passes `index` (or `wait` elapses). Returns the
+    /// new index and the body; `None` for a 404 (e.g. no key under a KV prefix).
+    async fn blocking_get(
+        &self,
+        path: &str,
+        mut query: Vec<(&str, String)>,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(u64, Option<bytes::Bytes>), ConsulError> {
+        let what = format!("GET {path}");
+        if index > 0 {
+            query.push(("index", index.to_string()));
+            query.push(("wait", format!("{}ms", wait.as_millis())));
+        }
+        let answer = self
+            .send(Method::GET, path, &query, None, Some(wait))
+            .await?;
+        let new_index = answer.index.unwrap_or(0);
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok((new_index, None));
+        }
+        if !answer.status.is_success() {
+            return Err(status_error(what, &answer));
+        }
+        Ok((new_index, Some(answer.body)))
+    }
+
+    /// Whether the agent serves and its cluster has a leader.
+    pub async fn leader(&self) -> Result<String, ConsulError> {
+        let body = self
+            .expect_ok(Method::GET, "/v1/status/leader", &[], None)
+            .await?;
+        let leader: String = decode("GET /v1/status/leader", &body)?;
+        if leader.is_empty() {
+            return Err(ConsulError::Transport(format!(
+                "Consul at {} has no leader: its servers cannot elect one (check the Consul \
+                 servers' logs)",
+                self.base
+            )));
+        }
+        Ok(leader)
+    }
+}
+
+fn status_error(what: String, answer: &Answer) -> ConsulError {
+    let body = String::from_utf8_lossy(&answer.body).trim().to_string();
+    let hint = match answer.status {
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => {
+            " — the ACL token (consul.token) is missing or lacks a permission: it needs \
+             service:write on the service (consul.service), service:read and node:read, and \
+             key:read on consul.kv_prefix"
+        }
+        _ => "",
+    };
+    ConsulError::Status {
+        status: answer.status.as_u16(),
+        what,
+        body,
+        hint,
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, ConsulError> {
+    serde_json::from_slice(body).map_err(|e| ConsulError::Decode {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// A Go duration string Consul accepts (`15000ms`).
+fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Tells a watcher loop's state changes once (not at every retry).
+struct Outage {
+    what: &'static str,
+    since: Option<Instant>,
+    pause: Duration,
+}
+
+impl Outage {
+    fn new(what: &'static str) -> Self {
+        Outage {
+            what,
+            since: None,
+            pause: Duration::ZERO,
+        }
+    }
+
+    /// Records a failure and returns how long to pause before the next attempt.
+    fn failed(&mut self, e: &ConsulError) -> Duration {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            warn!(error = %e, "{}: Consul does not answer; keeping the last known state and retrying", self.what);
+        } else {
+            debug!(error = %e, "{}: Consul still does not answer", self.what);
+        }
+        self.pause = (self.pause * 2).clamp(Duration::from_millis(250), MAX_RETRY_PAUSE);
+        self.pause
+    }
+
+    fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            info!(
+                "{}: Consul answers again (after {:?})",
+                self.what,
+                since.elapsed()
+            );
+        }
+        self.pause = Duration::ZERO;
+    }
+}
+
+/// The next index of a blocking query (Consul's rules: reset when it goes backwards, never 0).
+fn next_index(previous: u64, answered: u64) -> u64 {
+    if answered < previous {
+        0
+    } else {
+        answered.max(1)
+    }
+}
+
+/// Sleeps `d` unless shut down first; `false` when shut down.
+async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry
+// ---------------------------------------------------------------------------------------------
+
+/// The healthy nodes as last read from Consul.
+#[derive(Default)]
+struct NodeCache {
+    nodes: Vec<NodeInfo>,
+    /// Whether Consul answered at least once.
+    loaded: bool,
+    /// Since when the watcher has not reached Consul, and why.
+    failing: Option<(Instant, String)>,
+}
+
+/// The cluster registry on Consul (see the module documentation).
+pub struct ConsulRegistry {
+    client: ConsulClient,
+    service: String,
+    check_ttl: Duration,
+    deregister_after: Duration,
+    watch_wait: Duration,
+    /// This node as last registered (`None` before `register` and after `deregister`).
+    me: Mutex<Option<NodeInfo>>,
+    /// Consul had this node as of the last call (false: the upkeep registers it again).
+    registered: AtomicBool,
+    cache: Mutex<NodeCache>,
+}
+
+/// One entry of `/v1/health/service/<service>`.
+#[derive(Deserialize)]
+struct HealthEntry {
+    #[serde(rename = "Node")]
+    node: HealthNode,
+    #[serde(rename = "Service")]
+    service: HealthService,
+}
+
+#[derive(Deserialize)]
+struct HealthNode {
+    #[serde(rename = "Address", default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+struct HealthService {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "Address", default)]
+    address: String,
+    #[serde(rename = "Port", default)]
+    port: u16,
+    #[serde(rename = "Meta", default)]
+    meta: Option<HashMap<String, String>>,
+}
+
+/// `host:port` for an address and a port (IPv6 in brackets).
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Splits an advertise address into the service address Consul gets and the port. An
+/// unspecified IP (`0.0.0.0`, `::`) becomes an empty address, which Consul fills in with the
+/// agent's node address.
+fn split_advertise(addr: &str) -> BackendResult<(String, u16)> {
+    let bad = || BackendError::Unavailable {
+        backend: BACKEND,
+        detail: format!(
+            "the advertise address {addr:?} is not host:port: set server.advertise_addr to the \
+             address other nodes reach this one at"
+        ),
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let unspecified = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    Ok((
+        if unspecified {
+            String::new()
+        } else {
+            host.to_string()
+        },
+        port,
+    ))
+}
+
+impl HealthEntry {
+    fn into_node(self) -> NodeInfo {
+        let meta = self.service.meta.unwrap_or_default();
+        let num = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let host = if self.service.address.is_empty() {
+            self.node.address
+        } else {
+            self.service.address
+        };
+        NodeInfo {
+            addr: join_host_port(&host, self.service.port),
+            connections: num("connections"),
+            capacity: num("capacity"),
+            draining: meta.get("draining").is_some_and(|v| v == "true"),
+            node_id: self.service.id,
+        }
+    }
+}
+
+/// Healthy, not draining, least loaded first (ties by node id).
+fn healthy_sorted(entries: Vec<HealthEntry>) -> Vec<NodeInfo> {
+    let mut nodes: Vec<NodeInfo> = entries
+        .into_iter()
+        .map(HealthEntry::into_node)
+        .filter(|n| !n.draining)
+        .collect();
+    nodes.sort_by(|a, b| {
+        a.load()
+            .total_cmp(&b.load())
+            .then_with(|| a.node_id.cmp(&b.node_id))
+    });
+    nodes
+}
+
+impl ConsulRegistry {
+    pub fn new(settings: &ConsulSettings) -> BackendResult<ConsulRegistry> {
+        Ok(ConsulRegistry {
+            client: ConsulClient::new(settings)?,
+            service: settings.service.clone(),
+            check_ttl: settings.check_ttl,
+            deregister_after: settings.deregister_after,
+            watch_wait: settings.watch_wait,
+            me: Mutex::new(None),
+            registered: AtomicBool::new(false),
+            cache: Mutex::new(NodeCache::default()),
+        })
+    }
+
+    /// The id of this node's TTL check.
+    pub fn check_id(node_id: &str) -> String {
+        format!("service:{node_id}")
+    }
+
+    fn snapshot(&self) -> Option<NodeInfo> {
+        lock(&self.me).clone()
+    }
+
+    fn is_me(&self, node_id: &str) -> bool {
+        lock(&self.me)
+            .as_ref()
+            .is_some_and(|n| n.node_id == node_id)
+    }
+
+    /// Registers (or re-registers, replacing the meta) `node` with a passing TTL check.
+    async fn put_service(&self, node: &NodeInfo) -> BackendResult<()> {
+        let (address, port) = split_advertise(&node.addr)?;
+        let body = json!({
+            "ID": node.node_id,
+            "Name": self.service,
+            "Tags": [TAG],
+            "Address": address,
+            "Port": port,
+            "Meta": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "connections": node.connections.to_string(),
+                "capacity": node.capacity.to_string(),
+                "draining": node.draining.to_string(),
+            },
+            "Check": {
+                "CheckID": Self::check_id(&node.node_id),
+                "Name": format!("{} node {} serves", self.service, node.node_id),
+                "Notes": "TTL check passed by the chat-zinx daemon itself while it serves",
+                "TTL": go_duration(self.check_ttl),
+                "DeregisterCriticalServiceAfter": go_duration(self.deregister_after),
+                // A re-registration must not flip the check to critical until the next pass.
+                "Status": "passing",
+            },
+        });
+        self.client
+            .expect_ok(Method::PUT, "/v1/agent/service/register", &[], Some(&body))
+            .await?;
+        Ok(())
+    }
+
+    /// Passes this node's TTL check.
+    async fn pass(&self, node_id: &str) -> Result<(), ConsulError> {
+        let path = format!("/v1/agent/check/pass/{}", Self::check_id(node_id));
+        self.client
+            .expect_ok(Method::PUT, &path, &[], None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Registers and passes; records whether Consul has the node.
+    async fn register_and_pass(&self, node: &NodeInfo) -> BackendResult<()> {
+        let r = async {
+            self.put_service(node).await?;
+            self.pass(&node.node_id).await?;
+            Ok::<(), BackendError>(())
+        }
+        .await;
+        self.registered.store(r.is_ok(), Ordering::Relaxed);
+        r
+    }
+
+    /// One upkeep round: pass the check, or register again when Consul lost the node.
+    async fn refresh(&self) {
+        let Some(node) = self.snapshot() else {
+            return;
+        };
+        if self.registered.load(Ordering::Relaxed) {
+            match self.pass(&node.node_id).await {
+                Ok(()) => return,
+                Err(ConsulError::Status { .. }) => {
+                    // Consul answers but does not know the check: it lost the node.
+                    warn!(node_id = %node.node_id, "Consul lost this node's registration; registering again");
+                }
+                Err(e) => {
+                    debug!(error = %e, "cannot pass the TTL check");
+                    self.registered.store(false, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        match self.register_and_pass(&node).await {
+            Ok(()) => {
+                info!(node_id = %node.node_id, service = %self.service, "registered in Consul again");
+                self.after_register(&node).await;
+            }
+            Err(e) => debug!(error = %e, "cannot register in Consul yet"),
+        }
+    }
+
+    /// A `deregister` or a newer `register`/`update_load` may have run meanwhile: make Consul
+    /// agree with the latest state.
+    async fn after_register(&self, registered: &NodeInfo) {
+        match self.snapshot() {
+            None => {
+                let _ = self.delete_service(&registered.node_id).await;
+            }
+            Some(now) if now != *registered => {
+                let _ = self.register_and_pass(&now).await;
+            }
+            Some(_) => {}
+        }
+    }
+
+    async fn delete_service(&self, node_id: &str) -> BackendResult<()> {
+        self.registered.store(false, Ordering::Relaxed);
+        let path = format!("/v1/agent/service/deregister/{node_id}");
+        self.client.expect_ok(Method::PUT, &path, &[], None).await?;
+        Ok(())
+    }
+
+    /// One read of the healthy nodes; blocks while `index` is current.
+    async fn read_nodes(&self, index: u64) -> Result<(u64, Vec<NodeInfo>), ConsulError> {
+        let path = format!("/v1/health/service/{}", self.service);
+        let (new_index, body) = self
+            .client
+            .blocking_get(
+                &path,
+                vec![("passing", "true".to_string())],
+                index,
+                self.watch_wait,
+            )
+            .await?;
+        let entries: Vec<HealthEntry> = match body {
+            Some(b) => decode(&format!("GET {path}"), &b)?,
+            None => Vec::new(),
+        };
+        Ok((new_index, healthy_sorted(entries)))
+    }
+
+    /// Keeps the node cache current until shut down.
+    async fn watch_nodes(&self, shutdown: &CancellationToken) {
+        let mut index = 0;
+        let mut outage = Outage::new("node discovery");
+        loop {
+            let started = Instant::now();
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.read_nodes(index) => r,
+            };
+            match read {
+                Ok((new_index, nodes)) => {
+                    outage.recovered();
+                    index = next_index(index, new_index);
+                    let mut cache = lock(&self.cache);
+                    if !cache.loaded || cache.nodes != nodes {
+                        debug!(nodes = nodes.len(), "healthy nodes changed");
+                    }
+                    cache.nodes = nodes;
+                    cache.loaded = true;
+                    cache.failing = None;
+                }
+                Err(e) => {
+                    index = 0;
+                    {
+                        let mut cache = lock(&self.cache);
+                        let since = cache.failing.as_ref().map_or_else(Instant::now, |f| f.0);
+                        cache.failing = Some((since, e.to_string()));
+                    }
+                    if !pause(outage.failed(&e), shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let spacing = MIN_QUERY_SPACING.saturating_sub(started.elapsed());
+            if !spacing.is_zero() && !pause(spacing, shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Passes the check every `check_ttl / 3` and registers again when needed, until shut down.
+    async fn keep_alive(&self, shutdown: &CancellationToken) {
+        let period = (self.check_ttl / 3).max(Duration::from_millis(100));
+        while pause(period, shutdown).await {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.refresh() => {}
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for ConsulRegistry {
+    /// Registers the node; remembered even when Consul does not answer, so that the upkeep
+    /// registers it once Consul is back.
+    async fn register(&self, node: NodeInfo) -> BackendResult<()> {
+        split_advertise(&node.addr)?;
+        *lock(&self.me) = Some(node.clone());
+        self.register_and_pass(&node).await?;
+        self.after_register(&node).await;
+        Ok(())
+    }
+
+    /// Updates this node's meta (Consul 1.8 does so by registering again) and passes the check.
+    /// Other nodes' entries are theirs to update: ignored.
+    async fn update_load(
+        &self,
+        node_id: &str,
+        connections: u64,
+        draining: bool,
+    ) -> BackendResult<()> {
+        let node = {
+            let mut me = lock(&self.me);
+            let Some(node) = me.as_mut().filter(|n| n.node_id == node_id) else {
+                return Ok(());
+            };
+            if node.connections == connections && node.draining == draining {
+                None
+            } else {
+                node.connections = connections;
+                node.draining = draining;
+                Some(node.clone())
+            }
+        };
+        match node {
+            Some(node) => {
+                self.register_and_pass(&node).await?;
+                self.after_register(&node).await;
+            }
+            None => {
+                self.pass(node_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self, node_id: &str) -> BackendResult<()> {
+        if self.is_me(node_id) {
+            *lock(&self.me) = None;
+        }
+        self.delete_service(node_id).await
+    }
+
+    /// The healthy nodes (this one included when healthy), least loaded first, as last read by
+    /// the upkeep: never waits on Consul. `Unavailable` before Consul first answered and when it
+    /// has not answered for longer than the check TTL (the list can no longer be trusted).
+    async fn nodes(&self) -> BackendResult<Vec<NodeInfo>> {
+        let cache = lock(&self.cache);
+        if let Some((since, why)) = &cache.failing {
+            if since.elapsed() > self.check_ttl || !cache.loaded {
+                return Err(BackendError::Unavailable {
+                    backend: BACKEND,
+                    detail: format!(
+                        "the node list is out of date: Consul has not answered for {:?} ({why})",
+                        since.elapsed()
+                    ),
+                });
+            }
+        }
+        if !cache.loaded {
+            return Err(BackendError::Unavailable {
+                backend: BACKEND,
+                detail: "the node list has not been read from Consul yet; try again shortly".into(),
+            });
+        }
+        Ok(cache.nodes.clone())
+    }
+
+    async fn health(&self) -> BackendResult<()> {
+        self.client.leader().await?;
+        Ok(())
+    }
+
+    /// The upkeep until `shutdown`: passes the TTL check every `check_ttl / 3`, registers the
+    /// node again when Consul lost it, and keeps the healthy-node list current.
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tokio::join!(self.keep_alive(&shutdown), self.watch_nodes(&shutdown));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live settings
+// ---------------------------------------------------------------------------------------------
+
+/// Settings changed at run time through Consul KV. `None`: the configured value applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveSettings {
+    /// `protocol.rate_per_sec` (new connections).
+    pub rate_per_sec: Option<u32>,
+    /// `protocol.rate_burst` (new connections).
+    pub rate_burst: Option<u32>,
+    /// `protocol.max_body`.
+    pub max_body: Option<usize>,
+    /// `protocol.idle_timeout`.
+    pub idle_timeout: Option<Duration>,
+    /// `protocol.write_timeout`.
+    pub write_timeout: Option<Duration>,
+    /// `server.max_connections`.
+    pub max_connections: Option<u64>,
+    /// `session.max_devices`.
+    pub max_devices: Option<usize>,
+    /// `offline.group_backlog`.
+    pub group_backlog: Option<usize>,
+    /// `offline.direct_backlog`.
+    pub direct_backlog: Option<usize>,
+}
+
+/// Receives the complete live settings after every change.
+pub type OnSettings = Arc<dyn Fn(&LiveSettings) + Send + Sync>;
+
+/// One live setting: its KV key (under the prefix), what it accepts, and how it is set.
+pub struct LiveKey {
+    pub key: &'static str,
+    /// The configuration key it overrides.
+    pub config_key: &'static str,
+    /// What a valid value looks like (follows "expected").
+    pub expected: &'static str,
+    apply: fn(&str, &mut LiveSettings) -> bool,
+    clear: fn(&mut LiveSettings),
+}
+
+fn parse_min<T: std::str::FromStr + PartialOrd>(v: &str, min: T) -> Option<T> {
+    v.parse::<T>().ok().filter(|x| *x >= min)
+}
+
+fn parse_duration(v: &str, min: Duration) -> Option<Duration> {
+    humantime::parse_duration(v).ok().filter(|d| *d >= min)
+}
+
+macro_rules! live_key {
+    ($key:literal, $config:literal, $expected:literal, $field:ident, $parse:expr) => {
+        LiveKey {
+            key: $key,
+            config_key: $config,
+            expected: $expected,
+            apply: |v, s| match ($parse)(v) {
+                Some(x) => {
+                    s.$field = Some(x);
+                    true
+                }
+                None => false,
+            },
+            clear: |s| s.$field = None,
+        }
+    };
+}
+
+/// Every live setting, by KV key under `consul.kv_prefix`. Values are plain text: numbers as
+/// digits, durations like `"90s"` or `"2m"`.
+pub const LIVE_KEYS: &[LiveKey] = &[
+    live_key!(
+        "rate_per_sec",
+        "protocol.rate_per_sec",
+        "an integer of at least 1 (frames per second)",
+        rate_per_sec,
+        |v: &str| parse_min::<u32>(v, 1)
+    ),
+    live_key!(
+        "rate_burst",
+        "protocol.rate_burst",
+        "an integer of at least 1 (frames)",
+        rate_burst,
+        |v: &str| parse_min::<u32>(v, 1)
+    ),
+    live_key!(
+        "max_body",
+        "protocol.max_body",
+        "an integer number of bytes between 64 and 16777216",
+        max_body,
+        |v: &str| parse_min::<usize>(v, crate::config::MIN_MAX_BODY)
+            .filter(|n| *n <= crate::config::MAX_MAX_BODY)
+    ),
+    live_key!(
+        "idle_timeout",
+        "protocol.idle_timeout",
+        "a duration of at least 1s such as \"180s\"",
+        idle_timeout,
+        |v: &str| parse_duration(v, Duration::from_secs(1))
+    ),
+    live_key!(
+        "write_timeout",
+        "protocol.write_timeout",
+        "a non-zero duration such as \"10s\"",
+        write_timeout,
+        |v: &str| parse_duration(v, Duration::from_millis(1))
+    ),
+    live_key!(
+        "max_connections",
+        "server.max_connections",
+        "an integer of at least 1",
+        max_connections,
+        |v: &str| parse_min::<u64>(v, 1)
+    ),
+    live_key!(
+        "max_devices",
+        "session.max_devices",
+        "an integer of at least 1",
+        max_devices,
+        |v: &str| parse_min::<usize>(v, 1)
+    ),
+    live_key!(
+        "group_backlog",
+        "offline.group_backlog",
+        "a non-negative integer number of messages",
+        group_backlog,
+        |v: &str| v.parse::<usize>().ok()
+    ),
+    live_key!(
+        "direct_backlog",
+        "offline.direct_backlog",
+        "a non-negative integer number of messages (0 = all)",
+        direct_backlog,
+        |v: &str| v.parse::<usize>().ok()
+    ),
+];
+
+/// One KV entry of a recursive read.
+#[derive(Deserialize)]
+struct KvEntry {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "Value", default)]
+    value: Option<String>,
+}
+
+/// Folds KV snapshots into [`LiveSettings`], remembering what was already reported.
+#[derive(Default)]
+pub struct LiveState {
+    current: LiveSettings,
+    /// Raw value of each key as last seen, so that a bad or unknown value is logged once.
+    seen: BTreeMap<String, String>,
+}
+
+impl LiveState {
+    pub fn current(&self) -> &LiveSettings {
+        &self.current
+    }
+
+    /// Applies a snapshot of the prefix (key under the prefix → value). Returns the new
+    /// settings when they changed. An invalid value keeps the previous one of its key; a missing
+    /// key goes back to the configured value.
+    pub fn apply(&mut self, snapshot: &BTreeMap<String, String>) -> Option<LiveSettings> {
+        let mut next = self.current.clone();
+        for k in LIVE_KEYS {
+            match snapshot.get(k.key) {
+                None => (k.clear)(&mut next),
+                Some(raw) => {
+                    let value = raw.trim();
+                    if !(k.apply)(value, &mut next) && self.seen.get(k.key) != Some(raw) {
+                        warn!(
+                            key = k.key,
+                            value = raw.as_str(),
+                            "ignoring the live setting {}: {raw:?} is not {} ({} keeps its previous value); fix the key in Consul KV",
+                            k.key, k.expected, k.config_key
+                        );
+                    }
+                }
+            }
+        }
+        for (key, raw) in snapshot {
+            if !LIVE_KEYS.iter().any(|k| k.key == key) && self.seen.get(key) != Some(raw) {
+                let known: Vec<&str> = LIVE_KEYS.iter().map(|k| k.key).collect();
+                warn!(
+                    key = key.as_str(),
+                    value = raw.as_str(),
+                    "ignoring the unknown live setting {key:?}; the known ones are {}",
+                    known.join(", ")
+                );
+            }
+        }
+        self.seen = snapshot.clone();
+        if next == self.current {
+            return None;
+        }
+        self.current = next.clone();
+        Some(next)
+    }
+}
+
+/// Watches `consul.kv_prefix` and hands every change of the live settings to a callback.
+pub struct LiveSettingsWatcher {
+    client: ConsulClient,
+    prefix: String,
+    wait: Duration,
+    on_settings: OnSettings,
+}
+
+impl LiveSettingsWatcher {
+    pub fn new(settings: &ConsulSettings, on_settings: OnSettings) -> BackendResult<Self> {
+        Ok(LiveSettingsWatcher {
+            client: ConsulClient::new(settings)?,
+            prefix: settings.kv_prefix.clone(),
+            wait: settings.watch_wait,
+            on_settings,
+        })
+    }
+
+    /// The watcher of the configured prefix, or `None` when `consul.addr` is unset.
+    pub fn from_config(
+        config: &crate::config::Config,
+        on_settings: OnSettings,
+    ) -> BackendResult<Option<Self>> {
+        match ConsulSettings::from_config(&config.consul) {
+            Some(s) => Ok(Some(Self::new(&s, on_settings)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One read of the prefix: (index, key under the prefix → value).
+    async fn read(&self, index: u64) -> Result<(u64, BTreeMap<String, String>), ConsulError> {
+        let path = format!("/v1/kv/{}", self.prefix);
+        let (new_index, body) = self
+            .client
+            .blocking_get(&path, vec![("recurse", "true".into())], index, self.wait)
+            .await?;
+        let entries: Vec<KvEntry> = match body {
+            Some(b) => decode(&format!("GET {path}"), &b)?,
+            None => Vec::new(),
+        };
+        let mut out = BTreeMap::new();
+        for e in entries {
+            let Some(name) = e.key.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if name.is_empty() || name.ends_with('/') {
+                continue; // the prefix itself or a folder
+            }
+            let value = match e.value {
+                None => String::new(),
+                Some(b64) => match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+                    Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    Err(err) => {
+                        warn!(key = %e.key, error = %err, "cannot decode a Consul KV value; ignoring it");
+                        continue;
+                    }
+                },
+            };
+            out.insert(name.to_string(), value);
+        }
+        Ok((new_index, out))
+    }
+
+    /// Watches until `shutdown`. While Consul does not answer, the settings stay as they are.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut state = LiveState::default();
+        let mut index = 0;
+        let mut outage = Outage::new("live settings");
+        loop {
+            let started = Instant::now();
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.read(index) => r,
+            };
+            match read {
+                Ok((new_index, snapshot)) => {
+                    outage.recovered();
+                    index = next_index(index, new_index);
+                    if let Some(settings) = state.apply(&snapshot) {
+                        info!(settings = ?settings, prefix = %self.prefix, "live settings changed");
+                        (self.on_settings)(&settings);
+                    }
+                }
+                Err(e) => {
+                    index = 0;
+                    if !pause(outage.failed(&e), &shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let spacing = MIN_QUERY_SPACING.saturating_sub(started.elapsed());
+            if !spacing.is_zero() && !pause(spacing, &shutdown).await {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn live_state_applies_keeps_old_on_invalid_and_reverts_on_removal() {
+        let mut s = LiveState::default();
+        let got = s
+            .apply(&snap(&[("max_devices", "2"), ("rate_per_sec", " 50 ")]))
+            .unwrap();
+        assert_eq!(got.max_devices, Some(2));
+        assert_eq!(got.rate_per_sec, Some(50));
+        // Invalid: the old value stays, nothing changes.
+        assert_eq!(
+            s.apply(&snap(&[("max_devices", "zero"), ("rate_per_sec", "50")])),
+            None
+        );
+        assert_eq!(s.current().max_devices, Some(2));
+        // Invalid first value of a key: it stays unset.
+        assert_eq!(
+            s.apply(&snap(&[
+                ("max_devices", "zero"),
+                ("rate_per_sec", "50"),
+                ("idle_timeout", "0s")
+            ])),
+            None
+        );
+        assert_eq!(s.current().idle_timeout, None);
+        // Removed: back to the configured value.
+        let got = s.apply(&snap(&[("max_devices", "3")])).unwrap();
+        assert_eq!(got.max_devices, Some(3));
+        assert_eq!(got.rate_per_sec, None);
+        let got = s
+            .apply(&snap(&[
+                ("idle_timeout", "2m"),
+                ("max_body", "64"),
+                ("group_backlog", "0"),
+                ("unknown", "1"),
+            ]))
+            .unwrap();
+        assert_eq!(got.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(got.max_body, Some(64));
+        assert_eq!(got.group_backlog, Some(0));
+        assert_eq!(got.max_devices, None);
+        assert_eq!(
+            s.apply(&snap(&[("max_body", "63")])),
+            Some(LiveSettings {
+                max_body: Some(64),
+                ..LiveSettings::default()
+            })
+        );
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(base_url("127.0.0.1:8500"), "http://127.0.0.1:8500");
+        assert_eq!(base_url("https://consul/"), "https://consul");
+        assert_eq!(split_advertise("0.0.0.0:9000").unwrap(), ("".into(), 9000));
+        assert_eq!(split_advertise("[::]:9000").unwrap(), ("".into(), 9000));
+        assert_eq!(split_advertise("[::1]:9000").unwrap(), ("::1".into(), 9000));
+        assert_eq!(
+            split_advertise("chat-1.example.com:9000").unwrap(),
+            ("chat-1.example.com".into(), 9000)
+        );
+        assert!(split_advertise("chat-1").is_err());
+        assert_eq!(join_host_port("::1", 1), "[::1]:1");
+        assert_eq!(join_host_port("10.0.0.1", 1), "10.0.0.1:1");
+        assert_eq!(next_index(10, 5), 0);
+        assert_eq!(next_index(10, 12), 12);
+        assert_eq!(next_index(0, 0), 1);
+        assert_eq!(go_duration(Duration::from_secs(15)), "15000ms");
+    }
+
+    #[test]
+    fn health_entries_become_sorted_healthy_nodes() {
+        let body = r#"[
+          {"Node":{"Address":"10.0.0.9"},"Service":{"ID":"b","Address":"","Port":9000,
+            "Meta":{"connections":"50","capacity":"100","draining":"false"}}},
+          {"Node":{"Address":"10.0.0.8"},"Service":{"ID":"a","Address":"chat-a","Port":9001,
+            "Meta":{"connections":"10","capacity":"100","draining":"false"}}},
+          {"Node":{"Address":"10.0.0.7"},"Service":{"ID":"c","Address":"","Port":9002,
+            "Meta":{"connections":"0","capacity":"100","draining":"true"}}},
+          {"Node":{"Address":"10.0.0.6"},"Service":{"ID":"d","Port":9003,"Meta":null}}
+        ]"#;
+        let entries: Vec<HealthEntry> = serde_json::from_str(body).unwrap();
+        let nodes = healthy_sorted(entries);
+        let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "d"]);
+        assert_eq!(nodes[0].addr, "chat-a:9001");
+        assert_eq!(nodes[1].addr, "10.0.0.9:9000");
+        assert_eq!(nodes[1].connections, 50);
+    }
+}
