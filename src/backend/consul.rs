@@ -362,12 +362,12 @@ impl Outage {
     }
 
     /// Records a failure and returns how long to pause before the next attempt.
-    fn failed(&mut self, e: &ConsulError) -> Duration {
+    fn failed(&mut self, e: &dyn std::fmt::Display) -> Duration {
         if self.since.is_none() {
             self.since = Some(Instant::now());
-            warn!(error = %e, "{}: Consul does not answer; keeping the last known state and retrying", self.what);
+            warn!(error = %e, "{}: Consul call failed; keeping the last known state and retrying", self.what);
         } else {
-            debug!(error = %e, "{}: Consul still does not answer", self.what);
+            debug!(error = %e, "{}: Consul call failed again", self.what);
         }
         self.pause = (self.pause * 2).clamp(Duration::from_millis(250), MAX_RETRY_PAUSE);
         self.pause
@@ -609,31 +609,28 @@ impl ConsulRegistry {
     }
 
     /// One upkeep round: pass the check, or register again when Consul lost the node.
-    async fn refresh(&self) {
+    async fn refresh(&self) -> BackendResult<()> {
         let Some(node) = self.snapshot() else {
-            return;
+            return Ok(());
         };
         if self.registered.load(Ordering::Relaxed) {
             match self.pass(&node.node_id).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(ConsulError::Status { .. }) => {
                     // Consul answers but does not know the check: it lost the node.
                     warn!(node_id = %node.node_id, "Consul lost this node's registration; registering again");
                 }
                 Err(e) => {
-                    debug!(error = %e, "cannot pass the TTL check");
+                    // Register again at the next round: Consul may come back without it.
                     self.registered.store(false, Ordering::Relaxed);
-                    return;
+                    return Err(e.into());
                 }
             }
         }
-        match self.register_and_pass(&node).await {
-            Ok(()) => {
-                info!(node_id = %node.node_id, service = %self.service, "registered in Consul again");
-                self.after_register(&node).await;
-            }
-            Err(e) => debug!(error = %e, "cannot register in Consul yet"),
-        }
+        self.register_and_pass(&node).await?;
+        info!(node_id = %node.node_id, service = %self.service, "registered in Consul again");
+        self.after_register(&node).await;
+        Ok(())
     }
 
     /// A `deregister` or a newer `register`/`update_load` may have run meanwhile: make Consul
@@ -721,10 +718,17 @@ impl ConsulRegistry {
     /// Passes the check every `check_ttl / 3` and registers again when needed, until shut down.
     async fn keep_alive(&self, shutdown: &CancellationToken) {
         let period = (self.check_ttl / 3).max(Duration::from_millis(100));
+        let mut outage = Outage::new("node registration");
         while pause(period, shutdown).await {
-            tokio::select! {
+            let round = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = self.refresh() => {}
+                r = self.refresh() => r,
+            };
+            match round {
+                Ok(()) => outage.recovered(),
+                Err(e) => {
+                    outage.failed(&e);
+                }
             }
         }
     }
