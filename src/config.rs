@@ -151,12 +151,33 @@ impl Default for NatsConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Redis URL; unset = in-process presence.
     #[serde(deserialize_with = "de::opt_string")]
     pub url: Option<String>,
+    /// A session entry counts this long after its node last wrote it (a dead node's sessions
+    /// vanish within it).
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+    /// How often a node rewrites its sessions (at most half of `presence_ttl`).
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Time limit of one call to Redis; past it the call fails as "unavailable".
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            presence_ttl: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -467,7 +488,20 @@ pub const KEYS: &[KeyInfo] = &[
     },
     KeyInfo {
         key: "redis.url",
-        expected: "a redis://, rediss:// or unix:// URL such as \"redis://127.0.0.1:6379\"",
+        expected: "a redis://, rediss://, redis-sentinel://, redis-cluster:// or redis+unix:// URL \
+                   such as \"redis://127.0.0.1:6379\"",
+    },
+    KeyInfo {
+        key: "redis.presence_ttl",
+        expected: "a duration of at least 1s such as \"30s\"",
+    },
+    KeyInfo {
+        key: "redis.refresh_interval",
+        expected: "a duration of at least 100ms and at most half of redis.presence_ttl, such as \"10s\"",
+    },
+    KeyInfo {
+        key: "redis.command_timeout",
+        expected: "a duration between 10ms and 60s such as \"2s\"",
     },
     KeyInfo {
         key: "consul.addr",
@@ -586,8 +620,16 @@ duplicate_window = "10m"
 request_timeout = "5s"
 
 [redis]
-# Redis URL. Unset = in-process presence.
+# Redis URL. Unset = in-process presence. Sentinel:
+#   redis-sentinel://s1:26379?sentinelServiceName=NAME&node=s2:26379
+# Cluster: redis-cluster://n1:6379?node=n2:6379 (TLS: rediss://, rediss-sentinel://, ...).
 url = "redis://127.0.0.1:6379"
+# A session counts this long after its node last wrote it (a dead node's vanish within it).
+presence_ttl = "30s"
+# How often a node rewrites its sessions in Redis (at most half of presence_ttl).
+refresh_interval = "10s"
+# Time limit of one call to Redis; past it the call fails and the chat goes on.
+command_timeout = "2s"
 
 [consul]
 # Consul HTTP address. Unset = no discovery (this node only).
@@ -1189,6 +1231,20 @@ fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
         "redis.url",
         c.redis.url.as_deref().is_none_or(valid_redis_url),
     );
+    let r = &c.redis;
+    check(
+        "redis.presence_ttl",
+        r.presence_ttl >= Duration::from_secs(1),
+    );
+    check(
+        "redis.refresh_interval",
+        r.refresh_interval >= Duration::from_millis(100)
+            && r.refresh_interval <= r.presence_ttl / 2,
+    );
+    check(
+        "redis.command_timeout",
+        (Duration::from_millis(10)..=Duration::from_secs(60)).contains(&r.command_timeout),
+    );
     check(
         "consul.addr",
         c.consul.addr.as_deref().is_none_or(valid_consul_addr),
@@ -1288,9 +1344,18 @@ fn valid_nats_urls(urls: &str) -> bool {
 }
 
 fn valid_redis_url(url: &str) -> bool {
-    ["redis://", "rediss://", "unix://", "redis+unix://"]
-        .iter()
-        .any(|scheme| url.len() > scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
+    [
+        "redis://",
+        "rediss://",
+        "redis-sentinel://",
+        "rediss-sentinel://",
+        "redis-cluster://",
+        "rediss-cluster://",
+        "unix://",
+        "redis+unix://",
+    ]
+    .iter()
+    .any(|scheme| url.len() > scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
         && no_space(url)
 }
 
@@ -1925,6 +1990,28 @@ mod tests {
         assert!(!ok(&[("CHAT_ZINX_LOG__LEVEL", " ")]));
         assert!(ok(&[("CHAT_ZINX_REDIS__URL", "rediss://:pw@redis:6380/0")]));
         assert!(!ok(&[("CHAT_ZINX_REDIS__URL", "http://redis:6379")]));
+        assert!(ok(&[(
+            "CHAT_ZINX_REDIS__URL",
+            "redis-sentinel://s1:26379?sentinelServiceName=main&node=s2:26379"
+        )]));
+        assert!(ok(&[(
+            "CHAT_ZINX_REDIS__URL",
+            "redis-cluster://n1:6379?node=n2:6379"
+        )]));
+        assert!(ok(&[
+            ("CHAT_ZINX_REDIS__PRESENCE_TTL", "1s"),
+            ("CHAT_ZINX_REDIS__REFRESH_INTERVAL", "500ms")
+        ]));
+        assert!(!ok(&[
+            ("CHAT_ZINX_REDIS__PRESENCE_TTL", "999ms"),
+            ("CHAT_ZINX_REDIS__REFRESH_INTERVAL", "100ms")
+        ]));
+        assert!(!ok(&[("CHAT_ZINX_REDIS__PRESENCE_TTL", "19s")]));
+        assert!(ok(&[("CHAT_ZINX_REDIS__REFRESH_INTERVAL", "15s")]));
+        assert!(!ok(&[("CHAT_ZINX_REDIS__REFRESH_INTERVAL", "16s")]));
+        assert!(!ok(&[("CHAT_ZINX_REDIS__REFRESH_INTERVAL", "50ms")]));
+        assert!(!ok(&[("CHAT_ZINX_REDIS__COMMAND_TIMEOUT", "0s")]));
+        assert!(!ok(&[("CHAT_ZINX_REDIS__COMMAND_TIMEOUT", "61s")]));
         assert!(!ok(&[(
             "CHAT_ZINX_NATS__URL",
             "nats://a:4222,,nats://b:4222"

@@ -13,6 +13,7 @@
 pub mod consul;
 pub mod memory;
 pub mod nats;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;
