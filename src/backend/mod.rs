@@ -132,6 +132,16 @@ pub trait Presence: Send + Sync + 'static {
     /// Sessions of many users at once (fan-out), oldest first per user.
     async fn sessions(&self, users: &[UserId]) -> BackendResult<HashMap<UserId, Vec<SessionInfo>>>;
 
+    /// Background upkeep (refreshing this node's sessions before they expire) until
+    /// `shutdown`; the node spawns it on its task tracker. In-process presence needs none.
+    async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        drop(shutdown);
+    }
+
+    /// The node leaves for good (clean shutdown): drop all of its sessions now rather than
+    /// letting them expire.
+    async fn leave(&self) {}
+
     /// Whether this backend can serve now: a cheap round trip or the client's connection state.
     /// `Unavailable` when it cannot. In-process backends are always healthy.
     async fn health(&self) -> BackendResult<()> {
@@ -238,10 +248,22 @@ impl Backends {
         node_id: &str,
     ) -> anyhow::Result<Backends> {
         use anyhow::Context;
-        if config.redis.url.is_some() {
-            anyhow::bail!("redis.url is set, but Redis presence is not available in this build yet; unset redis.url");
-        }
         let mut backends = Backends::in_memory();
+        if let Some(url) = &config.redis.url {
+            let options = redis::PresenceOptions::from_config(&config.redis);
+            let presence = redis::RedisPresence::connect(url, node_id, options)
+                .await
+                .context(
+                "cannot set up Redis presence (redis.url): is redis-server running and reachable?",
+            )?;
+            backends.presence = Arc::new(presence);
+            tracing::info!(node_id, "presence on Redis");
+        } else if config.nats.url.is_some() {
+            tracing::warn!(
+                node_id,
+                "nats.url is set but redis.url is not: presence is per node, so users on other nodes get direct messages at their next login or sync instead of live"
+            );
+        }
         match &config.nats.url {
             None => {
                 tracing::info!(

@@ -678,6 +678,17 @@ impl Presence for RedisPresence {
         }
         Ok(out)
     }
+
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        self.run_refresh(shutdown).await;
+    }
+
+    async fn leave(&self) {
+        if let Err(e) = self.deregister_node().await {
+            tracing::warn!(error = %e, "could not remove this node's sessions from Redis; they expire by themselves");
+        }
+        self.close().await;
+    }
 }
 
 #[cfg(test)]

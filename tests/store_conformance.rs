@@ -1,0 +1,341 @@
+//! The `Store` contract, checked against every implementation: the in-process store and the
+//! NATS JetStream store on a real nats-server. Both must give the same answers.
+
+mod support;
+
+use std::sync::Arc;
+
+use chat_zinx::backend::nats::{Nats, NatsSettings, NatsStore};
+use chat_zinx::backend::{memory::MemoryStore, BackendError, Store};
+use chat_zinx::core::model::*;
+use support::servers::NatsServer;
+
+fn user(name: &str) -> NewUser {
+    NewUser {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        username: name.into(),
+        email: format!("{name}@x"),
+        password_hash: "h".into(),
+        created_at: 1,
+    }
+}
+
+fn text(conv: ConvId, sender: UserId, content: &str) -> NewMessage {
+    let body = match conv {
+        ConvId::Group(g) => MessageBody::Group {
+            group_id: g,
+            content: content.into(),
+        },
+        ConvId::Direct(a, b) => MessageBody::Direct {
+            recipient_id: if a == sender { b } else { a },
+            to_user_id: "x".into(),
+            content: content.into(),
+            msg_type: String::new(),
+            sent_at: None,
+        },
+    };
+    NewMessage {
+        msg_id: uuid::Uuid::new_v4().to_string(),
+        conv,
+        sender_id: sender,
+        sender_uuid: "u".into(),
+        sender_name: "n".into(),
+        timestamp: now_ms(),
+        body,
+    }
+}
+
+async fn nats_store(server: &NatsServer) -> Arc<dyn Store> {
+    let conn = Nats::connect(&NatsSettings {
+        url: server.url(),
+        stream: "CONFORMANCE".into(),
+        replicas: 1,
+        max_age: std::time::Duration::ZERO,
+        duplicate_window: std::time::Duration::from_secs(600),
+        request_timeout: std::time::Duration::from_secs(5),
+    })
+    .await
+    .expect("connects to the test nats-server");
+    Arc::new(NatsStore(conn))
+}
+
+async fn accounts(store: Arc<dyn Store>) {
+    let a = store.create_user(user("Alice")).await.unwrap();
+    let b = store.create_user(user("bob")).await.unwrap();
+    assert!(b.id > a.id, "ids increase");
+    assert!(matches!(
+        store.create_user(user("ALICE")).await,
+        Err(BackendError::Conflict("username"))
+    ));
+    assert_eq!(store.user_by_name("alice").await.unwrap().unwrap().id, a.id);
+    assert_eq!(
+        store
+            .user_by_uuid(&a.uuid.to_uppercase())
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        a.id
+    );
+    assert!(store.user_by_name("nobody").await.unwrap().is_none());
+    assert!(store.user_by_id(9999).await.unwrap().is_none());
+    let both = store.users_by_ids(&[b.id, 9999, a.id]).await.unwrap();
+    assert_eq!(
+        both.iter().map(|u| u.id).collect::<Vec<_>>(),
+        vec![b.id, a.id]
+    );
+    assert_eq!(store.record_login(a.id, 10).await.unwrap(), None);
+    assert_eq!(store.record_login(a.id, 20).await.unwrap(), Some(10));
+    // A name taken once is never given to another user, an id never reused.
+    let c = store.create_user(user("carol")).await.unwrap();
+    assert!(c.id > b.id);
+}
+
+async fn groups(store: Arc<dyn Store>) {
+    let (g, owner) = store
+        .create_group(NewGroup {
+            name: "Team".into(),
+            owner_id: 1,
+            description: "d".into(),
+            avatar: String::new(),
+            created_at: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!((owner.role, g.member_count), (Role::Owner, 1));
+    assert!(matches!(
+        store
+            .create_group(NewGroup {
+                name: "TEAM".into(),
+                owner_id: 2,
+                description: String::new(),
+                avatar: String::new(),
+                created_at: 6,
+            })
+            .await,
+        Err(BackendError::Conflict("group name"))
+    ));
+    store.add_member(g.id, 2, Role::Member, 7).await.unwrap();
+    assert!(matches!(
+        store.add_member(g.id, 2, Role::Member, 8).await,
+        Err(BackendError::Conflict("membership"))
+    ));
+    assert!(matches!(
+        store.add_member(777, 2, Role::Member, 8).await,
+        Err(BackendError::NotFound("group"))
+    ));
+    assert_eq!(store.group(g.id).await.unwrap().unwrap().member_count, 2);
+    store.set_role(g.id, 2, Role::Admin).await.unwrap();
+    assert_eq!(
+        store.member(g.id, 2).await.unwrap().unwrap().role,
+        Role::Admin
+    );
+    assert_eq!(store.groups_of(2).await.unwrap(), vec![g.id]);
+    let renamed = store
+        .update_group(
+            g.id,
+            GroupPatch {
+                name: Some("Crew".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((renamed.name.as_str(), renamed.member_count), ("Crew", 2));
+    // The old name is free again.
+    store
+        .create_group(NewGroup {
+            name: "team".into(),
+            owner_id: 3,
+            description: String::new(),
+            avatar: String::new(),
+            created_at: 9,
+        })
+        .await
+        .unwrap();
+    store.remove_member(g.id, 2).await.unwrap();
+    assert!(matches!(
+        store.remove_member(g.id, 2).await,
+        Err(BackendError::NotFound("membership"))
+    ));
+    assert!(store.groups_of(2).await.unwrap().is_empty());
+    assert_eq!(store.members(g.id).await.unwrap().len(), 1);
+}
+
+async fn log_and_history(store: Arc<dyn Store>) {
+    let g = ConvId::Group(1);
+    let p = ConvId::direct(1, 2);
+    let mut group_seqs = Vec::new();
+    let mut direct_seqs = Vec::new();
+    for i in 0..25 {
+        group_seqs.push(
+            store
+                .append(text(g, 1, &format!("g{i}")), None)
+                .await
+                .unwrap()
+                .message
+                .seq,
+        );
+        direct_seqs.push(
+            store
+                .append(text(p, 2, &format!("p{i}")), None)
+                .await
+                .unwrap()
+                .message
+                .seq,
+        );
+    }
+    assert!(group_seqs.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        store.log_tail().await.unwrap(),
+        *direct_seqs.last().unwrap()
+    );
+    // Pages of 10, newest first, walking backwards without gaps or repeats.
+    let mut seen = Vec::new();
+    let mut before = None;
+    let mut pages = 0;
+    loop {
+        let page = store.history(g, before, 10).await.unwrap();
+        pages += 1;
+        seen.extend(page.messages.iter().map(|m| m.content().to_string()));
+        before = page.messages.last().map(|m| m.seq);
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    let want: Vec<String> = (0..25).rev().map(|i| format!("g{i}")).collect();
+    assert_eq!(seen, want);
+    // `before` that is not a message of the conversation.
+    let page = store.history(g, Some(direct_seqs[3]), 100).await.unwrap();
+    assert_eq!(page.messages.len(), 4, "g0..g3 lie before p3");
+    assert!(!page.has_more);
+    // Forward reads.
+    let after = store.after(p, direct_seqs[20], 3).await.unwrap();
+    assert_eq!(
+        after
+            .iter()
+            .map(|m| m.content().to_string())
+            .collect::<Vec<_>>(),
+        ["p21", "p22", "p23"]
+    );
+    assert!(store
+        .after(p, *direct_seqs.last().unwrap(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .history(ConvId::Group(99), None, 5)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    // Relations follow direct messages.
+    assert_eq!(store.peers_of(1).await.unwrap(), vec![2]);
+    assert_eq!(store.peers_of(2).await.unwrap(), vec![1]);
+}
+
+async fn dedupe(store: Arc<dyn Store>) {
+    let key = DedupeKey {
+        sender_id: 5,
+        client_msg_id: "c-1".into(),
+    };
+    let first = store
+        .append(text(ConvId::Group(3), 5, "x"), Some(key.clone()))
+        .await
+        .unwrap();
+    let again = store
+        .append(text(ConvId::Group(3), 5, "x"), Some(key))
+        .await
+        .unwrap();
+    assert!(!first.duplicate && again.duplicate);
+    assert_eq!(first.message, again.message);
+    assert_eq!(
+        store
+            .history(ConvId::Group(3), None, 10)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+}
+
+async fn cursors(store: Arc<dyn Store>) {
+    assert_eq!(store.cursor(7).await.unwrap(), DeliveryCursor::default());
+    store.advance_cursor(7, 50).await.unwrap();
+    store.advance_cursor(7, 40).await.unwrap();
+    store.mark_undelivered(7, 45).await.unwrap();
+    store.mark_undelivered(7, 42).await.unwrap();
+    let c = store.cursor(7).await.unwrap();
+    assert_eq!((c.delivered, c.undelivered_from), (50, Some(42)));
+    store.settle_cursor(7, Some(40), 60).await.unwrap();
+    assert_eq!(
+        store.cursor(7).await.unwrap().undelivered_from,
+        Some(42),
+        "a newer mark stays"
+    );
+    store.settle_cursor(7, Some(42), 70).await.unwrap();
+    let c = store.cursor(7).await.unwrap();
+    assert_eq!((c.delivered, c.undelivered_from), (70, None));
+}
+
+macro_rules! conformance {
+    ($($name:ident),*) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(Arc::new(MemoryStore::default())).await;
+                }
+            )*
+        }
+        mod nats {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = NatsServer::start().await;
+                    super::$name(nats_store(&server).await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(accounts, groups, log_and_history, dedupe, cursors);
+
+/// Two nodes appending to one conversation at once: every message lands once and the
+/// backward links stay a single chain (history sees all of them, in log order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_from_two_nodes_keep_one_history_chain() {
+    let server = NatsServer::start().await;
+    let a = nats_store(&server).await;
+    let b = nats_store(&server).await;
+    let conv = ConvId::Group(42);
+    let (ra, rb) = tokio::join!(
+        async {
+            for i in 0..40 {
+                a.append(text(conv, 1, &format!("a{i}")), None)
+                    .await
+                    .unwrap();
+            }
+        },
+        async {
+            for i in 0..40 {
+                b.append(text(conv, 2, &format!("b{i}")), None)
+                    .await
+                    .unwrap();
+            }
+        }
+    );
+    let _ = (ra, rb);
+    let page = a.history(conv, None, 100).await.unwrap();
+    assert_eq!(page.messages.len(), 80);
+    assert!(page.messages.windows(2).all(|w| w[0].seq > w[1].seq));
+    let forward = b.after(conv, 0, 100).await.unwrap();
+    let mut back: Vec<Seq> = page.messages.iter().map(|m| m.seq).collect();
+    back.reverse();
+    assert_eq!(forward.iter().map(|m| m.seq).collect::<Vec<_>>(), back);
+}
