@@ -19,6 +19,7 @@ pub mod backoff;
 pub mod commands;
 pub mod connection;
 pub mod dedupe;
+pub mod discovery;
 pub mod render;
 mod session;
 
@@ -38,9 +39,14 @@ const STDIN_CAPACITY: usize = 64;
 /// Command-line arguments of the client.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// Server address (host:port).
+    /// Server address (host:port), or several separated by commas (tried in turn).
     #[arg(value_name = "ADDR", default_value = "127.0.0.1:9000")]
     pub addr: String,
+
+    /// Pick the least-loaded healthy node from this Consul (e.g. http://127.0.0.1:8500)
+    /// instead of ADDR.
+    #[arg(long, value_name = "URL")]
+    pub consul: Option<String>,
 
     /// Print every reply, push, error and event as one JSON object per line.
     #[arg(long)]
@@ -102,9 +108,16 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         timeout: args.timeout,
         sequential,
     };
-    let failures = Session::new(cfg, args.addr)
-        .run(Input { queued, stdin })
-        .await;
+    let addrs = match &args.consul {
+        Some(consul) => discovery::nodes_from_consul(consul, "chat-zinx", None).await?,
+        None => args
+            .addr
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect(),
+    };
+    let failures = Session::new(cfg, addrs).run(Input { queued, stdin }).await;
     if failures > 0 {
         anyhow::bail!("{failures} command(s) failed (timeout, no connection or bad command)");
     }

@@ -168,10 +168,15 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(cfg: Config, addr: String) -> Self {
+    pub(crate) fn new(cfg: Config, addrs: Vec<String>) -> Self {
+        let addrs = if addrs.is_empty() {
+            vec!["127.0.0.1:9000".to_string()]
+        } else {
+            addrs
+        };
         Session {
             cfg,
-            addrs: vec![addr],
+            addrs,
             addr_idx: 0,
             conn: None,
             v2: false,
