@@ -1,0 +1,23 @@
+# `nix develop`: the Rust toolchain of the package, the test runner and the servers the
+# integration tests start (scripts/test; tests/support/servers.rs), and the Nix tools.
+{ mkShell, chat-zinx, clippy, rustfmt, rust-analyzer, cargo-nextest, nats-server, redis, consul, systemd, deadnix, nixpkgs-fmt, python3 }:
+
+mkShell {
+  inputsFrom = [ chat-zinx ];
+  packages = [
+    clippy
+    rustfmt
+    rust-analyzer
+    cargo-nextest
+    # Live servers of the integration tests.
+    nats-server
+    redis
+    consul
+    # systemd-analyze and systemd-socket-activate (tests/systemd.rs, scripts/check-systemd-units).
+    systemd
+    # scripts/check-nix.
+    deadnix
+    nixpkgs-fmt
+    python3.pkgs.pyflakes
+  ];
+}

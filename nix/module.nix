@@ -1,0 +1,344 @@
+# NixOS module: services.chat-zinx.
+#
+# One node per host (`services.chat-zinx`), and further nodes on the same host as named
+# instances (`services.chat-zinx.instances.<name>`). Each node is three units, as in systemd/:
+# the service (Type=notify, watchdog, the same sandboxing) and two socket units that hold its
+# listeners across restarts (socket activation; FileDescriptorName=chat and =http).
+#
+# Configuration: `settings` is the TOML file of docs/configuration.md (typed options for the
+# main keys, from ./settings.toml; any other key untyped), written to the Nix store and checked
+# with `chat-zinx config --check` at build time. Secrets never go there: `environmentFile`
+# (CHAT_ZINX_* variables: Redis URL with its password, Consul ACL token) and `tokenSecretFile`
+# (a systemd credential) are read at run time from paths outside the store.
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.chat-zinx;
+  inherit (lib) types mkOption;
+
+  tomlFormat = pkgs.formats.toml { };
+
+  # { section = { key = { type, default?, unset?, example, description, values? }; }; }
+  typedSettings = lib.importTOML ./settings.toml;
+
+  settingType = spec: {
+    address = types.strMatching "(\\[[0-9A-Fa-f:.]+]|[0-9.]+):[0-9]+";
+    hostport = types.strMatching "[^:/ ]+:[0-9]+|\\[[0-9A-Fa-f:.]+]:[0-9]+";
+    string = types.str;
+    duration = types.strMatching "[0-9].*";
+    positive = types.ints.positive;
+    unsigned = types.ints.unsigned;
+    enum = types.enum (spec.values or [ ]);
+    abspath = types.strMatching "/.*";
+  }.${spec.type};
+
+  envVar = section: key: "CHAT_ZINX_${lib.toUpper section}__${lib.toUpper key}";
+
+  mkSettingOption = section: key: spec:
+    mkOption ({
+      type = if spec ? default then settingType spec else types.nullOr (settingType spec);
+      default = spec.default or null;
+      inherit (spec) example;
+      description = spec.description + ''
+
+
+        Key `${section}.${key}`; the variable `${envVar section key}` (in `environmentFile`)
+        overrides it.'';
+    } // lib.optionalAttrs (!(spec ? default)) {
+      defaultText = lib.literalMD "`null`: left out of the file, so the daemon's default applies (${spec.unset})";
+    });
+
+  settingsType = types.submodule {
+    freeformType = tomlFormat.type;
+    options = lib.mapAttrs
+      (section: keys: mkOption {
+        type = types.submodule {
+          freeformType = tomlFormat.type;
+          options = lib.mapAttrs (mkSettingOption section) keys;
+        };
+        default = { };
+        description = "The `[${section}]` section of the configuration file.";
+      })
+      typedSettings;
+  };
+
+  # Options shared by the main node and the named instances.
+  nodeOptions = {
+    settings = mkOption {
+      type = settingsType;
+      default = { };
+      example = lib.literalExpression ''
+        {
+          server.advertise_addr = "chat-1.example.com:9000";
+          nats.url = "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222";
+          nats.replicas = 3;
+          consul.addr = "http://127.0.0.1:8500";
+          protocol.rate_per_sec = 100; # untyped keys work too
+        }
+      '';
+      description = ''
+        The daemon's configuration file (docs/configuration.md), as Nix. Options left `null`
+        are not written, so the daemon's defaults apply. The file is world-readable in the
+        Nix store: secrets belong in `environmentFile` and `tokenSecretFile`.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the chat port (the port of `settings.server.listen`) in the firewall.";
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr (types.strMatching "/.*");
+      default = null;
+      example = "/run/secrets/chat-zinx.env";
+      description = ''
+        A file of `CHAT_ZINX_<SECTION>__<KEY>=value` lines, read by systemd when the service
+        starts (`EnvironmentFile=`), for secrets and per-host values:
+        `CHAT_ZINX_REDIS__URL=redis://:password@redis:6379/0`,
+        `CHAT_ZINX_CONSUL__TOKEN=...`, a NATS URL with credentials. Variables override the
+        file. A string, not a Nix path, so that it is never copied into the store; keep it
+        readable by root only.
+      '';
+    };
+
+    tokenSecretFile = mkOption {
+      type = types.nullOr (types.strMatching "/.*");
+      default = null;
+      example = "/run/secrets/chat-zinx-token-secret";
+      description = ''
+        File holding the secret that signs login tokens (at least 16 bytes). Every node of a
+        cluster needs the same one, so that a client resumes its session on any node. It is
+        passed as a systemd credential (`LoadCredential=`), so it can stay readable by root
+        only, and `settings.auth.token_secret_file` is set to the credential. `null`: each
+        node generates its own in its state directory.
+      '';
+    };
+  };
+
+  unitName = name: if name == "" then "chat-zinx" else "chat-zinx-${name}";
+  credentialPath = name: "/run/credentials/${unitName name}.service/token_secret";
+
+  nodes =
+    lib.optionalAttrs cfg.enable { "" = cfg; }
+    // lib.filterAttrs (_: node: node.enable) cfg.instances;
+
+  portOf = address: lib.toInt (lib.last (lib.splitString ":" address));
+
+  # Settings without the unset (null) options, as written to the file.
+  fileSettings = node: lib.filterAttrsRecursive (_: v: v != null) node.settings;
+
+  configFile = name: node:
+    let
+      file = tomlFormat.generate "${unitName name}.toml" (fileSettings node);
+    in
+    if cfg.checkConfig && pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform then
+      pkgs.runCommand "${unitName name}-checked.toml" { } ''
+        ${lib.getExe node.package} config --check ${file}
+        cp ${file} $out
+      ''
+    else file;
+
+  sockets = name: node:
+    let
+      unit = unitName name;
+      node' = lib.optionalString (name != "") ", node ${name}";
+    in
+    {
+      ${unit} = {
+        description = "chat-zinx chat listener${node'}";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = [ node.settings.server.listen ];
+        socketConfig = {
+          FileDescriptorName = "chat";
+          # Connections wait in the kernel while the daemon (re)starts.
+          Backlog = 4096;
+          NoDelay = true;
+          Service = "${unit}.service";
+        };
+      };
+      "${unit}-http" = {
+        description = "chat-zinx HTTP listener (health, readiness, metrics)${node'}";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = [ node.settings.server.http_listen ];
+        socketConfig = {
+          FileDescriptorName = "http";
+          Service = "${unit}.service";
+        };
+      };
+    };
+
+  service = name: node:
+    let
+      unit = unitName name;
+      socketUnits = [ "${unit}.socket" "${unit}-http.socket" ];
+    in
+    {
+      description = "chat-zinx chat daemon" + lib.optionalString (name != "") ", node ${name}";
+      documentation = [ "file://${node.package}/share/doc/chat-zinx/configuration.md" ];
+      wantedBy = [ "multi-user.target" ];
+      requires = socketUnits;
+      after = socketUnits ++ [ "network-online.target" ];
+      wants = [ "network-online.target" ];
+      # Keep retrying while a backend (NATS, Redis, Consul) is down.
+      unitConfig.StartLimitIntervalSec = 0;
+      serviceConfig = {
+        Type = "notify";
+        NotifyAccess = "main";
+        ExecStart = "${lib.getExe node.package} --config ${configFile name node} serve";
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        Sockets = socketUnits;
+        # READY=1 comes once the listeners are open and every backend answers.
+        TimeoutStartSec = lib.mkDefault "90s";
+        # The daemon pings every WatchdogSec/2 while its accept loop and backends answer.
+        WatchdogSec = lib.mkDefault "30s";
+        Restart = "on-failure";
+        RestartSec = lib.mkDefault "5s";
+        # Exit code 2 is a configuration error: restarting does not fix it.
+        RestartPreventExitStatus = 2;
+        # server.drain_window (10s) + protocol.write_timeout (10s, the last flush) + the
+        # daemon's 5s stop margin + 5s; raise it with the drain window.
+        TimeoutStopSec = lib.mkDefault "30s";
+        KillMode = "mixed";
+
+        DynamicUser = true;
+        StateDirectory = unit;
+        StateDirectoryMode = "0700";
+        RuntimeDirectory = unit;
+        LimitNOFILE = lib.mkDefault 1048576;
+        UMask = "0077";
+
+        # The same sandboxing as systemd/chat-zinx.service: its sockets, outgoing TCP to
+        # NATS, Redis and Consul, its state directory, and nothing else.
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        NoNewPrivileges = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        PrivateUsers = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        ProtectHostname = true;
+        ProtectClock = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectProc = "invisible";
+        ProcSubset = "pid";
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        RemoveIPC = true;
+        PrivateMounts = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        KeyringMode = "private";
+        DevicePolicy = "closed";
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
+        SystemCallErrorNumber = "EPERM";
+      }
+      // lib.optionalAttrs (node.environmentFile != null) {
+        EnvironmentFile = node.environmentFile;
+      }
+      // lib.optionalAttrs (node.tokenSecretFile != null) {
+        LoadCredential = "token_secret:${node.tokenSecretFile}";
+      };
+    };
+
+  nodeAssertions = name: node:
+    let
+      where = "services.chat-zinx" + lib.optionalString (name != "") ".instances.${name}";
+      redisUrl = node.settings.redis.url;
+    in
+    [
+      {
+        assertion = !(node.settings ? consul && node.settings.consul ? token);
+        message = "${where}.settings.consul.token would put the Consul ACL token in the world-readable Nix store: set CHAT_ZINX_CONSUL__TOKEN in ${where}.environmentFile instead.";
+      }
+      {
+        assertion = redisUrl == null || builtins.match "[^/]*//[^/@]*:[^/@]+@.*" redisUrl == null;
+        message = "${where}.settings.redis.url contains a password, which would land in the world-readable Nix store: set CHAT_ZINX_REDIS__URL in ${where}.environmentFile instead.";
+      }
+      {
+        assertion = name == "" || (builtins.match "[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*" name != null && !lib.hasSuffix "http" name);
+        message = "services.chat-zinx.instances.${name}: instance names are letters, digits, `_` and inner `-`, and do not end in `http` (the unit names chat-zinx-<name>.service, chat-zinx-<name>-http.socket must not collide).";
+      }
+    ];
+
+  listenAddresses = lib.concatLists (lib.mapAttrsToList
+    (_: node: [ node.settings.server.listen node.settings.server.http_listen ])
+    nodes);
+in
+{
+  options.services.chat-zinx = nodeOptions // {
+    enable = lib.mkEnableOption "the chat-zinx chat daemon (units chat-zinx.service, chat-zinx.socket, chat-zinx-http.socket)";
+
+    package = lib.mkPackageOption pkgs "chat-zinx" { };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Check every generated configuration file with `chat-zinx config --check` at build
+        time, so that a bad key or value fails the build rather than the service. Skipped
+        when cross-compiling.
+      '';
+    };
+
+    instances = mkOption {
+      default = { };
+      example = lib.literalExpression ''
+        {
+          a.settings.server.listen = "0.0.0.0:9001";
+          a.settings.server.http_listen = "127.0.0.1:9101";
+          b.settings.server.listen = "0.0.0.0:9002";
+          b.settings.server.http_listen = "127.0.0.1:9102";
+        }
+      '';
+      description = ''
+        Further nodes on this host, each with its own units (chat-zinx-<name>.service,
+        .socket, -http.socket), state directory (/var/lib/chat-zinx-<name>) and settings;
+        give each its own `server.listen` and `server.http_listen`.
+      '';
+      type = types.attrsOf (types.submodule ({ name, config, ... }: {
+        options = nodeOptions // {
+          enable = lib.mkEnableOption "this chat-zinx node" // { default = true; };
+          package = mkOption {
+            type = types.package;
+            default = cfg.package;
+            defaultText = lib.literalExpression "config.services.chat-zinx.package";
+            description = "The chat-zinx package of this node.";
+          };
+        };
+        config.settings.auth.token_secret_file =
+          lib.mkIf (config.tokenSecretFile != null) (credentialPath name);
+      }));
+    };
+  };
+
+  config = {
+    services.chat-zinx.settings.auth.token_secret_file =
+      lib.mkIf (cfg.tokenSecretFile != null) (credentialPath "");
+
+    assertions = lib.concatLists (lib.mapAttrsToList nodeAssertions nodes) ++ [
+      {
+        assertion = lib.allUnique listenAddresses;
+        message = "services.chat-zinx: two nodes on this host share a listen address (settings.server.listen / http_listen): ${toString listenAddresses}";
+      }
+    ];
+
+    systemd.sockets = lib.mkMerge (lib.mapAttrsToList sockets nodes);
+    systemd.services = lib.mapAttrs' (name: node: lib.nameValuePair (unitName name) (service name node)) nodes;
+
+    networking.firewall.allowedTCPPorts = lib.concatLists (lib.mapAttrsToList
+      (_: node: lib.optional node.openFirewall (portOf node.settings.server.listen))
+      nodes);
+
+    # The client (`chat-zinx client`) and `chat-zinx config --check` on the PATH.
+    environment.systemPackages = lib.mkIf (nodes != { }) (lib.unique (lib.mapAttrsToList (_: node: node.package) nodes));
+  };
+}
