@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub advertise_addr: Option<String>,
     /// Connections this node accepts; past it new connections are refused (v2: redirected).
     pub max_connections: u64,
+    /// How long a graceful shutdown (SIGTERM) may take to drain the connections.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,6 +117,10 @@ pub struct LogConfig {
     /// A `tracing` filter (`info`, `chat_zinx=debug`, …); `RUST_LOG` overrides it.
     #[serde(deserialize_with = "de::string")]
     pub level: String,
+    /// Where logs go: `auto` (journald when stderr is the journal, else text), `journald`,
+    /// `text` (stderr).
+    #[serde(deserialize_with = "de::string")]
+    pub format: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -229,6 +236,7 @@ impl Default for ServerConfig {
             state_dir: None,
             advertise_addr: None,
             max_connections: 100_000,
+            drain_window: Duration::from_secs(10),
         }
     }
 }
@@ -275,6 +283,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: "auto".into(),
         }
     }
 }
@@ -411,6 +420,10 @@ pub const KEYS: &[KeyInfo] = &[
         expected: "an integer of at least 1",
     },
     KeyInfo {
+        key: "server.drain_window",
+        expected: "a duration between 1s and 1h such as \"10s\"",
+    },
+    KeyInfo {
         key: "protocol.max_body",
         expected: "an integer number of bytes between 64 and 16777216",
     },
@@ -461,6 +474,10 @@ pub const KEYS: &[KeyInfo] = &[
     KeyInfo {
         key: "log.level",
         expected: "a tracing filter such as \"info\" or \"info,chat_zinx=debug\"",
+    },
+    KeyInfo {
+        key: "log.format",
+        expected: "\"auto\", \"journald\" or \"text\"",
     },
     KeyInfo {
         key: "nats.url",
@@ -539,6 +556,24 @@ pub fn env_var_name(key: &str) -> String {
     format!("{ENV_PREFIX}{}", parts.join(ENV_SEPARATOR))
 }
 
+/// The keys whose values differ between `a` and `b`, in [`KEYS`] order.
+pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
+    let (Ok(ta), Ok(tb)) = (toml::Table::try_from(a), toml::Table::try_from(b)) else {
+        return Vec::new();
+    };
+    let get = |t: &toml::Table, key: &str| {
+        let (section, leaf) = split_key(key);
+        t.get(section)
+            .and_then(|s| s.as_table())
+            .and_then(|s| s.get(leaf))
+            .cloned()
+    };
+    KEYS.iter()
+        .map(|k| k.key)
+        .filter(|k| get(&ta, k) != get(&tb, k))
+        .collect()
+}
+
 /// A config file setting every key, with a comment for each; it passes [`check_file`].
 /// Optional keys are set to examples (the comment tells what unset means); the others show
 /// their defaults.
@@ -567,6 +602,9 @@ state_dir = "/var/lib/chat-zinx"
 advertise_addr = "chat-1.example.com:9000"
 # Connections this node accepts; past it new connections are refused.
 max_connections = 100000
+# How long a graceful shutdown (SIGTERM) may take to drain the connections (1s to 1h).
+# Keep the unit's TimeoutStopSec above it (systemd/chat-zinx.service).
+drain_window = "10s"
 
 [protocol]
 # Largest inbound frame body in bytes (64 to 16777216).
@@ -604,6 +642,9 @@ direct_backlog = 0
 [log]
 # A tracing filter ("info", "info,chat_zinx=debug", ...); RUST_LOG overrides it.
 level = "info"
+# Where logs go: "auto" (journald when stderr is the journal, else stderr),
+# "journald", or "text" (stderr).
+format = "auto"
 
 [nats]
 # NATS server URL(s), comma separated. Unset = in-process bus and memory store.
@@ -1188,6 +1229,10 @@ fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
         s.advertise_addr.as_deref().is_none_or(valid_host_port),
     );
     check("server.max_connections", s.max_connections >= 1);
+    check(
+        "server.drain_window",
+        (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.drain_window),
+    );
     let p = &c.protocol;
     check(
         "protocol.max_body",
@@ -1205,6 +1250,10 @@ fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
     check("auth.hash_concurrency", c.auth.hash_concurrency >= 1);
     check("session.max_devices", c.session.max_devices >= 1);
     check("log.level", valid_log_filter(&c.log.level));
+    check(
+        "log.format",
+        matches!(c.log.format.as_str(), "auto" | "journald" | "text"),
+    );
     check(
         "nats.url",
         c.nats.url.as_deref().is_none_or(valid_nats_urls),
@@ -1983,6 +2032,13 @@ mod tests {
         assert!(!ok(&[("CHAT_ZINX_PROTOCOL__RATE_BURST", "0")]));
         assert!(!ok(&[("CHAT_ZINX_PROTOCOL__RATE_BURST", "4294967296")]));
         assert!(!ok(&[("CHAT_ZINX_SERVER__MAX_CONNECTIONS", "0")]));
+        assert!(ok(&[("CHAT_ZINX_SERVER__DRAIN_WINDOW", "1s")]));
+        assert!(ok(&[("CHAT_ZINX_SERVER__DRAIN_WINDOW", "1h")]));
+        assert!(!ok(&[("CHAT_ZINX_SERVER__DRAIN_WINDOW", "0s")]));
+        assert!(!ok(&[("CHAT_ZINX_SERVER__DRAIN_WINDOW", "2h")]));
+        assert!(ok(&[("CHAT_ZINX_LOG__FORMAT", "journald")]));
+        assert!(ok(&[("CHAT_ZINX_LOG__FORMAT", "text")]));
+        assert!(!ok(&[("CHAT_ZINX_LOG__FORMAT", "json")]));
         assert!(ok(&[("CHAT_ZINX_LOG__LEVEL", "info,chat_zinx=debug")]));
         assert!(ok(&[("CHAT_ZINX_LOG__LEVEL", "warn")]));
         assert!(!ok(&[("CHAT_ZINX_LOG__LEVEL", "chat_zinx=loud")]));
@@ -2134,6 +2190,20 @@ mod tests {
             .filter(|k| is_secret_name(split_key(k).1))
             .collect();
         assert_eq!(secret, ["consul.token"]);
+    }
+
+    #[test]
+    fn changed_keys_names_what_differs() {
+        let a = Config::default();
+        assert!(changed_keys(&a, &a).is_empty());
+        let mut b = a.clone();
+        b.log.level = "debug".into();
+        b.server.listen = "127.0.0.1:1".into();
+        b.consul.token = Some("t".into());
+        assert_eq!(
+            changed_keys(&a, &b),
+            ["server.listen", "log.level", "consul.token"]
+        );
     }
 
     #[test]

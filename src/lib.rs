@@ -8,11 +8,16 @@
 //!   traits of [`backend`].
 //! * [`backend`]: store, presence, bus and registry traits with their in-process
 //!   implementations (and, in the cluster, NATS / Redis / Consul ones).
+//!
+//! Around them: [`systemd`] (socket activation, sd_notify, watchdog), [`http`] (health,
+//! readiness and Prometheus metrics) and [`telemetry`] (journald or text logs).
 
 pub mod backend;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod http;
 pub mod protocol;
 pub mod server;
+pub mod systemd;
 pub mod telemetry;

@@ -70,8 +70,20 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    chat_zinx::telemetry::init(&cfg.log.level);
-    runtime(|| async move { chat_zinx::server::run(cfg).await })
+    chat_zinx::telemetry::init(&cfg.log);
+    // Take the sockets systemd passed (socket activation) before anything else opens files.
+    let sockets = match chat_zinx::systemd::take_activated_sockets() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chat-zinx: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = chat_zinx::server::RunOptions {
+        config_path: config,
+        sockets,
+    };
+    runtime(|| async move { chat_zinx::server::run(cfg, options).await })
 }
 
 fn runtime<F, Fut>(f: F) -> ExitCode

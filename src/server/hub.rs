@@ -153,6 +153,8 @@ pub struct HubStats {
     pub slow_consumers: AtomicU64,
     pub pushes: AtomicU64,
     pub missed: AtomicU64,
+    /// From a message's store time to its hand-over to a local connection.
+    pub delivery_latency: super::metrics::DeliveryLatency,
 }
 
 pub struct Hub {
@@ -411,6 +413,7 @@ impl Hub {
                 }
                 let f = frame.get_or_insert_with(|| push_frame(message));
                 if self.push(conn, f, message.seq) {
+                    self.stats.delivery_latency.observe_since(message.timestamp);
                     any = true;
                 } else {
                     failed = true;

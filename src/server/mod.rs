@@ -5,13 +5,14 @@
 //! is owned by one `TaskTracker` and stops on one `CancellationToken`.
 
 pub mod connection;
+pub mod health;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
 pub mod session;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::backend::Backends;
 use crate::config::Config;
@@ -65,6 +66,8 @@ pub struct ServerCtx {
     settings: RwLock<ConnSettings>,
     /// Open connections (logged in or not).
     pub open: AtomicU64,
+    /// Probes and last results of the health checks (watchdog, status, `/ready`).
+    pub health: health::HealthState,
 }
 
 impl ServerCtx {
@@ -136,6 +139,8 @@ impl Node {
         let secret = Auth::load_or_create_secret(&secret_path)?;
         let auth = Auth::new(secret, config.auth.token_ttl, config.auth.hash_concurrency);
 
+        // First, so that the backends can count into it (`Metrics::observe_backend_call`).
+        let metrics = Metrics::default();
         let backends = Backends::from_config(config, &node_id).await?;
 
         let hub = Arc::new(Hub::new(
@@ -173,12 +178,14 @@ impl Node {
             warn!(error = %e, "cannot register this node in the cluster registry yet; serving anyway, it is registered once the registry answers");
         }
 
+        let (accept_probe, probe_requests) = health::loop_probe();
         let ctx = Arc::new(ServerCtx {
             core,
             hub: hub.clone(),
-            metrics: Metrics::default(),
+            metrics,
             settings: RwLock::new(ConnSettings::from_config(config)),
             open: AtomicU64::new(0),
+            health: health::HealthState::new(accept_probe),
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -193,6 +200,7 @@ impl Node {
         }
         tasks.spawn(accept_loop(
             listener,
+            probe_requests,
             ctx.clone(),
             shutdown.clone(),
             tasks.clone(),
@@ -267,6 +275,7 @@ fn live_settings_applier(
 
 async fn accept_loop(
     listener: TcpListener,
+    mut probes: health::ProbeRequests,
     ctx: Arc<ServerCtx>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -275,6 +284,11 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
+            // Health probe (watchdog, /ready): answering proves this loop is polled.
+            Some(reply) = probes.next() => {
+                let _ = reply.send(());
+                continue;
+            }
             r = listener.accept() => r,
         };
         let (stream, _peer) = match accepted {
@@ -288,11 +302,11 @@ async fn accept_loop(
         };
         let max = ctx.settings().max_connections;
         if ctx.open.load(Ordering::Relaxed) >= max {
-            ctx.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.connection_refused();
             drop(stream);
             continue;
         }
-        ctx.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.connection_accepted();
         ctx.open.fetch_add(1, Ordering::Relaxed);
         let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
         let ctx2 = ctx.clone();
@@ -304,24 +318,322 @@ async fn accept_loop(
     }
 }
 
-/// Runs a node until SIGINT or SIGTERM (the `serve` command).
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(&config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
-    let node = Node::start(&config, listener).await?;
-    wait_for_signal().await?;
-    node.shutdown(Duration::from_secs(10)).await;
+// ---------------------------------------------------------------------------------------------
+// Running under a service manager: listeners, readiness, reload, drain
+// ---------------------------------------------------------------------------------------------
+
+/// Keys a SIGHUP applies to the running node; a change to any other key needs a restart.
+pub const RELOADABLE_KEYS: &[&str] = &[
+    "server.max_connections",
+    "server.drain_window",
+    "protocol.max_body",
+    "protocol.idle_timeout",
+    "protocol.write_queue",
+    "protocol.write_timeout",
+    "protocol.rate_per_sec",
+    "protocol.rate_burst",
+    "session.max_devices",
+    "offline.group_backlog",
+    "offline.direct_backlog",
+    "log.level",
+];
+
+/// Time the shutdown may take beyond `server.drain_window` and `protocol.write_timeout` (the
+/// writers' last flush): leaving the registry, stopping the tasks. Past it the process exits
+/// anyway. The unit's `TimeoutStopSec` must exceed the sum of the three.
+pub const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// How `run` gets its listeners and reloads its configuration.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// The `--config` path (`None`: the default path when it exists), read again on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// Listeners passed by systemd; the others are bound from the configuration.
+    pub sockets: crate::systemd::ActivatedSockets,
+}
+
+impl Node {
+    /// Serves the HTTP endpoint (`/health`, `/ready`, `/metrics`) on `listener` until shutdown.
+    pub fn serve_http(&self, listener: TcpListener) -> std::io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        self.tasks.spawn(crate::http::serve(
+            listener,
+            self.ctx.clone(),
+            self.shutdown.clone(),
+            self.tasks.clone(),
+        ));
+        Ok(addr)
+    }
+
+    /// Checks the accept loop and the backends.
+    pub async fn health(&self) -> health::Health {
+        health::check(&self.ctx).await
+    }
+
+    /// The one-line summary (node id, connections, backend health) for `STATUS=`.
+    pub fn status_line(&self, health: &health::Health) -> String {
+        health::status_line(&self.ctx, health)
+    }
+
+    /// Applies the settings of `new` that can change while running (connection settings and
+    /// limits; the log level is the caller's). They take effect for new frames and new
+    /// connections; open connections stay open.
+    pub fn reload(&self, new: &Config) {
+        self.ctx.set_settings(ConnSettings::from_config(new));
+        self.ctx.core.set_limits(limits_from(new));
+    }
+
+    /// Starts the task that keeps systemd's `STATUS=` current and feeds its watchdog while the
+    /// node serves (owned by the node; it stops at shutdown).
+    pub fn supervise(&self, notifier: crate::systemd::Notifier, status: String) {
+        self.tasks.spawn(crate::systemd::supervise(
+            self.ctx.clone(),
+            notifier,
+            status,
+            self.shutdown.clone(),
+        ));
+    }
+}
+
+/// A signal `run` acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGHUP: reload the configuration.
+    Reload,
+    /// SIGTERM or SIGINT: drain and exit.
+    Stop(&'static str),
+}
+
+/// The signals `run` handles, registered once (before anything can send them).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let ctx = "cannot install the signal handlers";
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context(ctx)?,
+            int: signal(SignalKind::interrupt()).context(ctx)?,
+            hup: signal(SignalKind::hangup()).context(ctx)?,
+        })
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM (the `serve` command): opens (or takes from systemd)
+/// the chat and HTTP listeners, says READY once the node serves and its backends answer,
+/// reloads on SIGHUP, drains on SIGTERM.
+pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    use crate::systemd::Notifier;
+
+    // Before anything else: SIGHUP would otherwise end the process.
+    let mut signals = Signals::new()?;
+    let notifier = Notifier::new();
+    let RunOptions {
+        config_path,
+        sockets,
+    } = options;
+    let activated = !sockets.is_empty();
+    let chat = listener(sockets.chat, &config.server.listen, "server.listen").await?;
+    let http = listener(
+        sockets.http,
+        &config.server.http_listen,
+        "server.http_listen",
+    )
+    .await?;
+
+    let node = Node::start(&config, chat).await?;
+    crate::telemetry::set_node_id(node.node_id());
+    let http_addr = node
+        .serve_http(http)
+        .context("cannot serve the HTTP endpoint")?;
+    info!(
+        http_addr = %http_addr,
+        socket_activated = activated,
+        "HTTP endpoint up: /health, /ready, /metrics"
+    );
+
+    let started = config.clone();
+    let mut current = config;
+    if wait_until_ready(&node, &notifier, &mut signals).await {
+        let h = node.health().await;
+        let status = node.status_line(&h);
+        notifier.ready(&status);
+        info!("ready: {status}");
+        node.supervise(notifier.clone(), status);
+        loop {
+            match wait_for_signal(&mut signals).await {
+                Signal::Reload => {
+                    reload(
+                        &node,
+                        &notifier,
+                        config_path.as_deref(),
+                        &started,
+                        &mut current,
+                    )
+                    .await
+                }
+                Signal::Stop(name) => {
+                    info!("{name} received: draining");
+                    break;
+                }
+            }
+        }
+    }
+    stop(node, &notifier, current.server.drain_window).await;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// A listener passed by systemd, else one bound to `addr` (the value of config `key`).
+async fn listener(
+    passed: Option<std::net::TcpListener>,
+    addr: &str,
+    key: &str,
+) -> anyhow::Result<TcpListener> {
+    match passed {
+        Some(l) => {
+            // Tokio needs a non-blocking socket; systemd passes blocking ones.
+            l.set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(l))
+                .with_context(|| format!("cannot use the socket systemd passed instead of {key}"))
+        }
+        None => TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} ({key}); is another chat-zinx using it? change {key}")
+        }),
     }
-    Ok(())
+}
+
+/// Waits until the node is ready (accept loop answering, store and bus healthy), saying what
+/// it waits for in `STATUS=` and the log. False when told to stop meanwhile.
+async fn wait_until_ready(
+    node: &Node,
+    notifier: &crate::systemd::Notifier,
+    signals: &mut Signals,
+) -> bool {
+    let mut warned = false;
+    loop {
+        let h = node.health().await;
+        if h.ready() {
+            if warned {
+                info!("backends answer now");
+            }
+            return true;
+        }
+        let status = node.status_line(&h);
+        notifier.status(&status);
+        if !warned {
+            warn!(
+                "not ready yet ({}); waiting for it: systemd keeps the unit 'activating' and stops it after TimeoutStartSec",
+                h.problems()
+            );
+            warned = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            sig = wait_for_signal(signals) => match sig {
+                Signal::Reload => info!("SIGHUP ignored: still starting; send it again once ready"),
+                Signal::Stop(name) => {
+                    info!("{name} received while starting");
+                    return false;
+                }
+            },
+        }
+    }
+}
+
+/// The next signal `run` acts on.
+async fn wait_for_signal(signals: &mut Signals) -> Signal {
+    tokio::select! {
+        _ = signals.term.recv() => Signal::Stop("SIGTERM"),
+        _ = signals.int.recv() => Signal::Stop("SIGINT"),
+        _ = signals.hup.recv() => Signal::Reload,
+    }
+}
+
+/// SIGHUP: reads the configuration again (same file and environment as at start) and applies
+/// what can change live; a broken file is rejected and the running configuration stays.
+async fn reload(
+    node: &Node,
+    notifier: &crate::systemd::Notifier,
+    path: Option<&Path>,
+    started: &Config,
+    current: &mut Config,
+) {
+    notifier.reloading();
+    info!("SIGHUP received: reloading the configuration");
+    let new = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            node.ctx.metrics.config_reload(false);
+            error!("configuration reload rejected, the running configuration stays: {e}");
+            let h = node.health().await;
+            notifier.ready(&format!(
+                "{}; last reload rejected (see the log)",
+                node.status_line(&h)
+            ));
+            return;
+        }
+    };
+    let live: Vec<&str> = crate::config::changed_keys(current, &new)
+        .into_iter()
+        .filter(|k| RELOADABLE_KEYS.contains(k))
+        .collect();
+    let pending: Vec<&str> = crate::config::changed_keys(started, &new)
+        .into_iter()
+        .filter(|k| !RELOADABLE_KEYS.contains(k))
+        .collect();
+    node.reload(&new);
+    if live.contains(&"log.level") {
+        match crate::telemetry::set_level(&new.log.level) {
+            Ok(crate::telemetry::LevelChange::Applied) => {}
+            Ok(crate::telemetry::LevelChange::OverriddenByRustLog(v)) => warn!(
+                rust_log = %v,
+                "log.level changed, but RUST_LOG overrides it; unset RUST_LOG (Environment= of the unit) to use log.level"
+            ),
+            Err(e) => warn!("log.level not applied: {e}"),
+        }
+    }
+    *current = new;
+    node.ctx.metrics.config_reload(true);
+    if live.is_empty() {
+        info!("configuration reloaded: nothing that applies live changed");
+    } else {
+        info!(applied = %live.join(", "), "configuration reloaded");
+    }
+    if !pending.is_empty() {
+        warn!(
+            needs_restart = %pending.join(", "),
+            "these changed settings take effect only after a restart (systemctl restart chat-zinx)"
+        );
+    }
+    let h = node.health().await;
+    notifier.ready(&node.status_line(&h));
+}
+
+/// SIGTERM: STOPPING=1, then the node's graceful drain, bounded by `drain`, the write timeout
+/// and `STOP_MARGIN`, while systemd's stop timeout is extended.
+async fn stop(node: Node, notifier: &crate::systemd::Notifier, drain: Duration) {
+    node.ctx.health.set_stopping();
+    let open = node.ctx.open.load(Ordering::Relaxed);
+    let limit = drain + node.ctx.settings().write_timeout + STOP_MARGIN;
+    notifier.stopping(
+        &format!(
+            "node {}: stopping, draining {open} connection{}",
+            node.node_id(),
+            if open == 1 { "" } else { "s" }
+        ),
+        limit,
+    );
+    tokio::select! {
+        r = tokio::time::timeout(limit, node.shutdown(drain)) => {
+            if r.is_err() {
+                warn!("the shutdown did not finish within {limit:?}; exiting anyway");
+            }
+        }
+        _ = crate::systemd::extend_while_stopping(notifier.clone()) => {}
+    }
+    info!("stopped");
 }

@@ -512,6 +512,14 @@ impl Session {
                 self.ctx
                     .metrics
                     .message_stored("direct", appended.duplicate);
+                debug!(
+                    conn_id = self.conn_id,
+                    user_id = me.id,
+                    msg_id = %appended.message.msg_id,
+                    seq = appended.message.seq,
+                    duplicate = appended.duplicate,
+                    "direct message stored"
+                );
                 self.send_ack(client_msg_id, &appended.message).await
             }
             Err(e) => {
@@ -856,6 +864,14 @@ impl Session {
         {
             Ok(appended) => {
                 self.ctx.metrics.message_stored("group", appended.duplicate);
+                debug!(
+                    conn_id = self.conn_id,
+                    user_id = me.id,
+                    msg_id = %appended.message.msg_id,
+                    seq = appended.message.seq,
+                    duplicate = appended.duplicate,
+                    "group message stored"
+                );
                 self.send(
                     ids::GROUP_TEXT_ACK,
                     &m::GroupTextAck {
