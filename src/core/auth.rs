@@ -96,11 +96,17 @@ impl Auth {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let secret = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
-                write_private(path, &secret).map_err(|source| SecretError::Write {
-                    path: shown,
-                    source,
-                })?;
-                Ok(secret)
+                match write_private(path, &secret) {
+                    Ok(()) => Ok(secret),
+                    // Another node sharing the file created it first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Self::load_or_create_secret(path)
+                    }
+                    Err(source) => Err(SecretError::Write {
+                        path: shown,
+                        source,
+                    }),
+                }
             }
             Err(source) => Err(SecretError::Read {
                 path: shown,
