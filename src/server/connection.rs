@@ -138,7 +138,11 @@ async fn read_loop(
             biased;
             _ = shared.close_token().cancelled() => return EndReason::ClosedByServer,
             _ = shutdown.cancelled() => {
-                session.farewell(code::SHUTTING_DOWN, "the server is shutting down: reconnect to another node").await;
+                let redirect = ctx.redirect.read().unwrap_or_else(|e| e.into_inner()).clone();
+                match redirect {
+                    Some(frame) if shared.is_v2() => session.push_frame(frame),
+                    _ => session.farewell(code::SHUTTING_DOWN, "the server is shutting down: reconnect to another node").await,
+                }
                 return EndReason::Shutdown;
             }
             _ = sleep_until(idle_deadline) => {

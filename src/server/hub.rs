@@ -49,6 +49,8 @@ pub struct ConnShared {
     pub pushed: AtomicU64,
     /// Highest log position the writer has written to the socket.
     pub written: AtomicU64,
+    /// Set by `close_after_flush`: the writer finishes the outbox instead of dropping it.
+    graceful: AtomicBool,
 }
 
 impl ConnShared {
@@ -62,7 +64,24 @@ impl ConnShared {
             recording: Mutex::new(None),
             pushed: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            graceful: AtomicBool::new(false),
         }
+    }
+
+    /// Closes the connection after what is queued (plus `farewell`, if given) has been written:
+    /// reading stops at once, writing goes on until the outbox is empty. Used by the drain.
+    pub fn close_after_flush(&self, farewell: Option<Outbound>) {
+        if let Some(frame) = farewell {
+            let _ = self.outbox.try_push(frame);
+        }
+        self.outbox.close();
+        self.graceful.store(true, Ordering::SeqCst);
+        self.close.cancel();
+    }
+
+    /// Whether the close is a graceful one (see `close_after_flush`).
+    pub fn closes_after_flush(&self) -> bool {
+        self.graceful.load(Ordering::SeqCst)
     }
 
     /// Asks the connection to close with a reason; the first reason wins.

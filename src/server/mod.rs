@@ -5,6 +5,7 @@
 //! is owned by one `TaskTracker` and stops on one `CancellationToken`.
 
 pub mod connection;
+pub mod drain;
 pub mod health;
 pub mod hub;
 pub mod metrics;
@@ -68,6 +69,8 @@ pub struct ServerCtx {
     pub open: AtomicU64,
     /// Probes and last results of the health checks (watchdog, status, `/ready`).
     pub health: health::HealthState,
+    /// Set by a drain: the 406 frame for v2 connections closed at shutdown.
+    pub redirect: RwLock<Option<bytes::Bytes>>,
 }
 
 impl ServerCtx {
@@ -94,6 +97,9 @@ const CURSOR_FLUSH: Duration = Duration::from_secs(5);
 pub struct Node {
     pub ctx: Arc<ServerCtx>,
     pub local_addr: SocketAddr,
+    /// Stops the accept loop (first step of a drain).
+    accepting: CancellationToken,
+    /// Stops everything else.
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -186,22 +192,27 @@ impl Node {
             settings: RwLock::new(ConnSettings::from_config(config)),
             open: AtomicU64::new(0),
             health: health::HealthState::new(accept_probe),
+            redirect: RwLock::new(None),
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(hub.clone().run_subscriptions(shutdown.clone()));
         tasks.spawn(hub.clone().flush_cursors(CURSOR_FLUSH, shutdown.clone()));
         tasks.spawn(backends.registry.clone().run(shutdown.clone()));
+        tasks.spawn(backends.presence.clone().run(shutdown.clone()));
+        tasks.spawn(report_load(ctx.clone(), LOAD_REPORT, shutdown.clone()));
         let on_settings = live_settings_applier(&ctx, config);
         if let Some(w) =
             crate::backend::consul::LiveSettingsWatcher::from_config(config, on_settings)?
         {
             tasks.spawn(w.run(shutdown.clone()));
         }
+        let accepting = shutdown.child_token();
         tasks.spawn(accept_loop(
             listener,
             probe_requests,
             ctx.clone(),
+            accepting.clone(),
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -209,33 +220,87 @@ impl Node {
         Ok(Node {
             ctx,
             local_addr,
+            accepting,
             shutdown,
             tasks,
         })
     }
 
-    /// Stops accepting, tells every connection, waits for the tasks (at most `grace`).
-    pub async fn shutdown(self, grace: Duration) {
-        info!("shutting down");
-        let _ = self
-            .ctx
-            .core
-            .backends()
-            .registry
-            .deregister(self.ctx.core.node_id())
-            .await;
+    /// Drains and stops the node: leaves discovery first (nobody is sent here any more), stops
+    /// accepting, redirects v2 clients to the least-loaded peers and closes every connection,
+    /// spread over `drain_window` (see [`drain`]), then stops every task.
+    pub async fn shutdown(self, drain_window: Duration) {
+        let core = &self.ctx.core;
+        let node_id = core.node_id().to_string();
+        let registry = &core.backends().registry;
+        let connections = self.ctx.open.load(Ordering::Relaxed);
+        let _ = registry.update_load(&node_id, connections, true).await;
+        let peers = registry.nodes().await.unwrap_or_default();
+        if let Err(e) = registry.deregister(&node_id).await {
+            warn!(error = %e, "could not leave the registry; the entry expires by itself");
+        }
+        self.accepting.cancel();
+        // Connections that never logged in are closed at the end; v2 ones get this redirect.
+        *self.ctx.redirect.write().unwrap_or_else(|e| e.into_inner()) =
+            Some(drain::redirect_frame("draining", &peers, &node_id));
+        let report = drain::drain(
+            &self.ctx.hub,
+            &peers,
+            &node_id,
+            drain_window,
+            &self.shutdown,
+        )
+        .await;
+        info!(
+            redirected = report.redirected,
+            closed = report.closed,
+            "drained; stopping"
+        );
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait())
+        // Writers flush what is queued, each bounded by the write timeout.
+        let bound = self.ctx.settings().write_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(bound, self.tasks.wait())
             .await
             .is_err()
         {
-            warn!("some connections did not finish within {grace:?}; exiting anyway");
+            warn!("some connections did not finish within {bound:?}; exiting anyway");
         }
     }
 
     pub fn node_id(&self) -> &str {
         self.ctx.core.node_id()
+    }
+}
+
+/// How often the node's connection count is published to the registry (discovery's load).
+const LOAD_REPORT: Duration = Duration::from_secs(5);
+
+/// Publishes this node's connection count to the registry when it changes, so that clients and
+/// redirects can pick the least-loaded node.
+async fn report_load(ctx: Arc<ServerCtx>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let open = ctx.open.load(Ordering::Relaxed);
+        if reported == Some(open) {
+            continue;
+        }
+        let core = &ctx.core;
+        match core
+            .backends()
+            .registry
+            .update_load(core.node_id(), open, false)
+            .await
+        {
+            Ok(()) => reported = Some(open),
+            Err(e) => tracing::debug!(error = %e, "load report failed; retried next round"),
+        }
     }
 }
 
@@ -277,13 +342,14 @@ async fn accept_loop(
     listener: TcpListener,
     mut probes: health::ProbeRequests,
     ctx: Arc<ServerCtx>,
+    accepting: CancellationToken,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     let next_id = AtomicU64::new(1);
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = accepting.cancelled() => break,
             // Health probe (watchdog, /ready): answering proves this loop is polled.
             Some(reply) = probes.next() => {
                 let _ = reply.send(());
@@ -300,8 +366,10 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Past `max_connections` a connection is still taken (up to a headroom), so that a v2
+        // client can be redirected to a less loaded node (406) instead of being cut off.
         let max = ctx.settings().max_connections;
-        if ctx.open.load(Ordering::Relaxed) >= max {
+        if ctx.open.load(Ordering::Relaxed) >= max + max / 10 + 16 {
             ctx.metrics.connection_refused();
             drop(stream);
             continue;

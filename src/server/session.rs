@@ -122,6 +122,11 @@ impl Session {
         });
     }
 
+    /// Queues a ready-made frame without waiting (the connection is about to close).
+    pub fn push_frame(&self, frame: bytes::Bytes) {
+        let _ = self.shared.outbox.try_push(Outbound { frame, seq: 0 });
+    }
+
     /// Removes this connection from the hub (no more pushes) and returns who was logged in.
     pub fn detach_from_hub(&mut self) -> Option<Me> {
         let me = self.me.take()?;

@@ -80,7 +80,8 @@ impl TestServer {
 
     pub async fn stop(mut self) {
         if let Some(node) = self.node.take() {
-            node.shutdown(Duration::from_secs(5)).await;
+            // A short drain window: tests stop with connections open.
+            node.shutdown(Duration::from_millis(200)).await;
         }
     }
 }
@@ -149,6 +150,20 @@ impl Client {
         let (got, body) = self.recv().await;
         assert_eq!(got, id, "expected message id {id}, got {got}: {body}");
         body
+    }
+
+    /// The next frame with id `id`, skipping pushes (208, 312) that arrive before it.
+    pub async fn expect_skipping(&mut self, id: u32) -> Value {
+        loop {
+            let (got, body) = self.recv().await;
+            if got == id {
+                return body;
+            }
+            assert!(
+                got == ids::TEXT_MSG || got == ids::GROUP_TEXT_PUSH,
+                "expected message id {id}, got {got}: {body}"
+            );
+        }
     }
 
     /// Asserts that nothing is pending for this client: a ping's pong is the next frame.
