@@ -71,6 +71,8 @@ pub struct ServerCtx {
     pub health: health::HealthState,
     /// Set by a drain: the 406 frame for v2 connections closed at shutdown.
     pub redirect: RwLock<Option<bytes::Bytes>>,
+    /// Configured and live settings, combined into `settings` and the core's limits.
+    layers: std::sync::Mutex<SettingsLayers>,
 }
 
 impl ServerCtx {
@@ -193,7 +195,9 @@ impl Node {
             open: AtomicU64::new(0),
             health: health::HealthState::new(accept_probe),
             redirect: RwLock::new(None),
+            layers: std::sync::Mutex::new(SettingsLayers::default()),
         });
+        ctx.set_configured(config);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(hub.clone().run_subscriptions(shutdown.clone()));
@@ -201,7 +205,7 @@ impl Node {
         tasks.spawn(backends.registry.clone().run(shutdown.clone()));
         tasks.spawn(backends.presence.clone().run(shutdown.clone()));
         tasks.spawn(report_load(ctx.clone(), LOAD_REPORT, shutdown.clone()));
-        let on_settings = live_settings_applier(&ctx, config);
+        let on_settings = live_settings_applier(&ctx);
         if let Some(w) =
             crate::backend::consul::LiveSettingsWatcher::from_config(config, on_settings)?
         {
@@ -312,29 +316,61 @@ fn limits_from(c: &Config) -> Limits {
     }
 }
 
-/// Applies live settings (Consul KV) on top of the configured values: a key that is no longer
-/// set goes back to its configured value.
-fn live_settings_applier(
-    ctx: &Arc<ServerCtx>,
-    config: &Config,
-) -> crate::backend::consul::OnSettings {
-    let (conn, limits) = (ConnSettings::from_config(config), limits_from(config));
-    let ctx = Arc::downgrade(ctx);
-    Arc::new(move |live| {
-        let Some(ctx) = ctx.upgrade() else { return };
-        let mut s = conn.clone();
+/// The settings in force are the configured ones (file and environment, replaced on SIGHUP)
+/// with the live ones (Consul KV) on top: a live key that is removed goes back to the
+/// configured value, and a reload does not wipe what is set live.
+#[derive(Default)]
+pub struct SettingsLayers {
+    configured: Option<(ConnSettings, Limits)>,
+    live: crate::backend::consul::LiveSettings,
+}
+
+impl ServerCtx {
+    fn apply_layers(&self) {
+        let layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((conn, limits)) = layers.configured.clone() else {
+            return;
+        };
+        let live = &layers.live;
+        let mut s = conn;
         s.rate_per_sec = live.rate_per_sec.unwrap_or(s.rate_per_sec);
         s.rate_burst = live.rate_burst.unwrap_or(s.rate_burst);
         s.max_body = live.max_body.unwrap_or(s.max_body);
         s.idle_timeout = live.idle_timeout.unwrap_or(s.idle_timeout);
         s.write_timeout = live.write_timeout.unwrap_or(s.write_timeout);
         s.max_connections = live.max_connections.unwrap_or(s.max_connections);
-        ctx.set_settings(s);
-        let mut l = limits.clone();
+        let mut l = limits;
         l.max_devices = live.max_devices.unwrap_or(l.max_devices);
         l.group_backlog = live.group_backlog.unwrap_or(l.group_backlog);
         l.direct_backlog = live.direct_backlog.unwrap_or(l.direct_backlog);
-        ctx.core.set_limits(l);
+        drop(layers);
+        self.set_settings(s);
+        self.core.set_limits(l);
+    }
+
+    /// New configured values (start-up, SIGHUP); live values stay on top.
+    pub fn set_configured(&self, config: &Config) {
+        self.layers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .configured = Some((ConnSettings::from_config(config), limits_from(config)));
+        self.apply_layers();
+    }
+
+    /// New live values (Consul KV).
+    pub fn set_live(&self, live: &crate::backend::consul::LiveSettings) {
+        self.layers.lock().unwrap_or_else(|e| e.into_inner()).live = live.clone();
+        self.apply_layers();
+    }
+}
+
+/// The callback of the live-settings watcher.
+fn live_settings_applier(ctx: &Arc<ServerCtx>) -> crate::backend::consul::OnSettings {
+    let ctx = Arc::downgrade(ctx);
+    Arc::new(move |live| {
+        if let Some(ctx) = ctx.upgrade() {
+            ctx.set_live(live);
+        }
     })
 }
 
@@ -447,8 +483,7 @@ impl Node {
     /// limits; the log level is the caller's). They take effect for new frames and new
     /// connections; open connections stay open.
     pub fn reload(&self, new: &Config) {
-        self.ctx.set_settings(ConnSettings::from_config(new));
-        self.ctx.core.set_limits(limits_from(new));
+        self.ctx.set_configured(new);
     }
 
     /// Starts the task that keeps systemd's `STATUS=` current and feeds its watchdog while the
