@@ -1,0 +1,247 @@
+# The cluster's plan: names, addresses, MACs, NATS routes, Consul retry_join, the Redis
+# address, each chat node's configuration (docs/configuration.md keys) and each machine's
+# cloud-init user data, which is how the flake's generic images (nix/images) take what differs
+# between two machines of a role. No secret is computed or stored here: cloud-init copies the
+# secrets from a read-only disk labelled CZSECRETS (see terraform/README.md).
+
+locals {
+  roles = ["nats", "consul", "redis", "chat"]
+  count_of = {
+    nats   = var.nats_count
+    consul = var.consul_count
+    redis  = var.redis_count
+    chat   = var.chat_count
+  }
+  # First host number of each role: 10, then one after the previous role's last machine.
+  first_host = {
+    nats   = 10
+    consul = 10 + var.nats_count
+    redis  = 10 + var.nats_count + var.consul_count
+    chat   = 10 + var.nats_count + var.consul_count + var.redis_count
+  }
+
+  prefix_length = tonumber(split("/", var.network_cidr)[1])
+  network       = cidrhost(var.network_cidr, 0)
+  gateway       = cidrhost(var.network_cidr, 1)
+  netmask       = cidrnetmask(var.network_cidr)
+
+  node_list = flatten([
+    for role_index, role in local.roles : [
+      for i in range(local.count_of[role]) : {
+        name       = "${role}-${i + 1}"
+        role       = role
+        index      = i + 1
+        address    = cidrhost(var.network_cidr, local.first_host[role] + i)
+        mac        = format("52:54:00:%02x:%02x:%02x", parseint(split(".", local.network)[2], 10), role_index + 1, i + 1)
+        memory_mib = var.memory_mib[role]
+        vcpus      = var.vcpus[role]
+        image      = "image-${role}"
+      }
+    ]
+  ])
+  nodes = { for n in local.node_list : n.name => n }
+
+  names_of     = { for role in local.roles : role => [for n in local.node_list : n.name if n.role == role] }
+  addresses_of = { for role in local.roles : role => [for n in local.node_list : n.address if n.role == role] }
+
+  # --- NATS: client URLs by host name (resolvable through the network's DNS), full-mesh
+  # routes (each server to every other one; the image's nats-server takes its host name as
+  # its JetStream server name).
+  nats_port         = 4222
+  nats_cluster_port = 6222
+  nats_urls         = [for name in local.names_of.nats : "nats://${name}:${local.nats_port}"]
+  nats_routes = {
+    for name in local.names_of.nats : name => [
+      for peer in local.names_of.nats : "nats://${peer}:${local.nats_cluster_port}" if peer != name
+    ]
+  }
+  nats_replicas = var.nats_count >= 3 ? 3 : 1
+
+  # --- Consul: every server expects all of them and retry-joins the others by address.
+  consul_port = 8500
+  consul_retry_join = {
+    for n in local.node_list : n.name => [
+      for peer in local.node_list : peer.address if peer.role == "consul" && peer.name != n.name
+    ] if n.role == "consul"
+  }
+
+  # --- Redis: one server; the password is added on the machine (never here).
+  redis_port    = 6379
+  redis_address = "${local.names_of.redis[0]}:${local.redis_port}"
+
+  # --- chat nodes: the configuration contract's keys. server.listen and server.http_listen
+  # are those the chat image's socket units hold (nix/settings.toml defaults); each node
+  # advertises its address so that clients on the KVM host (no cluster DNS there) can follow
+  # redirects; each node talks to one Consul server (round robin), as there is no local agent.
+  chat_listen      = "0.0.0.0:9000"
+  chat_http_listen = "127.0.0.1:9100"
+  chat_configs = {
+    for n in local.node_list : n.name => {
+      server = {
+        listen         = local.chat_listen
+        http_listen    = local.chat_http_listen
+        node_id        = n.name
+        advertise_addr = "${n.address}:9000"
+      }
+      nats = {
+        url      = join(",", local.nats_urls)
+        replicas = local.nats_replicas
+      }
+      redis = {
+        url = "redis://${local.redis_address}/0"
+      }
+      consul = {
+        addr = "http://${local.names_of.consul[(n.index - 1) % var.consul_count]}:${local.consul_port}"
+      }
+    } if n.role == "chat"
+  }
+
+  # The same configuration as a TOML file (for `chat-zinx config --check`) …
+  chat_configs_toml = {
+    for name, config in local.chat_configs : name => join("\n", [
+      for section in ["server", "nats", "redis", "consul"] : join("\n", concat(
+        ["[${section}]"],
+        [for key, value in config[section] : "${key} = ${jsonencode(value)}"],
+        [""],
+      ))
+    ])
+  }
+
+  # … and as the CHAT_ZINX_* variables cloud-init writes to /etc/chat-zinx/env (they override
+  # the image's file). The listen addresses stay the image's (its socket units hold them), and
+  # CHAT_ZINX_REDIS__URL is written on the machine, with the password from the secrets disk.
+  chat_env = {
+    for name, config in local.chat_configs : name => join("", flatten([
+      for section in ["server", "nats", "consul"] : [
+        for key, value in config[section] :
+        "CHAT_ZINX_${upper(section)}__${upper(key)}=${value}\n"
+        if !contains(["listen", "http_listen"], key)
+      ]
+    ]))
+  }
+
+  # --- per-machine NixOS settings: what a machine's own NixOS configuration would set, were it
+  # built per machine instead of from the generic role image.
+  nixos_settings = merge(
+    {
+      for n in local.node_list : n.name => {
+        "networking.hostName"                   = n.name
+        "services.nats.serverName"              = n.name
+        "services.nats.settings.cluster.routes" = local.nats_routes[n.name]
+      } if n.role == "nats"
+    },
+    {
+      for n in local.node_list : n.name => {
+        "networking.hostName"                          = n.name
+        "services.consul.extraConfig.bootstrap_expect" = var.consul_count
+        "services.consul.extraConfig.retry_join"       = local.consul_retry_join[n.name]
+        "services.consul.extraConfig.advertise_addr"   = n.address
+      } if n.role == "consul"
+    },
+    {
+      for n in local.node_list : n.name => {
+        "networking.hostName"                         = n.name
+        "services.redis.servers.\"\".requirePassFile" = "/etc/redis/password"
+      } if n.role == "redis"
+    },
+    {
+      for n in local.node_list : n.name => {
+        "networking.hostName"         = n.name
+        "services.chat-zinx.settings" = local.chat_configs[n.name]
+      } if n.role == "chat"
+    },
+  )
+
+  # --- cloud-init user data. Per role, a bootcmd script (cloud-init's first stage, before the
+  # services that are ordered after cloud-init.service) puts the per-machine files in place.
+  mount_secrets = <<-EOT
+    set -eu
+    umask 077
+    mkdir -p /run/cz-secrets
+    mountpoint -q /run/cz-secrets || mount -o ro /dev/disk/by-label/CZSECRETS /run/cz-secrets
+  EOT
+
+  bootcmd = {
+    for n in local.node_list : n.name => (
+      n.role == "chat" ? join("", [local.mount_secrets, <<-EOT
+        mkdir -p /etc/chat-zinx
+        install -m 0600 /run/cz-secrets/token_secret /etc/chat-zinx/token_secret
+        {
+        cat <<'ENV'
+        ${trimspace(local.chat_env[n.name])}
+        ENV
+        printf 'CHAT_ZINX_REDIS__URL=redis://:%s@${local.redis_address}/0\n' "$(cat /run/cz-secrets/redis_password)"
+        } > /etc/chat-zinx/env.new
+        mv /etc/chat-zinx/env.new /etc/chat-zinx/env
+        umount /run/cz-secrets
+      EOT
+      ]) :
+      n.role == "redis" ? join("", [local.mount_secrets, <<-EOT
+        mkdir -p /etc/redis
+        install -m 0600 /run/cz-secrets/redis_password /etc/redis/password
+        umount /run/cz-secrets
+      EOT
+      ]) :
+      n.role == "consul" ? <<-EOT
+        set -eu
+        mkdir -p /etc/consul.d /run/systemd/system/consul.service.d
+        cat > /etc/consul.d/50-cluster.json <<'JSON'
+        ${jsonencode({ bootstrap_expect = var.consul_count, retry_join = local.consul_retry_join[n.name], advertise_addr = n.address, bind_addr = n.address })}
+        JSON
+        # The image's /etc/consul.json (bootstrap_expect = 1) must not win: load it first and
+        # /etc/consul.d after it, and wait for this script.
+        cat > /run/systemd/system/consul.service.d/50-cluster.conf <<'UNIT'
+        [Unit]
+        After=cloud-init.service
+        [Service]
+        ExecStart=
+        ExecStart=/run/current-system/sw/bin/consul agent -config-file /etc/consul.json -config-dir /etc/consul.d
+        UNIT
+        systemctl daemon-reload
+        if [ ! -e /var/lib/consul/.cz-cluster ]; then
+          # A start before this script would have bootstrapped a one-server cluster: forget it.
+          systemctl stop consul || true
+          rm -rf /var/lib/consul/raft /var/lib/consul/serf /var/lib/consul/server_metadata.json
+          mkdir -p /var/lib/consul && touch /var/lib/consul/.cz-cluster
+        fi
+        systemctl restart --no-block consul
+      EOT
+      : ""
+    )
+  }
+
+  user_data = {
+    for n in local.node_list : n.name => join("", [
+      "#cloud-config\n",
+      yamlencode(merge(
+        {
+          hostname          = n.name
+          fqdn              = n.name
+          preserve_hostname = false
+          manage_etc_hosts  = false
+          ssh_pwauth        = false
+          disable_root      = false
+        },
+        length(var.ssh_authorized_keys) > 0 ? { ssh_authorized_keys = var.ssh_authorized_keys } : {},
+        local.bootcmd[n.name] != "" ? { bootcmd = [local.bootcmd[n.name]] } : {},
+      ))
+    ])
+  }
+
+  meta_data = {
+    for n in local.node_list : n.name => join("", [
+      "instance-id: ${n.name}-${var.versions.image}\n",
+      "local-hostname: ${n.name}\n",
+    ])
+  }
+
+  # Host names the network's DNS answers: every machine, plus the short names the images use
+  # by default (consul, redis).
+  dns_hosts = concat(
+    [for n in local.node_list : { hostname = n.name, ip = n.address }],
+    [
+      { hostname = "consul", ip = local.addresses_of.consul[0] },
+      { hostname = "redis", ip = local.addresses_of.redis[0] },
+    ],
+  )
+}
