@@ -13,6 +13,7 @@
 //! readiness and Prometheus metrics) and [`telemetry`] (journald or text logs).
 
 pub mod backend;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod core;

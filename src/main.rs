@@ -26,6 +26,8 @@ enum Command {
     Serve,
     /// Interactive or scripted terminal client.
     Client(chat_zinx::client::ClientArgs),
+    /// Benchmark real nodes against the raw substrate (see docs/benchmarks.md).
+    Bench(chat_zinx::bench::BenchArgs),
     /// Print the effective configuration (secrets redacted), or check a file.
     Config {
         /// Validate this file (defaults < file) and exit: 0 when valid.
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
         Command::Client(args) => runtime(|| async move { chat_zinx::client::run(args).await }),
+        Command::Bench(args) => runtime(|| async move { chat_zinx::bench::run(args).await }),
         Command::Config { check: Some(file) } => match chat_zinx::config::check_file(&file) {
             Ok(_) => {
                 println!("{}: valid", file.display());
