@@ -1,5 +1,6 @@
 //! Several nodes on NATS JetStream and Redis presence: a user is reachable from every node.
 
+mod http_client;
 mod support;
 
 use std::time::Duration;
@@ -232,6 +233,55 @@ async fn p2p_both_ways_and_offline_on_one_node_then_login_on_the_other() {
     }
     assert_eq!(away, ["away 0", "away 1", "away 2"]);
     bob.assert_quiet().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The cluster families of /metrics move with real traffic: JetStream appends, Redis presence
+/// reads and cross-node deliveries are counted and timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_backend_calls_and_cross_node_deliveries() {
+    let cluster = Cluster::start().await;
+    let a = cluster.node(|_| {}).await;
+    let b = cluster.node(|_| {}).await;
+    let http = a
+        .node()
+        .serve_http(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let mut alice = a.user("alice").await;
+    let mut bob = b.user("bob").await;
+    alice.msg("bob", "counted").await;
+    assert_eq!(bob.expect(ids::TEXT_MSG).await["content"], "counted");
+    let r = tokio::task::spawn_blocking(move || http_client::get(http, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let scrape = http_client::parse(&r.body);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        http_client::value(&scrape, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}"))
+    };
+    assert!(
+        value(
+            "chat_zinx_backend_calls_total",
+            &[
+                ("backend", "jetstream"),
+                ("op", "publish"),
+                ("outcome", "ok")
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "chat_zinx_backend_calls_total",
+            &[("backend", "redis"), ("op", "sessions"), ("outcome", "ok")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "chat_zinx_cross_node_deliveries_total",
+            &[("outcome", "ok")]
+        ) >= 1.0
+    );
     a.stop().await;
     b.stop().await;
 }

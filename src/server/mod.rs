@@ -8,6 +8,7 @@ pub mod connection;
 pub mod drain;
 pub mod health;
 pub mod hub;
+pub mod instrument;
 pub mod metrics;
 pub mod outbox;
 pub mod session;
@@ -149,7 +150,11 @@ impl Node {
 
         // First, so that the backends can count into it (`Metrics::observe_backend_call`).
         let metrics = Metrics::default();
-        let backends = Backends::from_config(config, &node_id).await?;
+        let backends = instrument::instrument(
+            Backends::from_config(config, &node_id).await?,
+            &metrics,
+            config,
+        );
 
         let hub = Arc::new(Hub::new(
             node_id.clone(),
