@@ -608,10 +608,33 @@ async fn listener(
                 .and_then(|()| TcpListener::from_std(l))
                 .with_context(|| format!("cannot use the socket systemd passed instead of {key}"))
         }
-        None => TcpListener::bind(addr).await.with_context(|| {
+        None => bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} ({key}); is another chat-zinx using it? change {key}")
         }),
     }
+}
+
+/// Pending connections the kernel keeps per listener. Tokio's default (1 024) makes a burst of
+/// reconnects after a node loss wait for SYN retries (1 s, 3 s); see docs/benchmarks.md.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` (IP and port, or a name resolving to some) with `SO_REUSEADDR` and a deep
+/// backlog.
+async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
 }
 
 /// Waits until the node is ready (accept loop answering, store and bus healthy), saying what
