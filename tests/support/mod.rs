@@ -22,7 +22,7 @@ use tokio_util::codec::FramedRead;
 
 /// How long a test waits for a frame it expects before failing (a safety net, not a
 /// performance assertion).
-pub const WAIT: Duration = Duration::from_secs(20);
+pub const WAIT: Duration = Duration::from_secs(60);
 
 pub const PASSWORD: &str = "secret1";
 
