@@ -285,3 +285,40 @@ async fn metrics_count_backend_calls_and_cross_node_deliveries() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A node that stops cleanly removes its users' presence at once (it does not wait for the
+/// entries to expire) and stops reading the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_removes_presence_at_once() {
+    let cluster = Cluster::start().await;
+    let long_ttl = |c: &mut chat_zinx::config::Config| {
+        c.redis.presence_ttl = Duration::from_secs(600);
+        c.redis.refresh_interval = Duration::from_secs(60);
+    };
+    let a = cluster.node(long_ttl).await;
+    let b = cluster.node(long_ttl).await;
+    let mut alice = a.user("alice").await;
+    let mut bob = b.user("bob").await;
+    let gid = bob.create_group("presence").await;
+    alice.join_group(gid).await;
+    let online = |r: &serde_json::Value, name: &str| {
+        r["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["username"] == name && m["is_online"] == true)
+    };
+    bob.send(ids::GROUP_MEMBERS_REQ, json!({"group_id": gid}))
+        .await;
+    assert!(online(&bob.expect(ids::GROUP_MEMBERS_RESP).await, "alice"));
+    a.stop().await;
+    drop(alice);
+    bob.send(ids::GROUP_MEMBERS_REQ, json!({"group_id": gid}))
+        .await;
+    let r = bob.expect(ids::GROUP_MEMBERS_RESP).await;
+    assert!(
+        !online(&r, "alice"),
+        "presence outlived a clean shutdown: {r}"
+    );
+    b.stop().await;
+}

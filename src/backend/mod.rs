@@ -197,6 +197,9 @@ pub trait Bus: Send + Sync + 'static {
     /// No local member of `group` is online any more.
     async fn unsubscribe_group(&self, group: GroupId) -> BackendResult<()>;
 
+    /// Stops receiving for good (clean shutdown): the tasks reading subscriptions end.
+    async fn close(&self) {}
+
     /// Whether this backend can serve now: a cheap round trip or the client's connection state.
     /// `Unavailable` when it cannot. In-process backends are always healthy.
     async fn health(&self) -> BackendResult<()> {

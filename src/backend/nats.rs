@@ -943,6 +943,28 @@ impl Bus for NatsBus {
         }
     }
 
+    async fn close(&self) {
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut groups = self.0.group_tasks.lock().unwrap_or_else(|e| e.into_inner());
+            let mut all: Vec<JoinHandle<()>> = groups.drain().map(|(_, t)| t).collect();
+            all.extend(
+                self.0
+                    .node_task
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
+            all
+        };
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        *self.0.inbound.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     async fn unsubscribe_group(&self, group: GroupId) -> BackendResult<()> {
         if let Some(task) = self
             .0

@@ -262,6 +262,9 @@ impl Bus for Timed<dyn Bus> {
             self.inner.unsubscribe_group(group)
         )
     }
+    async fn close(&self) {
+        self.inner.close().await
+    }
     async fn health(&self) -> BackendResult<()> {
         t!(self, "health", self.inner.health())
     }

@@ -275,6 +275,10 @@ impl Node {
         {
             warn!("some connections did not finish within {bound:?}; exiting anyway");
         }
+        // Every connection has unregistered itself; drop what may remain at once, and stop
+        // the bus's subscription readers.
+        core.backends().presence.leave().await;
+        core.backends().bus.close().await;
     }
 
     pub fn node_id(&self) -> &str {
