@@ -401,7 +401,7 @@ impl DaemonNode {
 pub struct Worker {
     pub proc: Proc,
     stdin: Option<ChildStdin>,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    lines: tokio::sync::mpsc::Receiver<String>,
 }
 
 impl Worker {
@@ -415,11 +415,12 @@ impl Worker {
         let mut proc = Proc::spawn(format!("bench worker {}", args.join(" ")), cmd)?;
         let stdin = proc.take_stdin();
         let stdout = proc.take_stdout().expect("piped stdout");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // Bounded: the reading thread waits when the bench falls behind the worker's output.
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+                if tx.blocking_send(line).is_err() {
                     break;
                 }
             }

@@ -12,8 +12,10 @@
 //!   encoded once and pushed to every member's connection.
 //! * [`Mode::Login`]: answers 400 with 401 and 104 with 105 `{"code":0}` (one round trip).
 //!
-//! Every connection has a writer task behind an unbounded queue that writes what is queued
-//! (up to 64 KiB) in one `write`, like the daemon's writer.
+//! Every connection has a writer task behind a bounded queue (`QUEUE` frames, far more than a
+//! bench client ever lags) that writes what is queued (up to 64 KiB) in one `write`, like the
+//! daemon's writer. A frame that finds the queue full is dropped and so shows up as not
+//! delivered in the scenario's counts, never silently as speed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,7 +50,10 @@ pub enum Mode {
     Login,
 }
 
-type Outbox = mpsc::UnboundedSender<Bytes>;
+type Outbox = mpsc::Sender<Bytes>;
+
+/// Frames queued per substrate connection.
+const QUEUE: usize = 65_536;
 
 #[derive(Default)]
 struct Shared {
@@ -60,7 +65,7 @@ impl Shared {
     fn deliver(&self, to: u32, frame: Bytes) {
         let r = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(o) = r.get(&to) {
-            let _ = o.send(frame);
+            let _ = o.try_send(frame);
         }
     }
 }
@@ -142,7 +147,7 @@ impl RawServer {
 
 async fn writer(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::Receiver<Bytes>,
     stop: CancellationToken,
 ) {
     let mut buf = BytesMut::new();
@@ -175,7 +180,7 @@ async fn serve(
 ) {
     let (rd, wr) = stream.into_split();
     let mut rd = FramedRead::new(rd, FrameCodec::new(1 << 20));
-    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
     tasks.spawn(writer(wr, rx, stop.clone()));
     let mut index: u32 = 0;
     loop {
@@ -201,13 +206,13 @@ async fn serve(
                         .unwrap_or_else(|e| e.into_inner())
                         .push(tx.clone());
                 }
-                let _ = tx.send(codec::encode(ids::PONG, b"pong"));
+                let _ = tx.try_send(codec::encode(ids::PONG, b"pong"));
             }
             (ids::HELLO_REQ, Mode::Login) => {
-                let _ = tx.send(codec::encode(ids::HELLO_RESP, br#"{"version":2}"#));
+                let _ = tx.try_send(codec::encode(ids::HELLO_RESP, br#"{"version":2}"#));
             }
             (ids::LOGIN_REQ, Mode::Login) => {
-                let _ = tx.send(codec::encode(ids::LOGIN_RESP, br#"{"code":0}"#));
+                let _ = tx.try_send(codec::encode(ids::LOGIN_RESP, br#"{"code":0}"#));
             }
             (ids::TEXT_MSG, Mode::Tcp) => {
                 shared.deliver(index, codec::encode(ids::TEXT_MSG, &frame.body));
@@ -220,7 +225,7 @@ async fn serve(
                     Err(_) => false,
                 };
                 if !acked {
-                    let _ = tx.send(codec::encode(ids::ERROR, b"jetstream publish failed"));
+                    let _ = tx.try_send(codec::encode(ids::ERROR, b"jetstream publish failed"));
                     continue;
                 }
                 match cross {
@@ -237,7 +242,7 @@ async fn serve(
                 let push = codec::encode(ids::GROUP_TEXT_PUSH, &frame.body);
                 let members = shared.members.read().unwrap_or_else(|e| e.into_inner());
                 for m in members.iter() {
-                    let _ = m.send(push.clone());
+                    let _ = m.try_send(push.clone());
                 }
             }
             _ => {}
