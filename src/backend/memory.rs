@@ -369,26 +369,21 @@ impl Store for MemoryStore {
     async fn advance_cursor(&self, user: UserId, to: Seq) -> BackendResult<()> {
         let mut s = lock(&self.state);
         let c = s.cursors.entry(user).or_default();
-        c.delivered = c.delivered.max(to);
+        *c = c.advanced(to);
         Ok(())
     }
 
     async fn mark_undelivered(&self, user: UserId, seq: Seq) -> BackendResult<()> {
         let mut s = lock(&self.state);
         let c = s.cursors.entry(user).or_default();
-        // Recorded even above `delivered`: a connection closing concurrently may raise
-        // `delivered` past this message right after.
-        c.undelivered_from = Some(c.undelivered_from.map_or(seq, |low| low.min(seq)));
+        *c = c.marked(seq);
         Ok(())
     }
 
     async fn settle_cursor(&self, user: UserId, seen: Option<Seq>, to: Seq) -> BackendResult<()> {
         let mut s = lock(&self.state);
         let c = s.cursors.entry(user).or_default();
-        c.delivered = c.delivered.max(to);
-        if c.undelivered_from == seen {
-            c.undelivered_from = None;
-        }
+        *c = c.settled(seen, to);
         Ok(())
     }
 }

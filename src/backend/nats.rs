@@ -805,9 +805,7 @@ impl Store for NatsStore {
 
     async fn advance_cursor(&self, user: UserId, to: Seq) -> BackendResult<()> {
         Nats::kv_modify::<DeliveryCursor, _>(&self.0.meta, &format!("cur.{user}"), |c| {
-            let mut c = c.unwrap_or_default();
-            c.delivered = c.delivered.max(to);
-            Ok(c)
+            Ok(c.unwrap_or_default().advanced(to))
         })
         .await
         .map(|_| ())
@@ -815,9 +813,7 @@ impl Store for NatsStore {
 
     async fn mark_undelivered(&self, user: UserId, seq: Seq) -> BackendResult<()> {
         Nats::kv_modify::<DeliveryCursor, _>(&self.0.meta, &format!("cur.{user}"), |c| {
-            let mut c = c.unwrap_or_default();
-            c.undelivered_from = Some(c.undelivered_from.map_or(seq, |low| low.min(seq)));
-            Ok(c)
+            Ok(c.unwrap_or_default().marked(seq))
         })
         .await
         .map(|_| ())
@@ -831,12 +827,7 @@ impl Store for NatsStore {
 
     async fn settle_cursor(&self, user: UserId, seen: Option<Seq>, to: Seq) -> BackendResult<()> {
         Nats::kv_modify::<DeliveryCursor, _>(&self.0.meta, &format!("cur.{user}"), |c| {
-            let mut c = c.unwrap_or_default();
-            c.delivered = c.delivered.max(to);
-            if c.undelivered_from == seen {
-                c.undelivered_from = None;
-            }
-            Ok(c)
+            Ok(c.unwrap_or_default().settled(seen, to))
         })
         .await
         .map(|_| ())

@@ -256,6 +256,29 @@ pub struct DeliveryCursor {
 }
 
 impl DeliveryCursor {
+    /// `delivered` raised to `to` (never lowered).
+    pub fn advanced(mut self, to: Seq) -> Self {
+        self.delivered = self.delivered.max(to);
+        self
+    }
+
+    /// Message `seq` could not be handed over: `undelivered_from` lowered to it. Recorded even
+    /// above `delivered`: a connection closing concurrently may raise `delivered` past it.
+    pub fn marked(mut self, seq: Seq) -> Self {
+        self.undelivered_from = Some(self.undelivered_from.map_or(seq, |low| low.min(seq)));
+        self
+    }
+
+    /// A backlog up to `to` was handed over: `delivered` raised, and the mark cleared if it is
+    /// still the one (`seen`) the backlog started from (a newer mark stays).
+    pub fn settled(mut self, seen: Option<Seq>, to: Seq) -> Self {
+        self = self.advanced(to);
+        if self.undelivered_from == seen {
+            self.undelivered_from = None;
+        }
+        self
+    }
+
     /// The log position from which a backlog read must start (exclusive).
     pub fn resume_after(&self) -> Seq {
         match self.undelivered_from {

@@ -45,8 +45,6 @@ pub struct ConnShared {
     reason: Mutex<Option<CloseReason>>,
     /// Log positions pushed while a login backlog is being prepared (de-duplication).
     recording: Mutex<Option<HashSet<Seq>>>,
-    /// Frames pushed to this connection (metrics, tests).
-    pub pushed: AtomicU64,
     /// Highest log position the writer has written to the socket.
     pub written: AtomicU64,
     /// Set by `close_after_flush`: the writer finishes the outbox instead of dropping it.
@@ -62,7 +60,6 @@ impl ConnShared {
             close: CancellationToken::new(),
             reason: Mutex::new(None),
             recording: Mutex::new(None),
-            pushed: AtomicU64::new(0),
             written: AtomicU64::new(0),
             graceful: AtomicBool::new(false),
         }
@@ -380,7 +377,6 @@ impl Hub {
         }) {
             Ok(()) => {
                 conn.shared.record(seq);
-                conn.shared.pushed.fetch_add(1, Ordering::Relaxed);
                 self.stats.pushes.fetch_add(1, Ordering::Relaxed);
                 true
             }
