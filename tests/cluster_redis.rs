@@ -322,3 +322,62 @@ async fn a_clean_shutdown_removes_presence_at_once() {
     );
     b.stop().await;
 }
+
+/// A burst of sends on a real JetStream log (real round trips, so sends really overlap),
+/// with one recipient on another node: replies, log positions and pushes (local and
+/// cross-node) all keep the request order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sends_keeps_every_order_across_nodes() {
+    let cluster = Cluster::start().await;
+    let a = cluster.node(|_| {}).await;
+    let b = cluster.node(|_| {}).await;
+    let mut alice = a.user_v2("alice").await;
+    let mut bob = b.user("bob").await;
+    let mut carol = a.user("carol").await;
+    let gid = alice.create_group("burst").await;
+    assert_pipelined_burst(&mut alice, &mut bob, &mut carol, gid, 80).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A member removed by an admin on another node can no longer send to the group once the
+/// removal event reached its node (the node's membership shortcut follows those events; a
+/// lost event is caught by the periodic recheck against the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_on_another_node_is_refused_once_the_removal_reaches_its_node() {
+    let cluster = Cluster::start().await;
+    let a = cluster.node(|_| {}).await;
+    let b = cluster.node(|_| {}).await;
+    let mut alice = a.user("alice").await;
+    let mut bob = b.user("bob").await;
+    let gid = alice.create_group("removal").await;
+    bob.join_group(gid).await;
+    // Bob's node has now checked (and cached) his membership.
+    assert_eq!(bob.group_msg(gid, "before").await["status"], 0);
+    alice
+        .send(
+            ids::REMOVE_MEMBER_REQ,
+            json!({"group_id": gid, "target_user_id": bob.id()}),
+        )
+        .await;
+    let r = alice.expect_skipping(ids::REMOVE_MEMBER_RESP).await;
+    assert_eq!(r, json!({"message": "成员已从群组中移除"}));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ack = bob.group_msg(gid, "after").await;
+        if ack["status"] == 3 {
+            break;
+        }
+        assert_eq!(ack["status"], 0, "{ack}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "removal never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(bob.group_msg(gid, "still out").await["status"], 3);
+    }
+    a.stop().await;
+    b.stop().await;
+}

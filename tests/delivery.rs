@@ -411,3 +411,16 @@ async fn group_retry_with_the_same_client_msg_id_is_stored_once() {
     assert_eq!(h["messages"].as_array().unwrap().len(), 1);
     server.stop().await;
 }
+
+/// Sends written in one burst are handled with several in flight, with every ordering
+/// promise kept (see `assert_pipelined_burst`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sends_keeps_request_order_in_replies_log_and_pushes() {
+    let server = TestServer::start().await;
+    let mut alice = server.user_v2("alice").await;
+    let mut bob = server.user("bob").await;
+    let mut carol = server.user("carol").await;
+    let gid = alice.create_group("burst").await;
+    assert_pipelined_burst(&mut alice, &mut bob, &mut carol, gid, 60).await;
+    server.stop().await;
+}

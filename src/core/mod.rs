@@ -3,6 +3,7 @@
 //! NATS, Redis or Consul.
 
 pub mod auth;
+pub mod directory;
 pub mod error;
 pub mod model;
 pub mod service;

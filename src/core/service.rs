@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use tracing::{debug, warn};
 
 use super::auth::Auth;
+use super::directory::{is_uuid_shaped, MembershipCache, UserDirectory};
 use super::error::{ChatError, ChatResult};
 use super::model::*;
 use crate::backend::{BackendError, Backends, BusEvent};
@@ -36,6 +37,9 @@ pub trait LocalDelivery: Send + Sync + 'static {
     fn kick(&self, user: UserId, conn: ConnId, reason: &str);
     /// A user joined (`true`) or left a group: keep the local group index right.
     fn membership(&self, user: UserId, group: GroupId, joined: bool);
+    /// Whether this node's index has `user` (logged in here) as a member of `group`. The index
+    /// is loaded at login and follows membership events; the store stays the authority.
+    fn is_member(&self, user: UserId, group: GroupId) -> bool;
 }
 
 /// Limits that can change while running (live settings).
@@ -113,12 +117,61 @@ pub struct DeliveryOutcome {
 pub const MAX_CLIENT_MSG_ID: usize = 64;
 pub const SYNC_MAX: usize = 500;
 
+/// A message that passed its checks and knows its conversation, waiting to be appended.
+///
+/// Sending is split in three steps so that a connection can pipeline its sends: `prepare_*`
+/// (checks, recipient lookup) may run ahead, [`ChatCore::commit`] appends (a connection
+/// appends one message at a time, in the order it sent them) and [`ChatCore::fan_out`]
+/// pushes (overlaps with the next append).
+#[derive(Debug)]
+pub struct Prepared {
+    message: NewMessage,
+    dedupe: Option<DedupeKey>,
+    route: Route,
+}
+
+/// Who gets a stored message live.
+#[derive(Debug, Clone)]
+enum Route {
+    /// These users' connections on every node, but `skip`.
+    Direct {
+        users: Vec<UserId>,
+        skip: Option<ConnId>,
+    },
+    /// Every member's connections on every node, but `skip`.
+    Group { group: GroupId, skip: ConnId },
+}
+
+/// What other nodes still need of a stored message (see [`ChatCore::deliver_locally`]).
+#[derive(Debug)]
+pub struct Routed {
+    message: Arc<StoredMessage>,
+    remote: Remote,
+}
+
+#[derive(Debug)]
+enum Remote {
+    /// Nodes with connections of the users, and those users.
+    Nodes(Vec<(String, Vec<UserId>)>),
+    /// The group's subject (every node with a local member listens).
+    Group(GroupId),
+}
+
+/// An appended message and who still has to get it.
+#[derive(Debug)]
+pub struct Committed {
+    pub appended: Appended,
+    route: Route,
+}
+
 pub struct ChatCore {
     node_id: String,
     backends: Backends,
     auth: Auth,
     local: Arc<dyn LocalDelivery>,
     limits: RwLock<Limits>,
+    directory: UserDirectory,
+    memberships: MembershipCache,
 }
 
 fn count_chars(s: &str) -> usize {
@@ -149,6 +202,8 @@ impl ChatCore {
             auth,
             local,
             limits: RwLock::new(limits),
+            directory: UserDirectory::default(),
+            memberships: MembershipCache::default(),
         }
     }
 
@@ -413,18 +468,53 @@ impl ChatCore {
     // -- direct messages -----------------------------------------------------------------------
 
     /// Resolves a recipient the way the original does: uuid, then username, then numeric id.
-    pub async fn resolve_user(&self, who: &str) -> ChatResult<Option<User>> {
-        let store = &self.backends.store;
-        if let Some(u) = store.user_by_uuid(who).await? {
-            return Ok(Some(u));
+    /// Positive answers come from the node's [`UserDirectory`] when it has them; a miss
+    /// falls through to the store in the same order, so the order of precedence holds.
+    pub async fn resolve_user_id(&self, who: &str) -> ChatResult<Option<UserId>> {
+        if is_uuid_shaped(who) {
+            if let Some(id) = self.lookup_uuid(who).await? {
+                return Ok(Some(id));
+            }
         }
-        if let Some(u) = store.user_by_name(who).await? {
-            return Ok(Some(u));
+        if let Some(id) = self.lookup_name(who).await? {
+            return Ok(Some(id));
         }
         if let Ok(id) = who.parse::<u32>() {
-            return Ok(store.user_by_id(id as UserId).await?);
+            let id = id as UserId;
+            if self.directory.knows_id(id) {
+                return Ok(Some(id));
+            }
+            if let Some(u) = self.backends.store.user_by_id(id).await? {
+                self.directory.learn(&u);
+                return Ok(Some(u.id));
+            }
         }
         Ok(None)
+    }
+
+    async fn lookup_uuid(&self, uuid: &str) -> ChatResult<Option<UserId>> {
+        if let Some(id) = self.directory.by_uuid(uuid) {
+            return Ok(Some(id));
+        }
+        let found = self.backends.store.user_by_uuid(uuid).await?;
+        Ok(found.map(|u| {
+            self.directory.learn(&u);
+            u.id
+        }))
+    }
+
+    async fn lookup_name(&self, name: &str) -> ChatResult<Option<UserId>> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        if let Some(id) = self.directory.by_name(name) {
+            return Ok(Some(id));
+        }
+        let found = self.backends.store.user_by_name(name).await?;
+        Ok(found.map(|u| {
+            self.directory.learn(&u);
+            u.id
+        }))
     }
 
     fn check_client_msg_id(id: &str) -> ChatResult<()> {
@@ -451,67 +541,121 @@ impl ChatCore {
         origin: ConnId,
         input: DirectInput,
     ) -> ChatResult<Appended> {
+        let prepared = self.prepare_direct(me, origin, input).await?;
+        let committed = self.commit(prepared).await?;
+        self.fan_out(&committed).await;
+        Ok(committed.appended)
+    }
+
+    /// Checks a direct message and resolves its recipient (first step of a send).
+    pub async fn prepare_direct(
+        &self,
+        me: &Me,
+        origin: ConnId,
+        input: DirectInput,
+    ) -> ChatResult<Prepared> {
         Self::check_client_msg_id(&input.client_msg_id)?;
         if input.to.is_empty() {
             return Err(ChatError::Invalid("to_user_id must not be empty".into()));
         }
         let recipient = self
-            .resolve_user(&input.to)
+            .resolve_user_id(&input.to)
             .await?
             .ok_or_else(|| ChatError::NoSuchTarget(input.to.clone()))?;
-        let dedupe = Self::dedupe_key(me, &input.client_msg_id);
-        let appended = self
-            .backends
-            .store
-            .append(
-                NewMessage {
-                    msg_id: uuid::Uuid::new_v4().to_string(),
-                    conv: ConvId::direct(me.id, recipient.id),
-                    sender_id: me.id,
-                    sender_uuid: me.uuid.clone(),
-                    sender_name: me.username.clone(),
-                    timestamp: now_ms(),
-                    body: MessageBody::Direct {
-                        recipient_id: recipient.id,
-                        to_user_id: input.to,
-                        content: input.content,
-                        msg_type: input.msg_type,
-                        sent_at: input.sent_at,
-                    },
+        // Messages to oneself reach every own connection, the sending one included (as the
+        // original); otherwise the sender's other devices get a copy.
+        let route = if recipient == me.id {
+            Route::Direct {
+                users: vec![me.id],
+                skip: None,
+            }
+        } else {
+            Route::Direct {
+                users: vec![recipient, me.id],
+                skip: Some(origin),
+            }
+        };
+        Ok(Prepared {
+            dedupe: Self::dedupe_key(me, &input.client_msg_id),
+            message: NewMessage {
+                msg_id: uuid::Uuid::new_v4().to_string(),
+                conv: ConvId::direct(me.id, recipient),
+                sender_id: me.id,
+                sender_uuid: me.uuid.clone(),
+                sender_name: me.username.clone(),
+                timestamp: now_ms(),
+                body: MessageBody::Direct {
+                    recipient_id: recipient,
+                    to_user_id: input.to,
+                    content: input.content,
+                    msg_type: input.msg_type,
+                    sent_at: input.sent_at,
                 },
-                dedupe,
-            )
-            .await?;
-        if !appended.duplicate {
-            let message = Arc::new(appended.message.clone());
-            // Messages to oneself reach every own connection, the sending one included (as
-            // the original); otherwise the sender's other devices get a copy.
-            let (users, skip) = if recipient.id == me.id {
-                (vec![me.id], None)
-            } else {
-                (vec![recipient.id, me.id], Some(origin))
-            };
-            self.fan_out_direct(message, users, skip).await;
-        }
-        Ok(appended)
+            },
+            route,
+        })
     }
 
-    async fn fan_out_direct(
-        &self,
-        message: Arc<StoredMessage>,
-        users: Vec<UserId>,
-        skip: Option<ConnId>,
-    ) {
-        for user in self.local.deliver_direct(&message, &users, skip) {
-            self.mark_undelivered(user, message.seq).await;
+    /// Appends a prepared message to the log (second step of a send). The message's time is
+    /// the time of the append, not of the check.
+    pub async fn commit(&self, prepared: Prepared) -> ChatResult<Committed> {
+        let Prepared {
+            mut message,
+            dedupe,
+            route,
+        } = prepared;
+        message.timestamp = now_ms();
+        let appended = self.backends.store.append(message, dedupe).await?;
+        Ok(Committed { appended, route })
+    }
+
+    /// Pushes an appended message to everyone who should have it live, on every node (last
+    /// step of a send). A retry (duplicate) is not pushed again.
+    pub async fn fan_out(&self, committed: &Committed) {
+        if let Some(routed) = self.deliver_locally(committed).await {
+            self.publish(routed).await;
         }
-        let sessions = match self.backends.presence.sessions(&users).await {
+    }
+
+    /// First half of [`Self::fan_out`]: pushes to this node's connections, then finds which
+    /// other nodes need the message (presence, for a direct message). `None` for a retry.
+    /// Sends of one connection may do this concurrently; their [`Self::publish`] calls are
+    /// what they issue in order, so that pushes on other nodes keep the send order.
+    pub async fn deliver_locally(&self, committed: &Committed) -> Option<Routed> {
+        if committed.appended.duplicate {
+            return None;
+        }
+        let message = Arc::new(committed.appended.message.clone());
+        let remote = match &committed.route {
+            Route::Direct { users, skip } => {
+                for user in self.local.deliver_direct(&message, users, *skip) {
+                    self.mark_undelivered(user, message.seq).await;
+                }
+                Remote::Nodes(self.remote_nodes(&message, users).await)
+            }
+            Route::Group { group, skip } => {
+                for user in self.local.deliver_group(&message, Some(*skip)) {
+                    self.mark_undelivered(user, message.seq).await;
+                }
+                Remote::Group(*group)
+            }
+        };
+        Some(Routed { message, remote })
+    }
+
+    /// The other nodes where `users` have connections, with those users.
+    async fn remote_nodes(
+        &self,
+        message: &StoredMessage,
+        users: &[UserId],
+    ) -> Vec<(String, Vec<UserId>)> {
+        let sessions = match self.backends.presence.sessions(users).await {
             Ok(s) => s,
             Err(e) => {
                 // Presence is not on the durable path: the message is stored and reaches the
                 // other nodes' users at their next login or sync.
                 warn!(msg_id = %message.msg_id, error = %e, "presence unavailable: remote live delivery skipped");
-                return;
+                return Vec::new();
             }
         };
         let mut by_node: HashMap<String, BTreeSet<UserId>> = HashMap::new();
@@ -522,16 +666,39 @@ impl ChatCore {
                 }
             }
         }
-        for (node, users) in by_node {
-            let users: Vec<UserId> = users.into_iter().collect();
-            let event = BusEvent::Direct {
-                message: message.clone(),
-                users: users.clone(),
-            };
-            if let Err(e) = self.backends.bus.publish_node(&node, event).await {
-                warn!(msg_id = %message.msg_id, node = %node, error = %e, "cross-node delivery failed; recipients get it at their next sync");
-                for u in users {
-                    self.mark_undelivered(u, message.seq).await;
+        by_node
+            .into_iter()
+            .map(|(node, users)| (node, users.into_iter().collect()))
+            .collect()
+    }
+
+    /// Second half of [`Self::fan_out`]: hands the message to the other nodes over the bus.
+    /// A publish that fails is recorded as undelivered for the users it was for.
+    pub async fn publish(&self, routed: Routed) {
+        let Routed { message, remote } = routed;
+        match remote {
+            Remote::Nodes(nodes) => {
+                for (node, users) in nodes {
+                    let event = BusEvent::Direct {
+                        message: message.clone(),
+                        users: users.clone(),
+                    };
+                    if let Err(e) = self.backends.bus.publish_node(&node, event).await {
+                        warn!(msg_id = %message.msg_id, node = %node, error = %e, "cross-node delivery failed; recipients get it at their next sync");
+                        for u in users {
+                            self.mark_undelivered(u, message.seq).await;
+                        }
+                    }
+                }
+            }
+            Remote::Group(group) => {
+                let event = BusEvent::Group {
+                    message: message.clone(),
+                    origin_node: self.node_id.clone(),
+                };
+                if let Err(e) = self.backends.bus.publish_group(group, event).await {
+                    warn!(msg_id = %message.msg_id, group, error = %e, "group publish failed; remote members get it at their next sync");
+                    self.mark_remote_members_undelivered(group, &message).await;
                 }
             }
         }
@@ -548,11 +715,11 @@ impl ChatCore {
     ) -> ChatResult<Vec<StoredMessage>> {
         let store = &self.backends.store;
         let mut target = None;
-        if !target_uuid.is_empty() {
-            target = store.user_by_uuid(target_uuid).await?;
+        if is_uuid_shaped(target_uuid) {
+            target = self.lookup_uuid(target_uuid).await?;
         }
-        if target.is_none() && !target_name.is_empty() {
-            target = store.user_by_name(target_name).await?;
+        if target.is_none() {
+            target = self.lookup_name(target_name).await?;
         }
         let Some(target) = target else {
             let shown = if target_uuid.is_empty() {
@@ -563,7 +730,7 @@ impl ChatCore {
             return Err(ChatError::NoSuchTarget(shown.to_string()));
         };
         let page = store
-            .history(ConvId::direct(me.id, target.id), None, limit)
+            .history(ConvId::direct(me.id, target), None, limit)
             .await?;
         let mut messages = page.messages;
         messages.reverse();
@@ -632,8 +799,22 @@ impl ChatCore {
             .ok_or(ChatError::NotMember)
     }
 
+    /// Membership check of the hot paths (group send, group history): a user this node's
+    /// index has as a member and that the store confirmed recently is not read again.
+    async fn check_member(&self, me: &Me, group: GroupId) -> ChatResult<()> {
+        if self.local.is_member(me.id, group) && self.memberships.fresh(me.id, group) {
+            return Ok(());
+        }
+        self.require_member(me, group).await?;
+        self.memberships.confirmed(me.id, group);
+        Ok(())
+    }
+
     /// Tells the nodes of `user` (this one included) that its group set changed.
     async fn membership_changed(&self, user: UserId, group: GroupId, joined: bool) {
+        if !joined {
+            self.memberships.forget(user, group);
+        }
         self.local.membership(user, group, joined);
         let sessions = match self.backends.presence.sessions(&[user]).await {
             Ok(s) => s,
@@ -824,42 +1005,44 @@ impl ChatCore {
         content: String,
         client_msg_id: &str,
     ) -> ChatResult<Appended> {
-        Self::check_client_msg_id(client_msg_id)?;
-        self.require_member(me, group).await?;
-        let appended = self
-            .backends
-            .store
-            .append(
-                NewMessage {
-                    msg_id: uuid::Uuid::new_v4().to_string(),
-                    conv: ConvId::Group(group),
-                    sender_id: me.id,
-                    sender_uuid: me.uuid.clone(),
-                    sender_name: me.username.clone(),
-                    timestamp: now_ms(),
-                    body: MessageBody::Group {
-                        group_id: group,
-                        content,
-                    },
-                },
-                Self::dedupe_key(me, client_msg_id),
-            )
+        let prepared = self
+            .prepare_group(me, origin, group, content, client_msg_id)
             .await?;
-        if !appended.duplicate {
-            let message = Arc::new(appended.message.clone());
-            for user in self.local.deliver_group(&message, Some(origin)) {
-                self.mark_undelivered(user, message.seq).await;
-            }
-            let event = BusEvent::Group {
-                message: message.clone(),
-                origin_node: self.node_id.clone(),
-            };
-            if let Err(e) = self.backends.bus.publish_group(group, event).await {
-                warn!(msg_id = %message.msg_id, group, error = %e, "group publish failed; remote members get it at their next sync");
-                self.mark_remote_members_undelivered(group, &message).await;
-            }
-        }
-        Ok(appended)
+        let committed = self.commit(prepared).await?;
+        self.fan_out(&committed).await;
+        Ok(committed.appended)
+    }
+
+    /// Checks a group message and that its sender is a member (first step of a send).
+    pub async fn prepare_group(
+        &self,
+        me: &Me,
+        origin: ConnId,
+        group: GroupId,
+        content: String,
+        client_msg_id: &str,
+    ) -> ChatResult<Prepared> {
+        Self::check_client_msg_id(client_msg_id)?;
+        self.check_member(me, group).await?;
+        Ok(Prepared {
+            dedupe: Self::dedupe_key(me, client_msg_id),
+            message: NewMessage {
+                msg_id: uuid::Uuid::new_v4().to_string(),
+                conv: ConvId::Group(group),
+                sender_id: me.id,
+                sender_uuid: me.uuid.clone(),
+                sender_name: me.username.clone(),
+                timestamp: now_ms(),
+                body: MessageBody::Group {
+                    group_id: group,
+                    content,
+                },
+            },
+            route: Route::Group {
+                group,
+                skip: origin,
+            },
+        })
     }
 
     async fn mark_remote_members_undelivered(&self, group: GroupId, message: &StoredMessage) {
@@ -885,7 +1068,7 @@ impl ChatCore {
         last_id: Seq,
         limit: usize,
     ) -> ChatResult<HistoryPage> {
-        self.require_member(me, group).await?;
+        self.check_member(me, group).await?;
         let before = (last_id > 0).then_some(last_id);
         Ok(self
             .backends

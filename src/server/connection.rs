@@ -1,6 +1,6 @@
-//! One client connection: a reader loop (this task) that handles frames strictly in arrival
-//! order, and one writer task behind a bounded queue that coalesces queued frames into few
-//! writes.
+//! One client connection: a reader loop (this task) that handles frames in arrival order
+//! (sends overlap, in order, see [`super::sends`]; every other request waits for them), and
+//! one writer task behind a bounded queue that coalesces queued frames into few writes.
 //!
 //! Memory per idle connection is kept small on purpose (design target ≤ 4 KB): the read
 //! buffer starts empty and is released whenever it holds no partial frame, the writer's
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::hub::ConnShared;
+use super::sends::Pipeline;
 use super::session::Session;
 use super::ServerCtx;
 use crate::core::model::Seq;
@@ -105,7 +106,11 @@ pub async fn serve(
     if ctx.open.load(std::sync::atomic::Ordering::Relaxed) > settings.max_connections {
         session.set_overloaded();
     }
-    let reason = read_loop(&rd, &mut session, &ctx, &shared, &shutdown).await;
+    let mut sends = Pipeline::default();
+    let reason = read_loop(&rd, &mut session, &mut sends, &ctx, &shared, &shutdown).await;
+    // Sends in flight finish (their appends may already be in the log): their pushes go out
+    // and their replies are queued, as far as the connection still takes them.
+    let _ = session.settle_sends(&mut sends).await;
     debug!(conn_id, ?peer, ?reason, "connection ending");
     ctx.metrics.connection_ended(reason);
     // Stop live pushes first, so nothing new lands in the queue; then let the writer flush
@@ -122,6 +127,7 @@ pub async fn serve(
 async fn read_loop(
     rd: &OwnedReadHalf,
     session: &mut Session,
+    sends: &mut Pipeline,
     ctx: &ServerCtx,
     shared: &ConnShared,
     shutdown: &CancellationToken,
@@ -145,11 +151,18 @@ async fn read_loop(
                 }
                 return EndReason::Shutdown;
             }
-            _ = sleep_until(idle_deadline) => {
+            _ = sleep_until(idle_deadline), if sends.in_flight() == 0 => {
                 session.farewell(code::IDLE_TIMEOUT, "idle timeout: no frame received; send a ping (id 1) at least every idle_timeout_s seconds").await;
                 return EndReason::Idle;
             }
-            ready = rd.readable() => {
+            replies = sends.next_done(), if sends.in_flight() > 0 => {
+                if session.send_replies(replies).await.is_err() {
+                    return EndReason::ClosedByServer;
+                }
+                continue;
+            }
+            // A full pipeline stops reading: TCP pushes back on the client.
+            ready = rd.readable(), if !sends.is_full() => {
                 if ready.is_err() {
                     return EndReason::ReadError;
                 }
@@ -188,8 +201,22 @@ async fn read_loop(
                     _ = shutdown.cancelled() => return EndReason::Shutdown,
                 }
             }
-            if Box::pin(session.handle(frame)).await.is_err() {
-                return EndReason::ClosedByServer;
+            if session.can_pipeline(frame.id) {
+                while sends.is_full() {
+                    let replies = sends.next_done().await;
+                    if session.send_replies(replies).await.is_err() {
+                        return EndReason::ClosedByServer;
+                    }
+                }
+                session.start_send(sends, frame);
+            } else {
+                // Any other request sees the effects of the sends before it.
+                if session.settle_sends(sends).await.is_err() {
+                    return EndReason::ClosedByServer;
+                }
+                if Box::pin(session.handle(frame)).await.is_err() {
+                    return EndReason::ClosedByServer;
+                }
             }
             handled = handled.wrapping_add(1);
             if handled % FRAMES_PER_YIELD == 0 {

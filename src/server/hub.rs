@@ -519,6 +519,13 @@ impl LocalDelivery for Hub {
     fn membership(&self, user: UserId, group: GroupId, joined: bool) {
         self.apply_membership(user, group, joined);
     }
+
+    fn is_member(&self, user: UserId, group: GroupId) -> bool {
+        self.read()
+            .users
+            .get(&user)
+            .is_some_and(|e| !e.conns.is_empty() && e.groups.contains(&group))
+    }
 }
 
 #[async_trait]

@@ -11,6 +11,7 @@ pub mod hub;
 pub mod instrument;
 pub mod metrics;
 pub mod outbox;
+pub mod sends;
 pub mod session;
 
 use std::net::SocketAddr;

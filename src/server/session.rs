@@ -13,9 +13,10 @@ use tracing::{debug, info, warn};
 
 use super::hub::{ConnHandle, ConnShared};
 use super::outbox::Outbound;
+use super::sends::{self, error_code, Pipeline, Replies, NOT_LOGGED_IN_V2};
 use super::ServerCtx;
 use crate::core::model::{ConnId, GroupPatch, Seq};
-use crate::core::service::{DeliveryOutcome, DirectInput};
+use crate::core::service::DeliveryOutcome;
 use crate::core::{ChatError, Me};
 use crate::protocol::messages::{self as m, code, parse};
 use crate::protocol::{codec, ids, Frame};
@@ -32,8 +33,6 @@ pub struct Session {
     /// Accepted past `server.max_connections`: only told where to go (see `turn_away`).
     overloaded: bool,
 }
-
-const NOT_LOGGED_IN_V2: &str = "not logged in: log in (104) first";
 
 impl Session {
     pub fn new(ctx: Arc<ServerCtx>, conn_id: ConnId, shared: Arc<ConnShared>) -> Self {
@@ -153,7 +152,9 @@ impl Session {
             ids::REGISTER_REQ => self.register(body).await,
             ids::LOGIN_REQ => self.login(body).await,
             ids::LOGOUT_REQ => self.logout().await,
-            ids::TEXT_MSG => self.text(body).await,
+            ids::TEXT_MSG | ids::GROUP_TEXT_REQ => {
+                self.send_alone(frame.id, frame.body.clone()).await
+            }
             ids::HISTORY_REQ => self.history(body).await,
             ids::RELATIONS_REQ => self.relations().await,
             ids::CREATE_GROUP_REQ
@@ -166,7 +167,6 @@ impl Session {
             | ids::REMOVE_MEMBER_REQ
             | ids::GROUP_DETAILS_REQ
             | ids::GROUP_HISTORY_REQ => self.group_op(frame.id, body).await,
-            ids::GROUP_TEXT_REQ => self.group_text(body).await,
             ids::SYNC_REQ if self.v2() => self.sync(body).await,
             other => {
                 // The original reads, logs and discards unknown ids; v2 clients are told.
@@ -425,115 +425,59 @@ impl Session {
             .await
     }
 
-    // -- direct messages -----------------------------------------------------------------------
+    // -- sends (pipelined, see `sends`) -----------------------------------------------------
 
-    async fn send_ack_error(
-        &self,
-        request: u32,
-        client_msg_id: String,
-        code: u32,
-        message: String,
-    ) -> Result<(), Closed> {
-        if self.v2() {
-            self.send(
-                ids::SEND_ACK,
-                &m::SendAck {
-                    client_msg_id,
-                    code: Some(code),
-                    message: Some(message),
-                    ..Default::default()
-                },
-            )
-            .await
+    /// Whether this frame is a send that may overlap with the connection's other sends.
+    pub fn can_pipeline(&self, id: u32) -> bool {
+        !self.overloaded && self.me.is_some() && (id == ids::TEXT_MSG || id == ids::GROUP_TEXT_REQ)
+    }
+
+    /// Starts a send (208 or 310) without waiting for it; see [`sends`]. The pipeline is the
+    /// reader's, not the session's: its futures are `Send` but not `Sync`.
+    pub fn start_send(&self, pipeline: &mut Pipeline, frame: Frame) {
+        self.ctx.metrics.frame_in(frame.id);
+        let (ctx, conn_id, me, v2) = (self.ctx.clone(), self.conn_id, self.me.clone(), self.v2());
+        let group = frame.id == ids::GROUP_TEXT_REQ;
+        pipeline.start(move |turn| {
+            if group {
+                Box::pin(sends::group(ctx, conn_id, me, v2, frame.body, turn))
+            } else {
+                Box::pin(sends::direct(ctx, conn_id, me, v2, frame.body, turn))
+            }
+        });
+    }
+
+    /// Queues the replies of a finished send.
+    pub async fn send_replies(&self, replies: Replies) -> Result<(), Closed> {
+        for frame in replies.frames {
+            self.send_raw(frame).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every send in flight and queues their replies (a barrier before any other
+    /// request, and before the connection ends).
+    pub async fn settle_sends(&self, pipeline: &mut Pipeline) -> Result<(), Closed> {
+        let mut result = Ok(());
+        while pipeline.in_flight() > 0 {
+            let replies = pipeline.next_done().await;
+            if result.is_ok() {
+                result = self.send_replies(replies).await;
+            }
+        }
+        result
+    }
+
+    /// A send handled on its own (not logged in: the refusal in the original's order).
+    async fn send_alone(&mut self, id: u32, body: bytes::Bytes) -> Result<(), Closed> {
+        let (ctx, me, v2) = (self.ctx.clone(), self.me.clone(), self.v2());
+        let turn = sends::Turns::first();
+        let replies = if id == ids::GROUP_TEXT_REQ {
+            sends::group(ctx, self.conn_id, me, v2, body, turn).await
         } else {
-            self.send_error(request, code, message).await
-        }
-    }
-
-    async fn send_ack(
-        &self,
-        client_msg_id: String,
-        msg: &crate::core::model::StoredMessage,
-    ) -> Result<(), Closed> {
-        if !self.v2() {
-            return Ok(());
-        }
-        self.send(
-            ids::SEND_ACK,
-            &m::SendAck {
-                client_msg_id,
-                msg_id: Some(msg.msg_id.clone()),
-                conv: Some(msg.conv.to_string()),
-                seq: Some(msg.seq),
-                timestamp: Some(msg.timestamp),
-                code: Some(0),
-                ..Default::default()
-            },
-        )
-        .await
-    }
-
-    async fn text(&mut self, body: &[u8]) -> Result<(), Closed> {
-        let req: m::TextReq = match parse(body) {
-            Ok(r) => r,
-            Err(e) => {
-                return self
-                    .send_ack_error(ids::TEXT_MSG, String::new(), code::MALFORMED, e.to_string())
-                    .await
-            }
+            sends::direct(ctx, self.conn_id, me, v2, body, turn).await
         };
-        if let Some(sent_at) = &req.sent_at {
-            if !m::is_rfc3339(sent_at) {
-                return self
-                    .send_ack_error(
-                        ids::TEXT_MSG,
-                        req.client_msg_id,
-                        code::MALFORMED,
-                        "malformed request: sent_at must be an RFC 3339 time".into(),
-                    )
-                    .await;
-            }
-        }
-        let Some(me) = self.me.clone() else {
-            return self
-                .send_ack_error(
-                    ids::TEXT_MSG,
-                    req.client_msg_id,
-                    code::NOT_LOGGED_IN,
-                    NOT_LOGGED_IN_V2.into(),
-                )
-                .await;
-        };
-        let client_msg_id = req.client_msg_id.clone();
-        let input = DirectInput {
-            to: req.to_user_id,
-            content: req.content,
-            msg_type: req.msg_type,
-            sent_at: req.sent_at,
-            client_msg_id: req.client_msg_id,
-        };
-        match self.ctx.core.send_direct(&me, self.conn_id, input).await {
-            Ok(appended) => {
-                self.ctx
-                    .metrics
-                    .message_stored("direct", appended.duplicate);
-                debug!(
-                    conn_id = self.conn_id,
-                    user_id = me.id,
-                    msg_id = %appended.message.msg_id,
-                    seq = appended.message.seq,
-                    duplicate = appended.duplicate,
-                    "direct message stored"
-                );
-                self.send_ack(client_msg_id, &appended.message).await
-            }
-            Err(e) => {
-                self.ctx.metrics.message_failed("direct");
-                let (c, text) = error_code(&e);
-                self.send_ack_error(ids::TEXT_MSG, client_msg_id, c, text)
-                    .await
-            }
-        }
+        self.send_replies(replies).await
     }
 
     async fn history(&mut self, body: &[u8]) -> Result<(), Closed> {
@@ -832,90 +776,6 @@ impl Session {
         }
     }
 
-    async fn group_text(&mut self, body: &[u8]) -> Result<(), Closed> {
-        let Some(me) = self.me.clone() else {
-            // The original drops it silently; PROTOCOL.md §2.6 answers with 99.
-            return self
-                .send_error(ids::GROUP_TEXT_REQ, code::NOT_LOGGED_IN, NOT_LOGGED_IN_V2)
-                .await;
-        };
-        let ack = |status: u32, error: &str| m::GroupTextAck {
-            msg_id: String::new(),
-            status,
-            error: error.into(),
-        };
-        let req: m::GroupTextReq = match parse(body) {
-            Ok(r) => r,
-            Err(e) => {
-                self.send(ids::GROUP_TEXT_ACK, &ack(1, "Invalid request format"))
-                    .await?;
-                return self
-                    .v2_send_failure(String::new(), code::MALFORMED, e.to_string())
-                    .await;
-            }
-        };
-        let client_msg_id = req.client_msg_id.clone();
-        match self
-            .ctx
-            .core
-            .send_group(
-                &me,
-                self.conn_id,
-                req.group_id,
-                req.content,
-                &req.client_msg_id,
-            )
-            .await
-        {
-            Ok(appended) => {
-                self.ctx.metrics.message_stored("group", appended.duplicate);
-                debug!(
-                    conn_id = self.conn_id,
-                    user_id = me.id,
-                    msg_id = %appended.message.msg_id,
-                    seq = appended.message.seq,
-                    duplicate = appended.duplicate,
-                    "group message stored"
-                );
-                self.send(
-                    ids::GROUP_TEXT_ACK,
-                    &m::GroupTextAck {
-                        msg_id: appended.message.msg_id.clone(),
-                        status: 0,
-                        error: String::new(),
-                    },
-                )
-                .await?;
-                self.send_ack(client_msg_id, &appended.message).await
-            }
-            Err(e) => {
-                self.ctx.metrics.message_failed("group");
-                let (status, text) = match &e {
-                    ChatError::NotMember => (3, "You are not a member of this group".to_string()),
-                    ChatError::Invalid(t) => (1, format!("Invalid request format: {t}")),
-                    other => (2, format!("Failed to store the message: {other}")),
-                };
-                self.send(ids::GROUP_TEXT_ACK, &ack(status, &text)).await?;
-                let (c, t) = error_code(&e);
-                self.v2_send_failure(client_msg_id, c, t).await
-            }
-        }
-    }
-
-    async fn v2_send_failure(
-        &self,
-        client_msg_id: String,
-        code: u32,
-        message: String,
-    ) -> Result<(), Closed> {
-        if self.v2() {
-            self.send_ack_error(ids::GROUP_TEXT_REQ, client_msg_id, code, message)
-                .await
-        } else {
-            Ok(())
-        }
-    }
-
     // -- v2 sync -------------------------------------------------------------------------------
 
     async fn sync(&mut self, body: &[u8]) -> Result<(), Closed> {
@@ -982,22 +842,6 @@ fn ok_body(text: &str) -> m::MessageBodyResp {
     m::MessageBodyResp {
         message: text.into(),
     }
-}
-
-/// The 99 / 402 code and text of a core error.
-fn error_code(e: &ChatError) -> (u32, String) {
-    let c = match e {
-        ChatError::NoSuchTarget(_) | ChatError::UnknownUser | ChatError::GroupNotFound => {
-            code::NOT_FOUND
-        }
-        ChatError::NotMember => code::NOT_MEMBER,
-        ChatError::Unavailable(_) => code::UNAVAILABLE,
-        ChatError::Internal(_) => code::INTERNAL,
-        ChatError::BadCursor => code::MALFORMED,
-        ChatError::BadToken(_) => code::BAD_TOKEN,
-        _ => code::INVALID,
-    };
-    (c, e.to_string())
 }
 
 /// Sync cursors are opaque to clients; today they wrap a log position.

@@ -295,3 +295,90 @@ pub fn keys(v: &Value) -> Vec<String> {
     k.sort();
     k
 }
+
+/// A burst of sends written at once (the daemon keeps several in flight per connection):
+/// `alice` (v2) sends `n` direct messages alternating between `bob` (by username) and `carol`
+/// (by numeric id), one to an unknown user in the middle, then a group message and a history
+/// request. Checks the promises of pipelined sends: replies in request order, appends in
+/// request order (increasing log positions), the unknown recipient refused in its place,
+/// the history (a barrier) seeing every send before it, and each recipient's pushes in order.
+pub async fn assert_pipelined_burst(
+    alice: &mut Client,
+    bob: &mut Client,
+    carol: &mut Client,
+    gid: u64,
+    n: usize,
+) {
+    let bad = n / 2;
+    let mut burst = Vec::new();
+    for i in 0..n {
+        let to = if i == bad {
+            "nobody-here".to_string()
+        } else if i % 2 == 0 {
+            "bob".to_string()
+        } else {
+            carol.id().to_string()
+        };
+        let body =
+            json!({"to_user_id": to, "content": format!("m{i}"), "client_msg_id": format!("c{i}")});
+        burst.extend_from_slice(&codec::encode(ids::TEXT_MSG, body.to_string().as_bytes()));
+    }
+    let g = json!({"group_id": gid, "content": "g-last", "client_msg_id": "cg"});
+    burst.extend_from_slice(&codec::encode(
+        ids::GROUP_TEXT_REQ,
+        g.to_string().as_bytes(),
+    ));
+    let h = json!({"target_user_uuid": "", "target_username": "bob", "limit": 100});
+    burst.extend_from_slice(&codec::encode(ids::HISTORY_REQ, h.to_string().as_bytes()));
+    alice.send_raw(&burst).await;
+
+    let mut last_seq = 0;
+    for i in 0..n {
+        let ack = alice.expect(ids::SEND_ACK).await;
+        assert_eq!(
+            ack["client_msg_id"],
+            format!("c{i}"),
+            "replies in request order"
+        );
+        if i == bad {
+            assert_eq!(
+                ack["code"],
+                chat_zinx::protocol::messages::code::NOT_FOUND,
+                "{ack}"
+            );
+            continue;
+        }
+        assert_eq!(ack["code"], 0, "{ack}");
+        let seq = ack["seq"].as_u64().unwrap();
+        assert!(
+            seq > last_seq,
+            "appends in request order: {seq} after {last_seq}"
+        );
+        last_seq = seq;
+    }
+    assert_eq!(alice.expect(ids::GROUP_TEXT_ACK).await["status"], 0);
+    let ack = alice.expect(ids::SEND_ACK).await;
+    assert_eq!(ack["client_msg_id"], "cg");
+    assert!(ack["seq"].as_u64().unwrap() > last_seq);
+    let history = alice.expect(ids::HISTORY_RESP).await;
+    let contents: Vec<String> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect();
+    let to_bob: Vec<String> = (0..n)
+        .filter(|i| i % 2 == 0 && *i != bad)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(
+        contents, to_bob,
+        "history sees every send before it, in order"
+    );
+    for (client, parity) in [(bob, 0), (carol, 1)] {
+        for i in (0..n).filter(|i| i % 2 == parity && *i != bad) {
+            let p = client.expect_skipping(ids::TEXT_MSG).await;
+            assert_eq!(p["content"], format!("m{i}"), "pushes in order");
+        }
+    }
+}

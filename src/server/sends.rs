@@ -1,0 +1,588 @@
+//! Sends (208 direct, 310 group) of one connection, pipelined.
+//!
+//! A send waits for backend round trips: the recipient lookup or membership check, the
+//! append to the log and its acknowledgement, the presence lookup and the bus publish for the
+//! push. Handled strictly one after the other, a connection could not send more than one
+//! message per sum of those round trips. So a logged-in connection keeps up to
+//! [`MAX_IN_FLIGHT`] sends in flight, with three rules that keep the protocol's promises:
+//!
+//! - **Appends keep the connection's order.** Each send holds a [`Turns`]: it may check and
+//!   resolve ahead, but appends only after the previous send of the connection appended (or
+//!   failed). Messages land in the log, and therefore in every history and sync, in the
+//!   order the client sent them.
+//! - **Pushes keep the connection's order.** Local pushes happen right after the append, so
+//!   they are in order already; the hand-over to other nodes (bus publish) waits for the
+//!   previous send's hand-over (a second chain of turns), while the presence lookups before
+//!   it overlap.
+//! - **Replies keep the request order.** A send returns its reply frames ([`Replies`]) instead
+//!   of queueing them; the reader queues them in request order.
+//! - **Anything else is a barrier.** Every other request (history, group management, logout,
+//!   sync…) waits until the sends before it are finished, so it sees their effects.
+//!
+//! Pushes of a send (to the recipient and the sender's other devices) go out as soon as its
+//! append is acknowledged, overlapping with the next send's append.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use serde::Serialize;
+use tracing::debug;
+
+use super::outbox::Outbound;
+use super::ServerCtx;
+use crate::core::model::{ConnId, StoredMessage};
+use crate::core::service::{Committed, DirectInput, Prepared};
+use crate::core::{ChatError, Me};
+use crate::protocol::messages::{self as m, code, parse};
+use crate::protocol::{codec, ids};
+
+/// Sends one connection may have in flight. Past it, the reader stops reading the socket
+/// until one finishes (TCP pushes back on the client).
+pub const MAX_IN_FLIGHT: usize = 32;
+
+pub(crate) const NOT_LOGGED_IN_V2: &str = "not logged in: log in (104) first";
+
+/// Reply frames of one request, in order.
+pub struct Replies {
+    v2: bool,
+    pub frames: Vec<Outbound>,
+}
+
+impl Replies {
+    pub fn new(v2: bool) -> Self {
+        Replies {
+            v2,
+            frames: Vec::new(),
+        }
+    }
+
+    pub fn send<T: Serialize>(&mut self, id: u32, body: &T) {
+        // v1 connections never get an id outside the original table (PROTOCOL.md §1).
+        if !self.v2 && !ids::is_v1(id) {
+            return;
+        }
+        let json = serde_json::to_vec(body).expect("responses serialise");
+        self.frames.push(Outbound {
+            frame: codec::encode(id, &json),
+            seq: 0,
+        });
+    }
+
+    /// 99 error; `reference` is added for v2 connections.
+    pub fn error(&mut self, request: u32, code: u32, message: impl Into<String>) {
+        let reference = self.v2.then_some(request);
+        self.send(
+            ids::ERROR,
+            &m::ErrorResp {
+                code,
+                message: message.into(),
+                reference,
+            },
+        );
+    }
+
+    /// A failed send: 402 with a code for v2, 99 for v1.
+    pub fn ack_error(&mut self, request: u32, client_msg_id: String, code: u32, message: String) {
+        if self.v2 {
+            self.send(
+                ids::SEND_ACK,
+                &m::SendAck {
+                    client_msg_id,
+                    code: Some(code),
+                    message: Some(message),
+                    ..Default::default()
+                },
+            );
+        } else {
+            self.error(request, code, message);
+        }
+    }
+
+    /// A stored send: 402 for v2 (v1 has no acknowledgement).
+    pub fn ack(&mut self, client_msg_id: String, msg: &StoredMessage) {
+        if !self.v2 {
+            return;
+        }
+        self.send(
+            ids::SEND_ACK,
+            &m::SendAck {
+                client_msg_id,
+                msg_id: Some(msg.msg_id.clone()),
+                conv: Some(msg.conv.to_string()),
+                seq: Some(msg.seq),
+                timestamp: Some(msg.timestamp),
+                code: Some(0),
+                ..Default::default()
+            },
+        );
+    }
+}
+
+/// The 99 / 402 code and text of a core error.
+pub fn error_code(e: &ChatError) -> (u32, String) {
+    let c = match e {
+        ChatError::NoSuchTarget(_) | ChatError::UnknownUser | ChatError::GroupNotFound => {
+            code::NOT_FOUND
+        }
+        ChatError::NotMember => code::NOT_MEMBER,
+        ChatError::Unavailable(_) => code::UNAVAILABLE,
+        ChatError::Internal(_) => code::INTERNAL,
+        ChatError::BadCursor => code::MALFORMED,
+        ChatError::BadToken(_) => code::BAD_TOKEN,
+        _ => code::INVALID,
+    };
+    (c, e.to_string())
+}
+
+/// A send's place in one of its connection's orders (see the module doc). Dropping it lets
+/// the next send go, even when it never waited: a send refused early must not let the send
+/// after it overtake the one before it, so a turn dropped before its time is only marked
+/// abandoned and skipped when its time comes.
+pub struct Turn {
+    chain: Option<Arc<ChainState>>,
+    ticket: u64,
+}
+
+#[derive(Default)]
+struct ChainState {
+    /// The ticket whose time it is, and tickets dropped before their time.
+    at: std::sync::Mutex<(u64, std::collections::BTreeSet<u64>)>,
+    moved: tokio::sync::Notify,
+}
+
+impl Turn {
+    /// A turn that waits for nobody.
+    fn free() -> Self {
+        Turn {
+            chain: None,
+            ticket: 0,
+        }
+    }
+
+    /// Waits until every earlier turn of the chain is dropped.
+    pub async fn wait(&mut self) {
+        let Some(chain) = &self.chain else { return };
+        loop {
+            let moved = chain.moved.notified();
+            tokio::pin!(moved);
+            // Registered before the check, so a move between the check and the await wakes us.
+            moved.as_mut().enable();
+            if chain.at.lock().unwrap_or_else(|e| e.into_inner()).0 == self.ticket {
+                return;
+            }
+            moved.await;
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let Some(chain) = self.chain.take() else {
+            return;
+        };
+        let mut at = chain.at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.0 != self.ticket {
+            at.1.insert(self.ticket);
+            return;
+        }
+        at.0 += 1;
+        loop {
+            let next = at.0;
+            if !at.1.remove(&next) {
+                break;
+            }
+            at.0 += 1;
+        }
+        drop(at);
+        chain.moved.notify_waiters();
+    }
+}
+
+/// A chain of turns: each new turn waits for the ones handed out before it.
+#[derive(Default)]
+struct Chain {
+    /// Created with the first turn (an idle connection keeps nothing).
+    state: Option<Arc<ChainState>>,
+    issued: u64,
+}
+
+impl Chain {
+    fn next(&mut self) -> Turn {
+        let ticket = self.issued;
+        self.issued += 1;
+        Turn {
+            chain: Some(self.state.get_or_insert_with(Default::default).clone()),
+            ticket,
+        }
+    }
+}
+
+/// A send's turns: to append, then to hand the message to other nodes.
+pub struct Turns {
+    pub append: Turn,
+    pub publish: Turn,
+}
+
+impl Turns {
+    /// Turns that wait for nobody (a send handled on its own).
+    pub fn first() -> Self {
+        Turns {
+            append: Turn::free(),
+            publish: Turn::free(),
+        }
+    }
+}
+
+/// The sends a connection has in flight.
+#[derive(Default)]
+pub struct Pipeline {
+    /// Created on the first send and dropped when empty: an idle connection keeps nothing.
+    jobs: Option<FuturesOrdered<BoxFuture<'static, Replies>>>,
+    appends: Chain,
+    publishes: Chain,
+}
+
+impl Pipeline {
+    pub fn in_flight(&self) -> usize {
+        self.jobs.as_ref().map_or(0, |j| j.len())
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.in_flight() >= MAX_IN_FLIGHT
+    }
+
+    /// Starts a send (`job` receives its turns).
+    pub fn start(&mut self, job: impl FnOnce(Turns) -> BoxFuture<'static, Replies>) {
+        let turn = Turns {
+            append: self.appends.next(),
+            publish: self.publishes.next(),
+        };
+        self.jobs
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(job(turn));
+    }
+
+    /// The replies of the oldest send, once it is finished; pending forever when nothing is
+    /// in flight (use it in a `select!` guarded by `in_flight() > 0`).
+    pub async fn next_done(&mut self) -> Replies {
+        let Some(jobs) = self.jobs.as_mut() else {
+            return std::future::pending().await;
+        };
+        let Some(replies) = jobs.next().await else {
+            return std::future::pending().await;
+        };
+        if jobs.is_empty() {
+            self.jobs = None;
+            self.appends = Chain::default();
+            self.publishes = Chain::default();
+        }
+        replies
+    }
+}
+
+/// 208: a direct message. `me` is `None` on a connection that is not logged in.
+pub async fn direct(
+    ctx: Arc<ServerCtx>,
+    conn_id: ConnId,
+    me: Option<Me>,
+    v2: bool,
+    body: Bytes,
+    turns: Turns,
+) -> Replies {
+    let Turns {
+        append: mut turn,
+        publish,
+    } = turns;
+    let mut r = Replies::new(v2);
+    let Some((prepared, client_msg_id)) =
+        prepare_direct(&ctx, conn_id, me.as_ref(), &body, &mut r).await
+    else {
+        return r;
+    };
+    turn.wait().await;
+    let committed = ctx.core.commit(prepared).await;
+    drop(turn);
+    match committed {
+        Ok(committed) => {
+            let appended = &committed.appended;
+            ctx.metrics.message_stored("direct", appended.duplicate);
+            debug!(
+                conn_id,
+                msg_id = %appended.message.msg_id,
+                seq = appended.message.seq,
+                duplicate = appended.duplicate,
+                "direct message stored"
+            );
+            deliver(&ctx, &committed, publish).await;
+            r.ack(client_msg_id, &committed.appended.message);
+        }
+        Err(e) => {
+            ctx.metrics.message_failed("direct");
+            let (c, text) = error_code(&e);
+            r.ack_error(ids::TEXT_MSG, client_msg_id, c, text);
+        }
+    }
+    r
+}
+
+/// Pushes a stored message: locally at once, to other nodes in the connection's order.
+async fn deliver(ctx: &ServerCtx, committed: &Committed, mut turn: Turn) {
+    let routed = ctx.core.deliver_locally(committed).await;
+    turn.wait().await;
+    if let Some(routed) = routed {
+        ctx.core.publish(routed).await;
+    }
+}
+
+/// Checks of a 208 in the original's order; `None` when `r` holds the refusal.
+async fn prepare_direct(
+    ctx: &ServerCtx,
+    conn_id: ConnId,
+    me: Option<&Me>,
+    body: &[u8],
+    r: &mut Replies,
+) -> Option<(Prepared, String)> {
+    let req: m::TextReq = match parse(body) {
+        Ok(req) => req,
+        Err(e) => {
+            r.ack_error(ids::TEXT_MSG, String::new(), code::MALFORMED, e.to_string());
+            return None;
+        }
+    };
+    if let Some(sent_at) = &req.sent_at {
+        if !m::is_rfc3339(sent_at) {
+            r.ack_error(
+                ids::TEXT_MSG,
+                req.client_msg_id,
+                code::MALFORMED,
+                "malformed request: sent_at must be an RFC 3339 time".into(),
+            );
+            return None;
+        }
+    }
+    let Some(me) = me else {
+        r.ack_error(
+            ids::TEXT_MSG,
+            req.client_msg_id,
+            code::NOT_LOGGED_IN,
+            NOT_LOGGED_IN_V2.into(),
+        );
+        return None;
+    };
+    let client_msg_id = req.client_msg_id.clone();
+    let input = DirectInput {
+        to: req.to_user_id,
+        content: req.content,
+        msg_type: req.msg_type,
+        sent_at: req.sent_at,
+        client_msg_id: req.client_msg_id,
+    };
+    match ctx.core.prepare_direct(me, conn_id, input).await {
+        Ok(p) => Some((p, client_msg_id)),
+        Err(e) => {
+            ctx.metrics.message_failed("direct");
+            let (c, text) = error_code(&e);
+            r.ack_error(ids::TEXT_MSG, client_msg_id, c, text);
+            None
+        }
+    }
+}
+
+/// 310: a group message. `me` is `None` on a connection that is not logged in.
+pub async fn group(
+    ctx: Arc<ServerCtx>,
+    conn_id: ConnId,
+    me: Option<Me>,
+    v2: bool,
+    body: Bytes,
+    turns: Turns,
+) -> Replies {
+    let Turns {
+        append: mut turn,
+        publish,
+    } = turns;
+    let mut r = Replies::new(v2);
+    let Some((prepared, client_msg_id)) =
+        prepare_group(&ctx, conn_id, me.as_ref(), &body, &mut r).await
+    else {
+        return r;
+    };
+    turn.wait().await;
+    let committed = ctx.core.commit(prepared).await;
+    drop(turn);
+    match committed {
+        Ok(committed) => {
+            let appended = &committed.appended;
+            ctx.metrics.message_stored("group", appended.duplicate);
+            debug!(
+                conn_id,
+                msg_id = %appended.message.msg_id,
+                seq = appended.message.seq,
+                duplicate = appended.duplicate,
+                "group message stored"
+            );
+            deliver(&ctx, &committed, publish).await;
+            let message = &committed.appended.message;
+            r.send(
+                ids::GROUP_TEXT_ACK,
+                &m::GroupTextAck {
+                    msg_id: message.msg_id.clone(),
+                    status: 0,
+                    error: String::new(),
+                },
+            );
+            r.ack(client_msg_id, message);
+        }
+        Err(e) => group_failure(&ctx, &mut r, client_msg_id, &e),
+    }
+    r
+}
+
+fn group_ack(status: u32, error: &str) -> m::GroupTextAck {
+    m::GroupTextAck {
+        msg_id: String::new(),
+        status,
+        error: error.into(),
+    }
+}
+
+/// A refused or failed 310: the original's 311 with a status, then (v2) a 402 with a code.
+fn group_failure(ctx: &ServerCtx, r: &mut Replies, client_msg_id: String, e: &ChatError) {
+    ctx.metrics.message_failed("group");
+    let (status, text) = match e {
+        ChatError::NotMember => (3, "You are not a member of this group".to_string()),
+        ChatError::Invalid(t) => (1, format!("Invalid request format: {t}")),
+        other => (2, format!("Failed to store the message: {other}")),
+    };
+    r.send(ids::GROUP_TEXT_ACK, &group_ack(status, &text));
+    if r.v2 {
+        let (c, t) = error_code(e);
+        r.ack_error(ids::GROUP_TEXT_REQ, client_msg_id, c, t);
+    }
+}
+
+/// Checks of a 310 in the original's order; `None` when `r` holds the refusal.
+async fn prepare_group(
+    ctx: &ServerCtx,
+    conn_id: ConnId,
+    me: Option<&Me>,
+    body: &[u8],
+    r: &mut Replies,
+) -> Option<(Prepared, String)> {
+    let Some(me) = me else {
+        // The original drops it silently; PROTOCOL.md §2.6 answers with 99.
+        r.error(ids::GROUP_TEXT_REQ, code::NOT_LOGGED_IN, NOT_LOGGED_IN_V2);
+        return None;
+    };
+    let req: m::GroupTextReq = match parse(body) {
+        Ok(req) => req,
+        Err(e) => {
+            r.send(ids::GROUP_TEXT_ACK, &group_ack(1, "Invalid request format"));
+            if r.v2 {
+                r.ack_error(
+                    ids::GROUP_TEXT_REQ,
+                    String::new(),
+                    code::MALFORMED,
+                    e.to_string(),
+                );
+            }
+            return None;
+        }
+    };
+    let client_msg_id = req.client_msg_id.clone();
+    match ctx
+        .core
+        .prepare_group(me, conn_id, req.group_id, req.content, &req.client_msg_id)
+        .await
+    {
+        Ok(p) => Some((p, client_msg_id)),
+        Err(e) => {
+            group_failure(ctx, r, client_msg_id, &e);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Turns hand over in start order even when later sends are ready first.
+    #[tokio::test]
+    async fn appends_happen_in_start_order_and_replies_in_request_order() {
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut p = Pipeline::default();
+        // Send 0 takes longest to prepare, send 2 is instant; both must still append in order.
+        for (i, prep_ms) in [(0u32, 30u64), (1, 10), (2, 0)] {
+            let order = order.clone();
+            p.start(move |mut turns| {
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(prep_ms)).await;
+                    turns.append.wait().await;
+                    order.lock().unwrap().push(i);
+                    drop(turns);
+                    let mut r = Replies::new(true);
+                    r.error(i, 0, format!("{i}"));
+                    r
+                })
+            });
+        }
+        assert_eq!(p.in_flight(), 3);
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            replies.push(p.next_done().await.frames.len());
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        assert_eq!(p.in_flight(), 0);
+        assert!(p.jobs.is_none() && p.appends.issued == 0 && p.publishes.issued == 0);
+    }
+
+    /// A send that is refused before its append gives up its turn without waiting, and the
+    /// send after it still cannot overtake the one before it.
+    #[tokio::test]
+    async fn a_refused_send_does_not_let_the_next_one_overtake() {
+        let appended = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut p = Pipeline::default();
+        {
+            let (appended, seen) = (appended.clone(), seen.clone());
+            p.start(move |mut turns| {
+                Box::pin(async move {
+                    turns.append.wait().await;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    seen.lock()
+                        .unwrap()
+                        .push(appended.fetch_add(1, Ordering::SeqCst));
+                    Replies::new(true)
+                })
+            });
+        }
+        // Refused at once: drops its turns without ever waiting, appends nothing.
+        p.start(|turns| {
+            Box::pin(async move {
+                drop(turns);
+                Replies::new(true)
+            })
+        });
+        {
+            let (appended, seen) = (appended.clone(), seen.clone());
+            p.start(move |mut turns| {
+                Box::pin(async move {
+                    turns.append.wait().await;
+                    seen.lock()
+                        .unwrap()
+                        .push(appended.fetch_add(1, Ordering::SeqCst) + 100);
+                    Replies::new(true)
+                })
+            });
+        }
+        for _ in 0..3 {
+            p.next_done().await;
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![0, 101]);
+    }
+}
