@@ -22,7 +22,9 @@
 //! Pushes of a send (to the recipient and the sender's other devices) go out as soon as its
 //! append is acknowledged, overlapping with the next send's append.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -147,9 +149,18 @@ pub struct Turn {
 
 #[derive(Default)]
 struct ChainState {
-    /// The ticket whose time it is, and tickets dropped before their time.
-    at: std::sync::Mutex<(u64, std::collections::BTreeSet<u64>)>,
-    moved: tokio::sync::Notify,
+    at: std::sync::Mutex<ChainAt>,
+}
+
+#[derive(Default)]
+struct ChainAt {
+    /// The ticket whose time it is.
+    now: u64,
+    /// Tickets dropped before their time.
+    abandoned: std::collections::BTreeSet<u64>,
+    /// Tickets waiting for their time. Only the one whose time comes is woken, so a chain
+    /// of n sends costs n wake-ups, not n².
+    waiting: HashMap<u64, Waker>,
 }
 
 impl Turn {
@@ -164,16 +175,18 @@ impl Turn {
     /// Waits until every earlier turn of the chain is dropped.
     pub async fn wait(&mut self) {
         let Some(chain) = &self.chain else { return };
-        loop {
-            let moved = chain.moved.notified();
-            tokio::pin!(moved);
-            // Registered before the check, so a move between the check and the await wakes us.
-            moved.as_mut().enable();
-            if chain.at.lock().unwrap_or_else(|e| e.into_inner()).0 == self.ticket {
-                return;
+        let ticket = self.ticket;
+        std::future::poll_fn(|cx| {
+            let mut at = chain.at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.now == ticket {
+                at.waiting.remove(&ticket);
+                Poll::Ready(())
+            } else {
+                at.waiting.insert(ticket, cx.waker().clone());
+                Poll::Pending
             }
-            moved.await;
-        }
+        })
+        .await
     }
 }
 
@@ -183,20 +196,25 @@ impl Drop for Turn {
             return;
         };
         let mut at = chain.at.lock().unwrap_or_else(|e| e.into_inner());
-        if at.0 != self.ticket {
-            at.1.insert(self.ticket);
+        at.waiting.remove(&self.ticket);
+        if at.now != self.ticket {
+            at.abandoned.insert(self.ticket);
             return;
         }
-        at.0 += 1;
+        at.now += 1;
         loop {
-            let next = at.0;
-            if !at.1.remove(&next) {
+            let next = at.now;
+            if !at.abandoned.remove(&next) {
                 break;
             }
-            at.0 += 1;
+            at.now += 1;
         }
+        let next = at.now;
+        let waker = at.waiting.remove(&next);
         drop(at);
-        chain.moved.notify_waiters();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
