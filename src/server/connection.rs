@@ -41,26 +41,53 @@ const FRAMES_PER_YIELD: u32 = 16;
 /// pushed again at the next login; a duplicate is better than a loss.
 const UNCERTAIN_WINDOW: Duration = Duration::from_secs(2);
 
+/// Writes closer together than this share one entry of the written log.
+const WRITTEN_BUCKET: Duration = Duration::from_millis(50);
+
 /// What the writer has written, split into what is settled and the uncertain recent tail.
+/// Writes are recorded in buckets of at most [`WRITTEN_BUCKET`], so a busy connection keeps
+/// at most `UNCERTAIN_WINDOW / WRITTEN_BUCKET` entries, not one per write.
 #[derive(Default)]
 struct WrittenLog {
     settled: Seq,
-    recent: std::collections::VecDeque<(Instant, Seq)>,
+    recent: std::collections::VecDeque<WrittenBucket>,
+}
+
+struct WrittenBucket {
+    first: Instant,
+    /// The bucket counts as written at its last write (the conservative end).
+    last: Instant,
+    low: Seq,
+    high: Seq,
 }
 
 impl WrittenLog {
-    fn record(&mut self, seq: Seq) {
+    /// Log positions `low..=high` (those of one batch) were just written.
+    fn record(&mut self, low: Seq, high: Seq) {
         let now = Instant::now();
         self.settle(now);
-        self.recent.push_back((now, seq));
+        if let Some(b) = self.recent.back_mut() {
+            if now.duration_since(b.first) < WRITTEN_BUCKET {
+                b.last = now;
+                b.low = b.low.min(low);
+                b.high = b.high.max(high);
+                return;
+            }
+        }
+        self.recent.push_back(WrittenBucket {
+            first: now,
+            last: now,
+            low,
+            high,
+        });
     }
 
     fn settle(&mut self, now: Instant) {
-        while let Some(&(at, seq)) = self.recent.front() {
-            if now.duration_since(at) < UNCERTAIN_WINDOW {
+        while let Some(b) = self.recent.front() {
+            if now.duration_since(b.last) < UNCERTAIN_WINDOW {
                 break;
             }
-            self.settled = self.settled.max(seq);
+            self.settled = self.settled.max(b.high);
             self.recent.pop_front();
         }
         if self.recent.is_empty() && self.recent.capacity() > 0 {
@@ -72,7 +99,7 @@ impl WrittenLog {
     /// (settled position, lowest position of the uncertain tail).
     fn finish(mut self) -> (Seq, Option<Seq>) {
         self.settle(Instant::now());
-        (self.settled, self.recent.iter().map(|&(_, s)| s).min())
+        (self.settled, self.recent.iter().map(|b| b.low).min())
     }
 }
 
@@ -286,11 +313,11 @@ async fn write_loop(
             }
         };
         let Some(taken) = taken else { break };
-        match tokio::time::timeout(write_timeout, wr.write_all(&batch)).await {
+        let bytes: &[u8] = taken.single.as_deref().unwrap_or(&batch);
+        match tokio::time::timeout(write_timeout, wr.write_all(bytes)).await {
             Ok(Ok(())) => {
                 if let Some(low) = taken.min_seq {
-                    log.record(low);
-                    log.record(taken.max_seq);
+                    log.record(low, taken.max_seq);
                 }
                 shared.written.fetch_max(taken.max_seq, Ordering::Relaxed);
             }
@@ -382,6 +409,28 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn written_log_settles_after_the_window_and_keeps_the_lowest_uncertain() {
+        let mut log = WrittenLog::default();
+        log.record(5, 7);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // Same bucket: merged, the lowest position kept.
+        log.record(3, 9);
+        assert_eq!(log.recent.len(), 1);
+        tokio::time::advance(WRITTEN_BUCKET).await;
+        log.record(10, 12);
+        assert_eq!(log.recent.len(), 2);
+        // Now 60 ms after the start. The first bucket counts from its last write (10 ms):
+        // not settled at 2.005 s, 2 s after its first write.
+        tokio::time::advance(UNCERTAIN_WINDOW - Duration::from_millis(55)).await;
+        log.settle(Instant::now());
+        assert_eq!(log.settled, 0);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        log.settle(Instant::now());
+        assert_eq!(log.settled, 9);
+        assert_eq!(log.finish(), (9, Some(10)));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn rate_limiter_allows_the_burst_then_spaces_frames() {

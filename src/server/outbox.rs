@@ -41,11 +41,14 @@ struct State {
 }
 
 /// What the writer took from the queue in one batch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// Highest and lowest log positions of pushed messages in the batch (0 / None if none).
     pub max_seq: Seq,
     pub min_seq: Option<Seq>,
+    /// The batch is this one frame, not copied into `out` (the common case of a connection
+    /// that gets one push at a time: no buffer to allocate, no copy).
+    pub single: Option<Bytes>,
 }
 
 pub struct Outbox {
@@ -105,12 +108,24 @@ impl Outbox {
     }
 
     /// Waits for frames and appends whole frames (at least one, then up to `max_bytes`) to
-    /// `out`. `None` once the outbox is closed and empty.
+    /// `out`, or hands a lone frame over as [`Batch::single`] when `out` is empty. `None` once
+    /// the outbox is closed and empty.
     pub async fn take_batch(&self, out: &mut Vec<u8>, max_bytes: usize) -> Option<Batch> {
         loop {
             let queued = self.queued.notified();
             {
                 let mut s = self.lock();
+                if s.frames.len() == 1 && out.is_empty() {
+                    let f = s.frames.pop_front().expect("one frame");
+                    s.frames = VecDeque::new();
+                    drop(s);
+                    self.room.notify_one();
+                    return Some(Batch {
+                        max_seq: f.seq,
+                        min_seq: (f.seq > 0).then_some(f.seq),
+                        single: Some(f.frame),
+                    });
+                }
                 if !s.frames.is_empty() {
                     let mut batch = Batch::default();
                     while let Some(f) = s.frames.front() {
@@ -186,12 +201,15 @@ mod tests {
             b,
             Batch {
                 max_seq: 7,
-                min_seq: Some(7)
+                min_seq: Some(7),
+                single: None,
             }
         );
         out.clear();
+        // A lone frame is handed over as it is, not copied.
         let b = q.take_batch(&mut out, 25).await.unwrap();
-        assert_eq!((out.len(), b.max_seq), (10, 5));
+        assert_eq!((out.len(), b.max_seq, b.min_seq), (0, 5, Some(5)));
+        assert_eq!(b.single.map(|f| f.len()), Some(10));
         q.close();
         assert_eq!(q.try_push(f(1, 1)), Err(PushError::Closed));
         assert!(q.take_batch(&mut out, 25).await.is_none());
@@ -200,6 +218,7 @@ mod tests {
     #[tokio::test]
     async fn a_frame_larger_than_the_budget_still_goes_alone() {
         let q = Outbox::new(4);
+        q.try_push(f(0, 100)).unwrap();
         q.try_push(f(0, 100)).unwrap();
         let mut out = Vec::new();
         q.take_batch(&mut out, 10).await.unwrap();
