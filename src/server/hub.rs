@@ -45,6 +45,8 @@ pub struct ConnShared {
     reason: Mutex<Option<CloseReason>>,
     /// Log positions pushed while a login backlog is being prepared (de-duplication).
     recording: Mutex<Option<HashSet<Seq>>>,
+    /// Whether `recording` is on: a push checks this flag, not the lock.
+    recording_on: AtomicBool,
     /// Highest log position the writer has written to the socket.
     pub written: AtomicU64,
     /// Set by `close_after_flush`: the writer finishes the outbox instead of dropping it.
@@ -60,6 +62,7 @@ impl ConnShared {
             close: CancellationToken::new(),
             reason: Mutex::new(None),
             recording: Mutex::new(None),
+            recording_on: AtomicBool::new(false),
             written: AtomicU64::new(0),
             graceful: AtomicBool::new(false),
         }
@@ -111,10 +114,12 @@ impl ConnShared {
 
     pub fn start_recording(&self) {
         *self.recording.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashSet::new());
+        self.recording_on.store(true, Ordering::Release);
     }
 
     /// Stops recording and returns what was pushed meanwhile.
     pub fn stop_recording(&self) -> HashSet<Seq> {
+        self.recording_on.store(false, Ordering::Release);
         self.recording
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -123,6 +128,9 @@ impl ConnShared {
     }
 
     fn record(&self, seq: Seq) {
+        if !self.recording_on.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(set) = self
             .recording
             .lock()
@@ -406,6 +414,8 @@ impl Hub {
     ) -> Vec<UserId> {
         let mut frame: Option<Bytes> = None;
         let mut missed = Vec::new();
+        // One clock read for every hand-over of this message on this node.
+        let latency = super::metrics::DeliveryLatency::seconds_since(message.timestamp);
         let s = self.read();
         for user in users {
             let Some(entry) = s.users.get(user) else {
@@ -428,7 +438,7 @@ impl Hub {
                 }
                 let f = frame.get_or_insert_with(|| push_frame(message));
                 if self.push(conn, f, message.seq) {
-                    self.stats.delivery_latency.observe_since(message.timestamp);
+                    self.stats.delivery_latency.observe(latency);
                     any = true;
                 } else {
                     failed = true;

@@ -107,12 +107,21 @@ impl Default for DeliveryLatency {
 impl DeliveryLatency {
     /// Records one delivery of a message stored at `stored_at_ms` (Unix milliseconds).
     pub fn observe_since(&self, stored_at_ms: i64) {
+        self.observe(Self::seconds_since(stored_at_ms));
+    }
+
+    /// Seconds from `stored_at_ms` to now (read the clock once for many hand-overs).
+    pub fn seconds_since(stored_at_ms: i64) -> f64 {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         // Clocks of two nodes may disagree a little: never record a negative latency.
         let ms = now_ms.saturating_sub(stored_at_ms).max(0);
-        self.0.observe(ms as f64 / 1000.0);
+        ms as f64 / 1000.0
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        self.0.observe(seconds);
     }
 }
 
