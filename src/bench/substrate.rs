@@ -25,7 +25,7 @@ use async_nats::jetstream;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +93,8 @@ pub async fn js_stream(js: &jetstream::Context) -> anyhow::Result<()> {
 impl RawServer {
     /// `node_b`: the client whose subscription stands for the receiving node (cross-node).
     pub async fn start(mode: Mode, node_b: Option<async_nats::Client>) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        // The daemon's own listen call (deep backlog), so a storm compares like with like.
+        let listener = crate::server::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();

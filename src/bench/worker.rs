@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
 
 use super::client::Conn;
 
@@ -141,7 +140,7 @@ pub async fn run(job: Job) -> anyhow::Result<()> {
             Ok(())
         }
         Job::RawIdleServer => {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let listener = crate::server::bind("127.0.0.1:0").await?;
             println!("listening {}", listener.local_addr()?);
             let accept = async move {
                 loop {

@@ -621,11 +621,12 @@ async fn listener(
 
 /// Pending connections the kernel keeps per listener. Tokio's default (1 024) makes a burst of
 /// reconnects after a node loss wait for SYN retries (1 s, 3 s); see docs/benchmarks.md.
-const LISTEN_BACKLOG: u32 = 8192;
+pub const LISTEN_BACKLOG: u32 = 8192;
 
 /// Binds `addr` (IP and port, or a name resolving to some) with `SO_REUSEADDR` and a deep
-/// backlog.
-async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+/// backlog. The bench's substrate servers listen the same way, so a storm compares like
+/// with like.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     let mut last = None;
     for a in tokio::net::lookup_host(addr).await? {
         let socket = if a.is_ipv4() {
