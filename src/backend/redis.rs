@@ -48,7 +48,7 @@
 //! * Cluster: `redis-cluster://[[user]:password@]node1:port?node=node2:port&node=…`
 //!   (TLS: `rediss-cluster://`); the nodes are seeds, the topology is discovered.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -126,8 +126,17 @@ struct NodeEntry {
     expires_at: UnixMs,
 }
 
-/// This node's sessions: user → connection → session.
-type Local = HashMap<UserId, BTreeMap<ConnId, SessionInfo>>;
+/// What the local copy keeps of one of this node's sessions (the user, the connection and the
+/// node are in the key or known): a few dozen bytes per connection, where a per-user
+/// `BTreeMap<ConnId, SessionInfo>` allocated a ~900-byte tree node for every logged-in user.
+#[derive(Debug)]
+struct LocalSession {
+    device: Box<str>,
+    since: UnixMs,
+}
+
+/// This node's sessions: (user, connection) → session.
+type Local = HashMap<(UserId, ConnId), LocalSession>;
 
 /// Presence in Redis, one client (one connection per Redis server) per node.
 pub struct RedisPresence {
@@ -292,7 +301,29 @@ impl RedisPresence {
 
     /// Sessions of this node as known locally (what the refresh writes).
     pub fn local_sessions(&self) -> usize {
-        lock(&self.local).values().map(BTreeMap::len).sum()
+        lock(&self.local).len()
+    }
+
+    /// A local copy grouped by user (users in id order, each user's sessions in connection
+    /// order), as the `SessionInfo`s that are written to Redis.
+    fn by_user(&self, local: &Local) -> Vec<(UserId, Vec<SessionInfo>)> {
+        let mut all: Vec<(&(UserId, ConnId), &LocalSession)> = local.iter().collect();
+        all.sort_unstable_by_key(|&(&key, _)| key);
+        let mut out: Vec<(UserId, Vec<SessionInfo>)> = Vec::new();
+        for (&(user, conn), s) in all {
+            let info = SessionInfo {
+                user_id: user,
+                node_id: self.node_id.clone(),
+                conn_id: conn,
+                device: s.device.to_string(),
+                since: s.since,
+            };
+            match out.last_mut() {
+                Some((u, sessions)) if *u == user => sessions.push(info),
+                _ => out.push((user, vec![info])),
+            }
+        }
+        out
     }
 
     /// Rewrites this node's sessions every `refresh_interval` until `shutdown`, so that they
@@ -338,10 +369,7 @@ impl RedisPresence {
     /// count, and drops long-expired node entries. Returns the number of sessions written.
     pub async fn refresh(&self) -> BackendResult<usize> {
         self.ensure_connected()?;
-        let snapshot: Vec<(UserId, Vec<SessionInfo>)> = lock(&self.local)
-            .iter()
-            .map(|(u, conns)| (*u, conns.values().cloned().collect()))
-            .collect();
+        let snapshot = self.by_user(&lock(&self.local));
         let ttl = self.ttl_ms();
         let now = now_ms();
         let expires_at = now + ttl;
@@ -370,7 +398,7 @@ impl RedisPresence {
             snapshot
                 .iter()
                 .flat_map(|(u, sessions)| sessions.iter().map(move |s| (*u, s)))
-                .filter(|(u, s)| !local.get(u).is_some_and(|c| c.contains_key(&s.conn_id)))
+                .filter(|(u, s)| !local.contains_key(&(*u, s.conn_id)))
                 .map(|(u, s)| (u, field(&s.node_id, s.conn_id)))
                 .collect()
         };
@@ -448,12 +476,16 @@ impl RedisPresence {
     /// Removes this node's sessions and node entry from Redis and forgets them locally (for
     /// a graceful shutdown; a crashed node's entries expire instead).
     pub async fn deregister_node(&self) -> BackendResult<()> {
-        let local: Local = std::mem::take(&mut *lock(&self.local));
+        let taken: Local = std::mem::take(&mut *lock(&self.local));
+        let local = self.by_user(&taken);
         self.ensure_connected()?;
         let users: Vec<(UserId, Vec<String>)> = local
             .into_iter()
-            .map(|(u, conns)| {
-                let fields = conns.keys().map(|c| field(&self.node_id, *c)).collect();
+            .map(|(u, sessions)| {
+                let fields = sessions
+                    .iter()
+                    .map(|s| field(&self.node_id, s.conn_id))
+                    .collect();
                 (u, fields)
             })
             .collect();
@@ -594,10 +626,13 @@ impl Presence for RedisPresence {
     /// after Redis returns.
     async fn register(&self, session: SessionInfo) -> BackendResult<()> {
         if session.node_id == self.node_id {
-            lock(&self.local)
-                .entry(session.user_id)
-                .or_default()
-                .insert(session.conn_id, session.clone());
+            lock(&self.local).insert(
+                (session.user_id, session.conn_id),
+                LocalSession {
+                    device: session.device.as_str().into(),
+                    since: session.since,
+                },
+            );
         }
         self.ensure_connected()?;
         let key = self.user_key(session.user_id);
@@ -618,13 +653,7 @@ impl Presence for RedisPresence {
 
     async fn unregister(&self, user: UserId, node_id: &str, conn: ConnId) -> BackendResult<()> {
         if node_id == self.node_id {
-            let mut local = lock(&self.local);
-            if let Some(conns) = local.get_mut(&user) {
-                conns.remove(&conn);
-                if conns.is_empty() {
-                    local.remove(&user);
-                }
-            }
+            lock(&self.local).remove(&(user, conn));
         }
         self.ensure_connected()?;
         let _: Value = self

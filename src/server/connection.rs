@@ -5,11 +5,17 @@
 //! Memory per idle connection is kept small on purpose (design target ≤ 4 KB): the read
 //! buffer starts empty and is released whenever it holds no partial frame, the writer's
 //! batch buffer is released when its queue is empty, and request handling is boxed so its
-//! (large) future exists only while a request is being handled.
+//! (large) future exists only while a request is being handled. The two tasks' futures live
+//! as long as the connection, so their size counts too: the set-up runs before the task is
+//! spawned, the loops are `async move` blocks (an `async fn` keeps its arguments twice), read
+//! readiness is polled (`poll_read_ready` keeps the waker in the socket's registration, where
+//! `readable()` is a 168-byte future), and the end of a session is boxed.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -115,13 +121,14 @@ pub enum EndReason {
     Shutdown,
 }
 
-/// Serves one accepted connection until it ends.
-pub async fn serve(
+/// Serves one accepted connection until it ends. Sets the connection up (and spawns its
+/// writer task) at once; the returned future, to be spawned, reads until the connection ends.
+pub fn serve(
     stream: TcpStream,
     conn_id: u64,
     ctx: Arc<ServerCtx>,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     let (rd, wr) = stream.into_split();
@@ -133,11 +140,52 @@ pub async fn serve(
     if ctx.open.load(std::sync::atomic::Ordering::Relaxed) > settings.max_connections {
         session.set_overloaded();
     }
-    let mut sends = Pipeline::default();
-    let reason = read_loop(&rd, &mut session, &mut sends, &ctx, &shared, &shutdown).await;
+    let mut reader = Reader {
+        rd,
+        session,
+        sends: Pipeline::default(),
+        ctx,
+        shared,
+        shutdown,
+    };
+    async move {
+        let reason = read_loop(&mut reader).await;
+        // Boxed: the end of a connection exists only at its end, not for its whole life.
+        Box::pin(finish(reason, peer, reader, writer)).await;
+    }
+}
+
+/// What the reader task holds for the life of its connection (one reference to it in the
+/// read loop's future instead of five).
+struct Reader {
+    rd: OwnedReadHalf,
+    session: Session,
+    /// The connection's sends in flight (nothing allocated while there are none).
+    sends: Pipeline,
+    ctx: Arc<ServerCtx>,
+    shared: Arc<ConnShared>,
+    shutdown: CancellationToken,
+}
+
+/// The end of a connection, once its reader stopped.
+async fn finish(
+    reason: EndReason,
+    peer: Option<std::net::SocketAddr>,
+    reader: Reader,
+    writer: tokio::task::JoinHandle<DeliveryOutcome>,
+) {
+    let Reader {
+        rd,
+        mut session,
+        mut sends,
+        ctx,
+        shared,
+        shutdown: _,
+    } = reader;
     // Sends in flight finish (their appends may already be in the log): their pushes go out
     // and their replies are queued, as far as the connection still takes them.
     let _ = session.settle_sends(&mut sends).await;
+    let conn_id = shared.conn_id;
     debug!(conn_id, ?peer, ?reason, "connection ending");
     ctx.metrics.connection_ended(reason);
     // Stop live pushes first, so nothing new lands in the queue; then let the writer flush
@@ -149,117 +197,136 @@ pub async fn serve(
     if let Some(me) = me {
         ctx.core.close_session(&me, conn_id, outcome).await;
     }
+    drop(rd);
 }
 
-async fn read_loop(
-    rd: &OwnedReadHalf,
-    session: &mut Session,
-    sends: &mut Pipeline,
-    ctx: &ServerCtx,
-    shared: &ConnShared,
-    shutdown: &CancellationToken,
-) -> EndReason {
-    let mut buf = BytesMut::new();
-    let mut last_frame = Instant::now();
-    let mut tokens = RateLimiter::new(ctx.settings().rate_per_sec, ctx.settings().rate_burst);
-    let mut handled: u32 = 0;
-    loop {
-        let settings = ctx.settings();
-        let mut codec = FrameCodec::new(settings.max_body);
-        let idle_deadline = last_frame + settings.idle_timeout;
-        tokio::select! {
-            biased;
-            _ = shared.close_token().cancelled() => return EndReason::ClosedByServer,
-            _ = shutdown.cancelled() => {
-                let redirect = ctx.redirect.read().unwrap_or_else(|e| e.into_inner()).clone();
-                match redirect {
-                    Some(frame) if shared.is_v2() => session.push_frame(frame),
-                    _ => session.farewell(code::SHUTTING_DOWN, "the server is shutting down: reconnect to another node").await,
-                }
-                return EndReason::Shutdown;
-            }
-            _ = sleep_until(idle_deadline), if sends.in_flight() == 0 => {
-                session.farewell(code::IDLE_TIMEOUT, "idle timeout: no frame received; send a ping (id 1) at least every idle_timeout_s seconds").await;
-                return EndReason::Idle;
-            }
-            replies = sends.next_done(), if sends.in_flight() > 0 => {
-                if session.send_replies(replies).await.is_err() {
-                    return EndReason::ClosedByServer;
-                }
-                continue;
-            }
-            // A full pipeline stops reading: TCP pushes back on the client.
-            ready = rd.readable(), if !sends.is_full() => {
-                if ready.is_err() {
-                    return EndReason::ReadError;
-                }
-            }
-        }
-        let eof = match fill(rd, &mut buf) {
-            Ok(eof) => eof,
-            Err(_) => return EndReason::ReadError,
-        };
+// Not an `async fn`: that would keep its arguments twice in a future that lives as long as
+// the connection.
+#[allow(clippy::manual_async_fn)]
+fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
+    async move {
+        let mut buf = BytesMut::new();
+        let mut last_frame = Instant::now();
+        let mut tokens =
+            RateLimiter::new(r.ctx.settings().rate_per_sec, r.ctx.settings().rate_burst);
+        let mut handled: u32 = 0;
         loop {
-            let frame = match codec.decode(&mut buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(FrameError::Oversized { id, len, max }) => {
-                    info!(
-                        conn_id = shared.conn_id,
-                        id, len, max, "oversized frame; closing"
-                    );
-                    session
+            let settings = r.ctx.settings();
+            let mut codec = FrameCodec::new(settings.max_body);
+            let idle_deadline = last_frame + settings.idle_timeout;
+            tokio::select! {
+                biased;
+                _ = r.shared.closing() => return EndReason::ClosedByServer,
+                _ = r.shutdown.cancelled() => {
+                    let redirect = r.ctx.redirect.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    match redirect {
+                        Some(frame) if r.shared.is_v2() => r.session.push_frame(frame),
+                        _ => r.session.farewell(code::SHUTTING_DOWN, "the server is shutting down: reconnect to another node"),
+                    }
+                    return EndReason::Shutdown;
+                }
+                _ = sleep_until(idle_deadline), if r.sends.in_flight() == 0 => {
+                    r.session.farewell(code::IDLE_TIMEOUT, "idle timeout: no frame received; send a ping (id 1) at least every idle_timeout_s seconds");
+                    return EndReason::Idle;
+                }
+                replies = r.sends.next_done(), if r.sends.in_flight() > 0 => {
+                    if Box::pin(r.session.send_replies(replies)).await.is_err() {
+                        return EndReason::ClosedByServer;
+                    }
+                    continue;
+                }
+                // Not `rd.readable()`: see the module documentation. This task is the only one
+                // that waits for read readiness of the socket. A full pipeline stops reading:
+                // TCP pushes back on the client.
+                ready = std::future::poll_fn(|cx| r.rd.as_ref().poll_read_ready(cx)), if !r.sends.is_full() => {
+                    if ready.is_err() {
+                        return EndReason::ReadError;
+                    }
+                }
+            }
+            let eof = match fill(&r.rd, &mut buf) {
+                Ok(eof) => eof,
+                Err(_) => return EndReason::ReadError,
+            };
+            loop {
+                let frame = match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(FrameError::Oversized { id, len, max }) => {
+                        info!(
+                            conn_id = r.shared.conn_id,
+                            id, len, max, "oversized frame; closing"
+                        );
+                        r.session
                         .farewell(
                             code::FRAME_TOO_LARGE,
                             &format!("frame body of {len} bytes exceeds the limit of {max} bytes; the connection is closed"),
-                        )
+                        );
+                        return EndReason::Oversized;
+                    }
+                    Err(_) => return EndReason::ReadError,
+                };
+                last_frame = Instant::now();
+                if let Some(wait) = tokens.take() {
+                    // Flood control: stop reading (TCP pushes back on the client) until a token
+                    // is available. Nothing is dropped. Boxed: a rare wait, and a large future.
+                    let stop = Box::pin(async {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => None,
+                            _ = r.shared.closing() => Some(EndReason::ClosedByServer),
+                            _ = r.shutdown.cancelled() => Some(EndReason::Shutdown),
+                        }
+                    })
+                    .await;
+                    if let Some(reason) = stop {
+                        return reason;
+                    }
+                }
+                if r.session.can_pipeline(frame.id) {
+                    if r.sends.is_full() {
+                        // Boxed: a rare wait, and a large future.
+                        let room = Box::pin(async {
+                            while r.sends.is_full() {
+                                let replies = r.sends.next_done().await;
+                                r.session.send_replies(replies).await?;
+                            }
+                            Ok::<(), super::session::Closed>(())
+                        })
                         .await;
-                    return EndReason::Oversized;
-                }
-                Err(_) => return EndReason::ReadError,
-            };
-            last_frame = Instant::now();
-            if let Some(wait) = tokens.take() {
-                // Flood control: stop reading (TCP pushes back on the client) until a token
-                // is available. Nothing is dropped.
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shared.close_token().cancelled() => return EndReason::ClosedByServer,
-                    _ = shutdown.cancelled() => return EndReason::Shutdown,
-                }
-            }
-            if session.can_pipeline(frame.id) {
-                while sends.is_full() {
-                    let replies = sends.next_done().await;
-                    if session.send_replies(replies).await.is_err() {
+                        if room.is_err() {
+                            return EndReason::ClosedByServer;
+                        }
+                    }
+                    r.session.start_send(&mut r.sends, frame);
+                } else {
+                    // Any other request sees the effects of the sends before it.
+                    if r.sends.in_flight() > 0
+                        && Box::pin(r.session.settle_sends(&mut r.sends))
+                            .await
+                            .is_err()
+                    {
+                        return EndReason::ClosedByServer;
+                    }
+                    if Box::pin(r.session.handle(frame)).await.is_err() {
                         return EndReason::ClosedByServer;
                     }
                 }
-                session.start_send(sends, frame);
-            } else {
-                // Any other request sees the effects of the sends before it.
-                if session.settle_sends(sends).await.is_err() {
-                    return EndReason::ClosedByServer;
-                }
-                if Box::pin(session.handle(frame)).await.is_err() {
-                    return EndReason::ClosedByServer;
+                handled = handled.wrapping_add(1);
+                if handled % FRAMES_PER_YIELD == 0 {
+                    tokio::task::yield_now().await;
                 }
             }
-            handled = handled.wrapping_add(1);
-            if handled % FRAMES_PER_YIELD == 0 {
-                tokio::task::yield_now().await;
+            if buf.is_empty() {
+                // Release the buffer of an idle connection (it holds no partial frame).
+                buf = BytesMut::new();
             }
-        }
-        if buf.is_empty() {
-            // Release the buffer of an idle connection (it holds no partial frame).
-            buf = BytesMut::new();
-        }
-        if eof {
-            return if buf.is_empty() {
-                EndReason::ClientClosed
-            } else {
-                EndReason::Truncated
-            };
+            if eof {
+                return if buf.is_empty() {
+                    EndReason::ClientClosed
+                } else {
+                    EndReason::Truncated
+                };
+            }
         }
     }
 }
@@ -285,71 +352,91 @@ fn fill(rd: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<bool> {
 
 /// Writes queued frames, many per `write` call, until the queue closes or the connection is
 /// told to close. Returns what it wrote and what it had to leave unwritten.
-async fn write_loop(
+// Not an `async fn`: that would keep its arguments twice in a future that lives as long as
+// the connection.
+#[allow(clippy::manual_async_fn)]
+fn write_loop(
     mut wr: OwnedWriteHalf,
     shared: Arc<ConnShared>,
     write_timeout: Duration,
-) -> DeliveryOutcome {
-    let mut batch: Vec<u8> = Vec::new();
-    let mut outcome = DeliveryOutcome::default();
-    let mut log = WrittenLog::default();
-    // False once a write was cut off: the stream may end inside a frame, so nothing more can
-    // be appended to it.
-    let mut at_frame_boundary = true;
-    loop {
-        let taken = if shared.closes_after_flush() {
-            // Graceful close (drain): write what is queued, then end.
-            shared.outbox.take_batch(&mut batch, WRITE_BATCH).await
-        } else {
-            tokio::select! {
-                biased;
-                _ = shared.close_token().cancelled() => {
-                    if shared.closes_after_flush() {
-                        continue;
+) -> impl Future<Output = DeliveryOutcome> + Send + 'static {
+    async move {
+        let mut batch: Vec<u8> = Vec::new();
+        let mut log = WrittenLog::default();
+        // `Err` when a write was cut off (with the lowest log position of its batch): the
+        // stream may then end inside a frame, so nothing more can be appended to it.
+        let (failed_from, at_frame_boundary) = {
+            let ended: Result<(), Option<Seq>> = loop {
+                let taken = if shared.closes_after_flush() {
+                    // Graceful close (drain): write what is queued, then end.
+                    shared.outbox.take_batch(&mut batch, WRITE_BATCH).await
+                } else {
+                    // A close request first, then frames. Register before looking at either.
+                    std::future::poll_fn(|cx| {
+                        shared.outbox.register_writer(cx.waker());
+                        if shared.is_closing() && !shared.closes_after_flush() {
+                            return Poll::Ready(None);
+                        }
+                        shared.outbox.try_take_batch(&mut batch, WRITE_BATCH)
+                    })
+                    .await
+                };
+                let Some(taken) = taken else { break Ok(()) };
+                // Lowest and highest log positions of the batch's pushes; 0 for none (log
+                // positions start at 1), and a lone frame (written as it is, no copy). Not the
+                // whole `Batch` across the write: this is the largest state of the writer's
+                // future.
+                let (low, high, single) = (taken.min_seq.unwrap_or(0), taken.max_seq, taken.single);
+                let bytes: &[u8] = single.as_deref().unwrap_or(&batch);
+                match tokio::time::timeout(write_timeout, wr.write_all(bytes)).await {
+                    Ok(Ok(())) => {
+                        if low > 0 {
+                            log.record(low, high);
+                        }
+                        shared.written.fetch_max(high, Ordering::Relaxed);
                     }
-                    None
+                    Ok(Err(_)) => {
+                        shared.request_close(code::INTERNAL, "write failed");
+                        break Err((low > 0).then_some(low));
+                    }
+                    Err(_) => {
+                        shared.request_close(
+                            code::SLOW_CONSUMER,
+                            "slow consumer: the socket accepted nothing within the write timeout",
+                        );
+                        break Err((low > 0).then_some(low));
+                    }
                 }
-                b = shared.outbox.take_batch(&mut batch, WRITE_BATCH) => b,
-            }
+                batch.clear();
+                if shared.outbox.is_empty() || batch.capacity() > WRITE_BATCH * 2 {
+                    // An idle connection keeps no write buffer.
+                    batch = Vec::new();
+                }
+            };
+            (ended.err().flatten(), ended.is_ok())
         };
-        let Some(taken) = taken else { break };
-        let bytes: &[u8] = taken.single.as_deref().unwrap_or(&batch);
-        match tokio::time::timeout(write_timeout, wr.write_all(bytes)).await {
-            Ok(Ok(())) => {
-                if let Some(low) = taken.min_seq {
-                    log.record(low, taken.max_seq);
-                }
-                shared.written.fetch_max(taken.max_seq, Ordering::Relaxed);
-            }
-            Ok(Err(_)) => {
-                outcome.unwritten_from = min_opt(outcome.unwritten_from, taken.min_seq);
-                at_frame_boundary = false;
-                shared.request_close(code::INTERNAL, "write failed");
-                break;
-            }
-            Err(_) => {
-                outcome.unwritten_from = min_opt(outcome.unwritten_from, taken.min_seq);
-                at_frame_boundary = false;
-                shared.request_close(
-                    code::SLOW_CONSUMER,
-                    "slow consumer: the socket accepted nothing within the write timeout",
-                );
-                break;
-            }
-        }
-        batch.clear();
-        if shared.outbox.is_empty() || batch.capacity() > WRITE_BATCH * 2 {
-            // An idle connection keeps no write buffer.
-            batch = Vec::new();
-        }
+        let mut outcome = DeliveryOutcome::default();
+        let (settled, uncertain) = log.finish();
+        outcome.written_upto = settled;
+        outcome.unwritten_from = min_opt(failed_from, uncertain);
+        // Whatever is still queued is never written: remember the lowest pushed message.
+        outcome.unwritten_from = min_opt(outcome.unwritten_from, shared.outbox.abandon());
+        // Boxed: the end exists only at the end, not for the whole life of the connection.
+        Box::pin(say_goodbye(wr, &shared, at_frame_boundary, write_timeout)).await;
+        outcome
     }
-    let (settled, uncertain) = log.finish();
-    outcome.written_upto = settled;
-    outcome.unwritten_from = min_opt(outcome.unwritten_from, uncertain);
-    // Whatever is still queued is never written: remember the lowest pushed message.
-    outcome.unwritten_from = min_opt(outcome.unwritten_from, shared.outbox.abandon());
+}
+
+/// The writer's last words: the reason of a close requested by the server (when the stream is
+/// still at a frame boundary and the socket takes it within the write timeout), then the
+/// shutdown of the sending side.
+async fn say_goodbye(
+    mut wr: OwnedWriteHalf,
+    shared: &ConnShared,
+    at_frame_boundary: bool,
+    write_timeout: Duration,
+) {
     if let (Some(reason), true) = (shared.close_reason(), at_frame_boundary) {
-        // Tell the client why, if its socket takes the bytes within the write timeout.
         // 99 is in the v1 id table.
         let body = serde_json::to_vec(&ErrorResp {
             code: reason.code,
@@ -361,7 +448,6 @@ async fn write_loop(
         let _ = tokio::time::timeout(write_timeout, wr.write_all(&frame)).await;
     }
     let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
-    outcome
 }
 
 fn min_opt(a: Option<Seq>, b: Option<Seq>) -> Option<Seq> {
@@ -409,28 +495,6 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn written_log_settles_after_the_window_and_keeps_the_lowest_uncertain() {
-        let mut log = WrittenLog::default();
-        log.record(5, 7);
-        tokio::time::advance(Duration::from_millis(10)).await;
-        // Same bucket: merged, the lowest position kept.
-        log.record(3, 9);
-        assert_eq!(log.recent.len(), 1);
-        tokio::time::advance(WRITTEN_BUCKET).await;
-        log.record(10, 12);
-        assert_eq!(log.recent.len(), 2);
-        // Now 60 ms after the start. The first bucket counts from its last write (10 ms):
-        // not settled at 2.005 s, 2 s after its first write.
-        tokio::time::advance(UNCERTAIN_WINDOW - Duration::from_millis(55)).await;
-        log.settle(Instant::now());
-        assert_eq!(log.settled, 0);
-        tokio::time::advance(Duration::from_millis(10)).await;
-        log.settle(Instant::now());
-        assert_eq!(log.settled, 9);
-        assert_eq!(log.finish(), (9, Some(10)));
-    }
 
     #[tokio::test(start_paused = true)]
     async fn rate_limiter_allows_the_burst_then_spaces_frames() {

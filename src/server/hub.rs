@@ -10,12 +10,15 @@
 //! then recognised as missed and recorded, so the next login delivers it.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -35,16 +38,27 @@ pub struct CloseReason {
 }
 
 /// State of a connection shared between its reader task, its writer task and the hub.
+///
+/// One per connection for its whole life, so kept small: the close request is a flag and the
+/// reader's waker (the writer's is in the outbox) rather than a `CancellationToken` (a heap
+/// node of its own, and a 72-byte future in each task waiting on it), and what is only
+/// needed at the end or during a login is boxed.
 pub struct ConnShared {
     pub conn_id: ConnId,
     /// Frames towards this connection, taken by its writer task.
     pub outbox: Outbox,
     /// The client said Hello (v2).
     pub v2: AtomicBool,
-    close: CancellationToken,
-    reason: Mutex<Option<CloseReason>>,
+    /// Set once the connection is asked to close (`request_close`, `close_after_flush`).
+    closing: AtomicBool,
+    /// The reader's waker, woken when `closing` is set.
+    reader: AtomicWaker,
+    reason: Mutex<Option<Box<CloseReason>>>,
     /// Log positions pushed while a login backlog is being prepared (de-duplication).
-    recording: Mutex<Option<HashSet<Seq>>>,
+    // Boxed on purpose: 8 bytes in every connection's state instead of a 48-byte `HashSet`
+    // that is only needed while a login backlog is prepared.
+    #[allow(clippy::box_collection)]
+    recording: Mutex<Option<Box<HashSet<Seq>>>>,
     /// Whether `recording` is on: a push checks this flag, not the lock.
     recording_on: AtomicBool,
     /// Highest log position the writer has written to the socket.
@@ -59,7 +73,8 @@ impl ConnShared {
             conn_id,
             outbox: Outbox::new(queue_capacity),
             v2: AtomicBool::new(false),
-            close: CancellationToken::new(),
+            closing: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
             reason: Mutex::new(None),
             recording: Mutex::new(None),
             recording_on: AtomicBool::new(false),
@@ -76,7 +91,34 @@ impl ConnShared {
         }
         self.outbox.close();
         self.graceful.store(true, Ordering::SeqCst);
-        self.close.cancel();
+        self.set_closing();
+    }
+
+    fn set_closing(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.reader.wake();
+        self.outbox.wake_writer();
+    }
+
+    /// Whether the connection was asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// `Ready` once the connection is asked to close; otherwise registers the reader's waker.
+    /// For the reader task only (one waker slot).
+    pub fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.reader.register(cx.waker());
+        if self.is_closing() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits until the connection is asked to close (reader task only, see `poll_closing`).
+    pub fn closing(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| self.poll_closing(cx))
     }
 
     /// Whether the close is a graceful one (see `close_after_flush`).
@@ -88,24 +130,21 @@ impl ConnShared {
     pub fn request_close(&self, code: u32, message: impl Into<String>) {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {
-            *r = Some(CloseReason {
+            *r = Some(Box::new(CloseReason {
                 code,
                 message: message.into(),
-            });
+            }));
         }
         drop(r);
-        self.close.cancel();
-    }
-
-    pub fn close_token(&self) -> &CancellationToken {
-        &self.close
+        self.set_closing();
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.reason
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_deref()
+            .cloned()
     }
 
     pub fn is_v2(&self) -> bool {
@@ -113,7 +152,7 @@ impl ConnShared {
     }
 
     pub fn start_recording(&self) {
-        *self.recording.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashSet::new());
+        *self.recording.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::default());
         self.recording_on.store(true, Ordering::Release);
     }
 
@@ -124,6 +163,7 @@ impl ConnShared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+            .map(|set| *set)
             .unwrap_or_default()
     }
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -424,11 +425,13 @@ async fn accept_loop(
         ctx.open.fetch_add(1, Ordering::Relaxed);
         let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
         let ctx2 = ctx.clone();
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            connection::serve(stream, conn_id, ctx2.clone(), token).await;
-            ctx2.open.fetch_sub(1, Ordering::Relaxed);
-        });
+        // `map`, not an `async` block that awaits it: that would hold the connection's future
+        // twice for as long as the connection lives.
+        tasks.spawn(
+            connection::serve(stream, conn_id, ctx.clone(), shutdown.clone()).map(move |()| {
+                ctx2.open.fetch_sub(1, Ordering::Relaxed);
+            }),
+        );
     }
 }
 

@@ -8,11 +8,17 @@
 //! Many producers (the session's replies, the hub's pushes), one consumer (the writer task).
 //! Bounded: `try_push` fails with `Full` at capacity (the hub's slow-consumer rule); `push`
 //! waits for room (the session's replies; the caller bounds the wait).
+//!
+//! The one consumer waits through a waker slot (`register_writer`, `try_take_batch`) rather
+//! than a `Notify`: its wait is then a plain `poll_fn` instead of a 64-byte `Notified` future
+//! inside the writer task of every idle connection.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::{Poll, Waker};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::core::model::Seq;
@@ -54,8 +60,8 @@ pub struct Batch {
 pub struct Outbox {
     state: Mutex<State>,
     capacity: usize,
-    /// Wakes the writer: frames were queued or the outbox was closed.
-    queued: Notify,
+    /// The writer's waker: woken when frames are queued or the outbox is closed.
+    writer: AtomicWaker,
     /// Wakes a producer waiting for room.
     room: Notify,
 }
@@ -65,7 +71,7 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
-            queued: Notify::new(),
+            writer: AtomicWaker::new(),
             room: Notify::new(),
         }
     }
@@ -85,7 +91,7 @@ impl Outbox {
         }
         s.frames.push_back(frame);
         drop(s);
-        self.queued.notify_one();
+        self.writer.wake();
         Ok(())
     }
 
@@ -104,55 +110,73 @@ impl Outbox {
     /// Accepts no more frames. What is queued is still written (unless the writer stops).
     pub fn close(&self) {
         self.lock().closed = true;
-        self.queued.notify_one();
+        self.writer.wake();
+    }
+
+    /// Wakes the writer without queueing anything (it has something else to look at).
+    pub fn wake_writer(&self) {
+        self.writer.wake();
+    }
+
+    /// Registers the writer's waker: the next `try_push`, `close` or `wake_writer` wakes it.
+    /// Register before looking (`try_take_batch`), so that nothing is missed in between.
+    pub fn register_writer(&self, waker: &Waker) {
+        self.writer.register(waker);
     }
 
     /// Waits for frames and appends whole frames (at least one, then up to `max_bytes`) to
     /// `out`, or hands a lone frame over as [`Batch::single`] when `out` is empty. `None` once
-    /// the outbox is closed and empty.
+    /// the outbox is closed and empty. For the one consumer only.
     pub async fn take_batch(&self, out: &mut Vec<u8>, max_bytes: usize) -> Option<Batch> {
-        loop {
-            let queued = self.queued.notified();
-            {
-                let mut s = self.lock();
-                if s.frames.len() == 1 && out.is_empty() {
-                    let f = s.frames.pop_front().expect("one frame");
-                    s.frames = VecDeque::new();
-                    drop(s);
-                    self.room.notify_one();
-                    return Some(Batch {
-                        max_seq: f.seq,
-                        min_seq: (f.seq > 0).then_some(f.seq),
-                        single: Some(f.frame),
-                    });
+        std::future::poll_fn(|cx| {
+            self.register_writer(cx.waker());
+            self.try_take_batch(out, max_bytes)
+        })
+        .await
+    }
+
+    /// Appends whole frames (at least one, then up to `max_bytes`) to `out` if any are queued
+    /// (a lone frame into an empty `out` comes back as [`Batch::single`] instead);
+    /// `Ready(None)` once the outbox is closed and empty; `Pending` while it is open and empty
+    /// (call `register_writer` first to be woken).
+    pub fn try_take_batch(&self, out: &mut Vec<u8>, max_bytes: usize) -> Poll<Option<Batch>> {
+        let mut s = self.lock();
+        if s.frames.len() == 1 && out.is_empty() {
+            let f = s.frames.pop_front().expect("one frame");
+            s.frames = VecDeque::new();
+            drop(s);
+            self.room.notify_one();
+            return Poll::Ready(Some(Batch {
+                max_seq: f.seq,
+                min_seq: (f.seq > 0).then_some(f.seq),
+                single: Some(f.frame),
+            }));
+        }
+        if !s.frames.is_empty() {
+            let mut batch = Batch::default();
+            while let Some(f) = s.frames.front() {
+                if !out.is_empty() && out.len() + f.frame.len() > max_bytes {
+                    break;
                 }
-                if !s.frames.is_empty() {
-                    let mut batch = Batch::default();
-                    while let Some(f) = s.frames.front() {
-                        if !out.is_empty() && out.len() + f.frame.len() > max_bytes {
-                            break;
-                        }
-                        let f = s.frames.pop_front().expect("front exists");
-                        out.extend_from_slice(&f.frame);
-                        if f.seq > 0 {
-                            batch.max_seq = batch.max_seq.max(f.seq);
-                            batch.min_seq = Some(batch.min_seq.map_or(f.seq, |m| m.min(f.seq)));
-                        }
-                    }
-                    if s.frames.is_empty() && s.frames.capacity() > 0 {
-                        // Give the memory back: an idle connection keeps no queue storage.
-                        s.frames = VecDeque::new();
-                    }
-                    drop(s);
-                    self.room.notify_one();
-                    return Some(batch);
-                }
-                if s.closed {
-                    return None;
+                let f = s.frames.pop_front().expect("front exists");
+                out.extend_from_slice(&f.frame);
+                if f.seq > 0 {
+                    batch.max_seq = batch.max_seq.max(f.seq);
+                    batch.min_seq = Some(batch.min_seq.map_or(f.seq, |m| m.min(f.seq)));
                 }
             }
-            queued.await;
+            if s.frames.is_empty() && s.frames.capacity() > 0 {
+                // Give the memory back: an idle connection keeps no queue storage.
+                s.frames = VecDeque::new();
+            }
+            drop(s);
+            self.room.notify_one();
+            return Poll::Ready(Some(batch));
         }
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 
     /// Closes the outbox and discards what is queued; returns the lowest log position among

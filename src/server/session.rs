@@ -108,7 +108,7 @@ impl Session {
     }
 
     /// Queues a last error frame without waiting (the connection is about to close).
-    pub async fn farewell(&self, code: u32, message: &str) {
+    pub fn farewell(&self, code: u32, message: &str) {
         let body = serde_json::to_vec(&m::ErrorResp {
             code,
             message: message.to_string(),
