@@ -723,14 +723,29 @@ fn fd_room(pid: u32) -> Option<(usize, usize)> {
     Some((soft, open))
 }
 
+/// Loopback source addresses of the bench's client sockets, `127.0.<block>.<n>`: each group of
+/// connections gets addresses no other group used. A client socket bound to an address before
+/// it connects needs a local port that is free for *every* destination, so ports still in
+/// TIME_WAIT from an earlier group would make the kernel search (and fail) for free ports:
+/// the storm after `idle` took 5 – 6.5 s for both chat-zinx and the substrate that way.
+mod source {
+    /// `idle`, chat-zinx: 127.0.1.2, .3, …
+    pub const IDLE_CHAT: u8 = 1;
+    /// `idle`, the raw server: 127.0.2.2, .3, …
+    pub const IDLE_RAW: u8 = 2;
+    /// `login-storm`: chat-zinx from 127.0.3.2, the raw server from 127.0.3.3.
+    pub const STORM: u8 = 3;
+}
+
 /// Holds `count` idle connections to `target` in worker processes (at most 6 000 each, each
-/// from its own loopback source address); logs them in when `tokens` is given. Returns the
-/// workers and how many connections are up.
+/// from its own loopback source address `127.0.<block>.2`, `.3`, …); logs them in when
+/// `tokens` is given. Returns the workers and how many connections are up.
 async fn idle_workers(
     exe: &std::path::Path,
     target: SocketAddr,
     tokens: Option<&std::path::Path>,
     count: usize,
+    block: u8,
 ) -> anyhow::Result<(Vec<Worker>, usize, usize)> {
     const PER_WORKER: usize = 6000;
     let mut workers = Vec::new();
@@ -740,7 +755,7 @@ async fn idle_workers(
         let n = PER_WORKER.min(count - from);
         let job = Job::IdleClients {
             target,
-            bind: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + k))),
+            bind: Some(IpAddr::V4(Ipv4Addr::new(127, 0, block, 2 + k))),
             tokens: tokens.map(|p| p.to_path_buf()),
             from,
             count: n,
@@ -817,7 +832,8 @@ async fn idle(b: &mut Bench) -> anyhow::Result<ScenarioReport> {
     let before = settled_rss(node.pid()).await;
     say(&format!("idle: opening {c} logged-in connections"));
     let start = Instant::now();
-    let (workers, ok, failed) = idle_workers(&b.env.exe, node.addr, Some(&tokens), c).await?;
+    let (workers, ok, failed) =
+        idle_workers(&b.env.exe, node.addr, Some(&tokens), c, source::IDLE_CHAT).await?;
     let ramp = start.elapsed().as_secs_f64();
     let after = settled_rss(node.pid()).await;
     for w in workers {
@@ -840,7 +856,8 @@ async fn idle(b: &mut Bench) -> anyhow::Result<ScenarioReport> {
     let raw_pid = server.proc.pid();
     let raw_before = settled_rss(raw_pid).await;
     let start = Instant::now();
-    let (workers, raw_ok, _) = idle_workers(&b.env.exe, raw_addr, None, ok).await?;
+    let (workers, raw_ok, _) =
+        idle_workers(&b.env.exe, raw_addr, None, ok, source::IDLE_RAW).await?;
     let raw_ramp = start.elapsed().as_secs_f64();
     let raw_after = settled_rss(raw_pid).await;
     for w in workers {
@@ -946,11 +963,10 @@ async fn login_storm(b: &mut Bench) -> anyhow::Result<ScenarioReport> {
     let z = nodes[1].addr;
     let cpu = CpuMeter::start(&[nodes[1].pid()]);
     let nats_cpu = CpuMeter::start(&[b.nats.proc.pid()]);
-    // Each storm from a source address of its own: fresh ephemeral ports, so that neither
-    // pays for the other's sockets still in TIME_WAIT.
+    // Each storm from a source address of its own (see `source`).
     let (hist, ok, failed, total, conns) = storm(
         z,
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, source::STORM, 2)),
         users
             .iter()
             .map(|u| Login::Token(u.token.clone()))
@@ -974,7 +990,7 @@ async fn login_storm(b: &mut Bench) -> anyhow::Result<ScenarioReport> {
         .parse()?;
     let (raw_hist, _, raw_failed, raw_total, raw_conns) = storm(
         raw_addr,
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, source::STORM, 3)),
         (0..k).map(|i| Login::Raw(i.to_string())).collect(),
         "raw logins",
     )

@@ -130,47 +130,46 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok();
+    // Logged here, not kept: the peer's address would sit in the reader's state for the life
+    // of the connection only for the last log line (which names the connection id).
+    debug!(conn_id, peer = ?stream.peer_addr().ok(), "connection opened");
     let (rd, wr) = stream.into_split();
     let settings = ctx.settings();
     let shared = Arc::new(ConnShared::new(conn_id, settings.write_queue));
     let writer = tokio::spawn(write_loop(wr, shared.clone(), settings.write_timeout));
-    let mut session = Session::new(ctx.clone(), conn_id, shared.clone());
     // `open` already counts this connection.
-    if ctx.open.load(std::sync::atomic::Ordering::Relaxed) > settings.max_connections {
+    let overloaded = ctx.open.load(std::sync::atomic::Ordering::Relaxed) > settings.max_connections;
+    let mut session = Session::new(ctx, conn_id, shared);
+    if overloaded {
         session.set_overloaded();
     }
     let mut reader = Reader {
         rd,
         session,
         sends: Pipeline::default(),
-        ctx,
-        shared,
         shutdown,
     };
     async move {
         let reason = read_loop(&mut reader).await;
         // Boxed: the end of a connection exists only at its end, not for its whole life.
-        Box::pin(finish(reason, peer, reader, writer)).await;
+        Box::pin(finish(reason, reader, writer)).await;
     }
 }
 
 /// What the reader task holds for the life of its connection (one reference to it in the
-/// read loop's future instead of five).
+/// read loop's future instead of five). The server context and the shared connection state
+/// are the session's (not kept twice).
 struct Reader {
     rd: OwnedReadHalf,
     session: Session,
     /// The connection's sends in flight (nothing allocated while there are none).
     sends: Pipeline,
-    ctx: Arc<ServerCtx>,
-    shared: Arc<ConnShared>,
     shutdown: CancellationToken,
 }
 
 /// The end of a connection, once its reader stopped.
 async fn finish(
     reason: EndReason,
-    peer: Option<std::net::SocketAddr>,
     reader: Reader,
     writer: tokio::task::JoinHandle<DeliveryOutcome>,
 ) {
@@ -178,15 +177,14 @@ async fn finish(
         rd,
         mut session,
         mut sends,
-        ctx,
-        shared,
         shutdown: _,
     } = reader;
+    let (ctx, shared) = (session.ctx().clone(), session.shared().clone());
     // Sends in flight finish (their appends may already be in the log): their pushes go out
     // and their replies are queued, as far as the connection still takes them.
     let _ = session.settle_sends(&mut sends).await;
     let conn_id = shared.conn_id;
-    debug!(conn_id, ?peer, ?reason, "connection ending");
+    debug!(conn_id, ?reason, "connection ending");
     ctx.metrics.connection_ended(reason);
     // Stop live pushes first, so nothing new lands in the queue; then let the writer flush
     // what is queued (bounded by the write timeout) and report what it really wrote.
@@ -206,21 +204,23 @@ async fn finish(
 fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
     async move {
         let mut buf = BytesMut::new();
-        let mut last_frame = Instant::now();
-        let mut tokens =
-            RateLimiter::new(r.ctx.settings().rate_per_sec, r.ctx.settings().rate_burst);
+        let mut tokens = RateLimiter::new(
+            r.session.ctx().settings().rate_per_sec,
+            r.session.ctx().settings().rate_burst,
+        );
         let mut handled: u32 = 0;
         loop {
-            let settings = r.ctx.settings();
+            let settings = r.session.ctx().settings();
             let mut codec = FrameCodec::new(settings.max_body);
-            let idle_deadline = last_frame + settings.idle_timeout;
+            // The rate limiter takes a token for every frame: its clock is the last frame's.
+            let idle_deadline = tokens.last + settings.idle_timeout;
             tokio::select! {
                 biased;
-                _ = r.shared.closing() => return EndReason::ClosedByServer,
+                _ = r.session.shared().closing() => return EndReason::ClosedByServer,
                 _ = r.shutdown.cancelled() => {
-                    let redirect = r.ctx.redirect.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    let redirect = r.session.ctx().redirect.read().unwrap_or_else(|e| e.into_inner()).clone();
                     match redirect {
-                        Some(frame) if r.shared.is_v2() => r.session.push_frame(frame),
+                        Some(frame) if r.session.shared().is_v2() => r.session.push_frame(frame),
                         _ => r.session.farewell(code::SHUTTING_DOWN, "the server is shutting down: reconnect to another node"),
                     }
                     return EndReason::Shutdown;
@@ -229,7 +229,7 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
                     r.session.farewell(code::IDLE_TIMEOUT, "idle timeout: no frame received; send a ping (id 1) at least every idle_timeout_s seconds");
                     return EndReason::Idle;
                 }
-                replies = r.sends.next_done(), if r.sends.in_flight() > 0 => {
+                replies = std::future::poll_fn(|cx| r.sends.poll_next_done(cx)), if r.sends.in_flight() > 0 => {
                     if Box::pin(r.session.send_replies(replies)).await.is_err() {
                         return EndReason::ClosedByServer;
                     }
@@ -254,7 +254,7 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
                     Ok(None) => break,
                     Err(FrameError::Oversized { id, len, max }) => {
                         info!(
-                            conn_id = r.shared.conn_id,
+                            conn_id = r.session.shared().conn_id,
                             id, len, max, "oversized frame; closing"
                         );
                         r.session
@@ -266,14 +266,13 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
                     }
                     Err(_) => return EndReason::ReadError,
                 };
-                last_frame = Instant::now();
                 if let Some(wait) = tokens.take() {
                     // Flood control: stop reading (TCP pushes back on the client) until a token
                     // is available. Nothing is dropped. Boxed: a rare wait, and a large future.
                     let stop = Box::pin(async {
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => None,
-                            _ = r.shared.closing() => Some(EndReason::ClosedByServer),
+                            _ = r.session.shared().closing() => Some(EndReason::ClosedByServer),
                             _ = r.shutdown.cancelled() => Some(EndReason::Shutdown),
                         }
                     })
@@ -360,6 +359,9 @@ fn write_loop(
     shared: Arc<ConnShared>,
     write_timeout: Duration,
 ) -> impl Future<Output = DeliveryOutcome> + Send + 'static {
+    // Kept as milliseconds: four bytes, not sixteen, in a future that lives as long as the
+    // connection (one tokio task cell size class down, 512 -> 384 bytes).
+    let timeout_ms = u32::try_from(write_timeout.as_millis()).unwrap_or(u32::MAX);
     async move {
         let mut batch: Vec<u8> = Vec::new();
         let mut log = WrittenLog::default();
@@ -367,28 +369,35 @@ fn write_loop(
         // stream may then end inside a frame, so nothing more can be appended to it.
         let (failed_from, at_frame_boundary) = {
             let ended: Result<(), Option<Seq>> = loop {
-                let taken = if shared.closes_after_flush() {
-                    // Graceful close (drain): write what is queued, then end.
-                    shared.outbox.take_batch(&mut batch, WRITE_BATCH).await
-                } else {
-                    // A close request first, then frames. Register before looking at either.
-                    std::future::poll_fn(|cx| {
-                        shared.outbox.register_writer(cx.waker());
-                        if shared.is_closing() && !shared.closes_after_flush() {
-                            return Poll::Ready(None);
-                        }
-                        shared.outbox.try_take_batch(&mut batch, WRITE_BATCH)
-                    })
-                    .await
+                // A close request first, then frames (a graceful close, a drain, writes what
+                // is queued, then ends). Register before looking at either.
+                let taken = std::future::poll_fn(|cx| {
+                    shared.outbox.register_writer(cx.waker());
+                    if shared.is_closing() && !shared.closes_after_flush() {
+                        return Poll::Ready(None);
+                    }
+                    shared.outbox.try_take_batch(&mut batch, WRITE_BATCH)
+                });
+                // Destructured at once: the lowest and highest log positions of the batch's
+                // pushes (0 for none: log positions start at 1) and a lone frame (written as
+                // it is, no copy) are what lives across the write, not a whole `Batch`; this is
+                // the largest state of the writer's future.
+                let Some(super::outbox::Batch {
+                    min_seq,
+                    max_seq: high,
+                    single,
+                }) = taken.await
+                else {
+                    break Ok(());
                 };
-                let Some(taken) = taken else { break Ok(()) };
-                // Lowest and highest log positions of the batch's pushes; 0 for none (log
-                // positions start at 1), and a lone frame (written as it is, no copy). Not the
-                // whole `Batch` across the write: this is the largest state of the writer's
-                // future.
-                let (low, high, single) = (taken.min_seq.unwrap_or(0), taken.max_seq, taken.single);
+                let low = min_seq.unwrap_or(0);
                 let bytes: &[u8] = single.as_deref().unwrap_or(&batch);
-                match tokio::time::timeout(write_timeout, wr.write_all(bytes)).await {
+                match tokio::time::timeout(
+                    Duration::from_millis(u64::from(timeout_ms)),
+                    wr.write_all(bytes),
+                )
+                .await
+                {
                     Ok(Ok(())) => {
                         if low > 0 {
                             log.record(low, high);
@@ -422,7 +431,13 @@ fn write_loop(
         // Whatever is still queued is never written: remember the lowest pushed message.
         outcome.unwritten_from = min_opt(outcome.unwritten_from, shared.outbox.abandon());
         // Boxed: the end exists only at the end, not for the whole life of the connection.
-        Box::pin(say_goodbye(wr, &shared, at_frame_boundary, write_timeout)).await;
+        Box::pin(say_goodbye(
+            wr,
+            &shared,
+            at_frame_boundary,
+            Duration::from_millis(u64::from(timeout_ms)),
+        ))
+        .await;
         outcome
     }
 }
@@ -459,18 +474,21 @@ fn min_opt(a: Option<Seq>, b: Option<Seq>) -> Option<Seq> {
 }
 
 /// Token bucket for inbound frames of one connection.
+/// Token bucket of a connection's frames. `f32` on purpose: it lives in the reader's state
+/// for the life of the connection, and a few digits of tokens are plenty.
 struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
+    rate: f32,
+    burst: f32,
+    tokens: f32,
+    /// When the last token was taken, i.e. when the last frame arrived.
     last: Instant,
 }
 
 impl RateLimiter {
     fn new(rate_per_sec: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
+        let burst = burst.max(1) as f32;
         RateLimiter {
-            rate: f64::from(rate_per_sec.max(1)),
+            rate: rate_per_sec.max(1) as f32,
             burst,
             tokens: burst,
             last: Instant::now(),
@@ -481,13 +499,15 @@ impl RateLimiter {
     fn take(&mut self) -> Option<Duration> {
         let now = Instant::now();
         self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+            (self.tokens + now.duration_since(self.last).as_secs_f32() * self.rate).min(self.burst);
         self.last = now;
         self.tokens -= 1.0;
         if self.tokens >= 0.0 {
             None
         } else {
-            Some(Duration::from_secs_f64(-self.tokens / self.rate))
+            Some(Duration::from_secs_f64(
+                f64::from(-self.tokens) / f64::from(self.rate),
+            ))
         }
     }
 }

@@ -256,15 +256,21 @@ impl Turns {
 /// The sends a connection has in flight.
 #[derive(Default)]
 pub struct Pipeline {
-    /// Created on the first send and dropped when empty: an idle connection keeps nothing.
-    jobs: Option<FuturesOrdered<BoxFuture<'static, Replies>>>,
+    /// Created on the first send and dropped when the last one is done: an idle connection
+    /// keeps one empty word here (this sits in the reader's state for the connection's life).
+    inner: Option<Box<InFlight>>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    jobs: FuturesOrdered<BoxFuture<'static, Replies>>,
     appends: Chain,
     publishes: Chain,
 }
 
 impl Pipeline {
     pub fn in_flight(&self) -> usize {
-        self.jobs.as_ref().map_or(0, |j| j.len())
+        self.inner.as_ref().map_or(0, |i| i.jobs.len())
     }
 
     pub fn is_full(&self) -> bool {
@@ -273,30 +279,35 @@ impl Pipeline {
 
     /// Starts a send (`job` receives its turns).
     pub fn start(&mut self, job: impl FnOnce(Turns) -> BoxFuture<'static, Replies>) {
+        let inner = self.inner.get_or_insert_with(Default::default);
         let turn = Turns {
-            append: self.appends.next(),
-            publish: self.publishes.next(),
+            append: inner.appends.next(),
+            publish: inner.publishes.next(),
         };
-        self.jobs
-            .get_or_insert_with(FuturesOrdered::new)
-            .push_back(job(turn));
+        inner.jobs.push_back(job(turn));
     }
 
     /// The replies of the oldest send, once it is finished; pending forever when nothing is
     /// in flight (use it in a `select!` guarded by `in_flight() > 0`).
     pub async fn next_done(&mut self) -> Replies {
-        let Some(jobs) = self.jobs.as_mut() else {
-            return std::future::pending().await;
+        std::future::poll_fn(|cx| self.poll_next_done(cx)).await
+    }
+
+    /// [`Self::next_done`] as a poll function (a `select!` branch of two words).
+    pub fn poll_next_done(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Replies> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Pending;
         };
-        let Some(replies) = jobs.next().await else {
-            return std::future::pending().await;
-        };
-        if jobs.is_empty() {
-            self.jobs = None;
-            self.appends = Chain::default();
-            self.publishes = Chain::default();
+        match inner.jobs.poll_next_unpin(cx) {
+            Poll::Ready(Some(replies)) => {
+                if inner.jobs.is_empty() {
+                    // The chains start over with the next send.
+                    self.inner = None;
+                }
+                Poll::Ready(replies)
+            }
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
-        replies
     }
 }
 
@@ -556,7 +567,7 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
         assert_eq!(p.in_flight(), 0);
-        assert!(p.jobs.is_none() && p.appends.issued == 0 && p.publishes.issued == 0);
+        assert!(p.inner.is_none());
     }
 
     /// A send that is refused before its append gives up its turn without waiting, and the

@@ -45,6 +45,15 @@ impl Session {
         }
     }
 
+    pub fn ctx(&self) -> &Arc<ServerCtx> {
+        &self.ctx
+    }
+
+    /// The state this connection shares with the hub and its writer.
+    pub fn shared(&self) -> &Arc<ConnShared> {
+        &self.shared
+    }
+
     /// Marks this connection as over the node's capacity.
     pub fn set_overloaded(&mut self) {
         self.overloaded = true;
