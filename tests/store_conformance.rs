@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use chat_zinx::backend::nats::{Nats, NatsSettings, NatsStore};
-use chat_zinx::backend::{memory::MemoryStore, BackendError, Store};
+use chat_zinx::backend::{memory::MemoryStore, BackendError, Placed, Store};
 use chat_zinx::core::model::*;
 use support::servers::NatsServer;
 
@@ -338,4 +338,139 @@ async fn concurrent_appends_from_two_nodes_keep_one_history_chain() {
     let mut back: Vec<Seq> = page.messages.iter().map(|m| m.seq).collect();
     back.reverse();
     assert_eq!(forward.iter().map(|m| m.seq).collect::<Vec<_>>(), back);
+}
+
+/// Sends `n` messages the way a connection's send pipeline does: each append starts once the
+/// previous one's place in the log is fixed, up to 16 under way. Returns the most that were
+/// under way at once.
+async fn pipelined_sends(
+    store: Arc<dyn Store>,
+    conv: ConvId,
+    sender: UserId,
+    prefix: &str,
+    n: usize,
+) -> usize {
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let under_way = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut jobs = futures_util::stream::FuturesUnordered::new();
+    for i in 0..n {
+        let (placed_tx, placed_rx) = tokio::sync::oneshot::channel();
+        let (store, msg) = (store.clone(), text(conv, sender, &format!("{prefix}{i}")));
+        let (under_way, most) = (under_way.clone(), most.clone());
+        jobs.push(tokio::spawn(async move {
+            most.fetch_max(
+                under_way.fetch_add(1, Ordering::SeqCst) + 1,
+                Ordering::SeqCst,
+            );
+            let placed = Placed::new(move || {
+                let _ = placed_tx.send(());
+            });
+            let appended = store.append_ordered(msg, None, placed).await;
+            under_way.fetch_sub(1, Ordering::SeqCst);
+            appended.expect("append succeeds")
+        }));
+        placed_rx.await.expect("placed is fired or dropped");
+        while jobs.len() >= 16 {
+            jobs.next().await.expect("a job").expect("no panic");
+        }
+    }
+    while let Some(done) = jobs.next().await {
+        done.expect("no panic");
+    }
+    most.load(Ordering::SeqCst)
+}
+
+/// Every message of `conv` through history pages of `page` (newest first, each page from the
+/// last one's oldest), checked against the forward read.
+async fn history_by_pages(store: &Arc<dyn Store>, conv: ConvId, page: usize) -> Vec<StoredMessage> {
+    let mut all: Vec<StoredMessage> = Vec::new();
+    let mut before = None;
+    loop {
+        let p = store.history(conv, before, page).await.unwrap();
+        assert!(p.messages.len() <= page);
+        all.extend(p.messages.iter().cloned());
+        if !p.has_more {
+            break;
+        }
+        before = Some(all.last().expect("a page with more has messages").seq);
+    }
+    all
+}
+
+/// Two nodes, each sending a burst with overlapping appends to one conversation: nothing is
+/// lost or doubled, each sender's messages are logged in its send order, and history pages
+/// (whose walk fills the gaps that overlapping appends leave in the backward links) list
+/// exactly what a forward read lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_appends_from_two_nodes_keep_each_senders_order_and_the_whole_history() {
+    let server = NatsServer::start().await;
+    let a = nats_store(&server).await;
+    let b = nats_store(&server).await;
+    let conv = ConvId::Group(77);
+    // A conversation with a history before the bursts.
+    for i in 0..5 {
+        a.append(text(conv, 9, &format!("old{i}")), None)
+            .await
+            .unwrap();
+    }
+    let (most_a, most_b) = tokio::join!(
+        pipelined_sends(a.clone(), conv, 1, "a", 120),
+        pipelined_sends(b.clone(), conv, 2, "b", 120)
+    );
+    // The appends really overlapped (the default `append_ordered` never does).
+    assert!(
+        most_a > 1 && most_b > 1,
+        "most under way: {most_a}, {most_b}"
+    );
+
+    let forward = a.after(conv, 0, 1000).await.unwrap();
+    assert_eq!(forward.len(), 245);
+    for (sender, prefix) in [(1, "a"), (2, "b"), (9, "old")] {
+        let sent: Vec<String> = forward
+            .iter()
+            .filter(|m| m.sender_id == sender)
+            .map(|m| match &m.body {
+                MessageBody::Group { content, .. } => content.clone(),
+                other => panic!("unexpected body {other:?}"),
+            })
+            .collect();
+        let n = if sender == 9 { 5 } else { 120 };
+        let expected: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(sent, expected, "sender {sender} in send order");
+    }
+    let mut expected: Vec<Seq> = forward.iter().map(|m| m.seq).collect();
+    expected.reverse();
+    for page in [7, 20, 1000] {
+        for store in [&a, &b] {
+            let back: Vec<Seq> = history_by_pages(store, conv, page)
+                .await
+                .iter()
+                .map(|m| m.seq)
+                .collect();
+            assert_eq!(back, expected, "pages of {page}");
+        }
+    }
+}
+
+/// The in-process store keeps the same contract under a pipelined sender.
+#[tokio::test]
+async fn a_pipelined_sender_on_the_memory_store_keeps_its_order() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let conv = ConvId::Group(5);
+    pipelined_sends(store.clone(), conv, 1, "m", 50).await;
+    let back = history_by_pages(&store, conv, 7).await;
+    let contents: Vec<String> = back
+        .iter()
+        .rev()
+        .map(|m| match &m.body {
+            MessageBody::Group { content, .. } => content.clone(),
+            other => panic!("unexpected body {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        contents,
+        (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
 }

@@ -41,6 +41,35 @@ pub enum BackendError {
 
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// Told, once, that an append's place in the log is fixed (see [`Store::append_ordered`]):
+/// when fired, or at the latest when dropped (also when the append failed).
+pub struct Placed(Option<Box<dyn FnOnce() + Send>>);
+
+impl Placed {
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        Placed(Some(Box::new(f)))
+    }
+
+    /// Nobody waits for the placement.
+    pub fn none() -> Self {
+        Placed(None)
+    }
+
+    pub fn fire(mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
 /// Accounts, groups, memberships, the message log and delivery cursors.
 ///
 /// History reads cost O(page): implementations index messages by conversation and position.
@@ -87,6 +116,20 @@ pub trait Store: Send + Sync + 'static {
     /// With a dedupe key already seen, nothing is appended and the earlier message is returned
     /// with `duplicate = true`. A direct message also records the chat relation of both users.
     async fn append(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<Appended>;
+    /// [`Self::append`], firing `placed` as soon as the message's place in the log is fixed,
+    /// possibly before the append is durable: a caller that starts its next append only then
+    /// overlaps its appends and still gets them logged in the order of its calls. The default
+    /// fires it when the append is done (no overlap).
+    async fn append_ordered(
+        &self,
+        msg: NewMessage,
+        dedupe: Option<DedupeKey>,
+        placed: Placed,
+    ) -> BackendResult<Appended> {
+        let appended = self.append(msg, dedupe).await;
+        placed.fire();
+        appended
+    }
     /// The newest `limit` messages of a conversation strictly before `before` (all if `None`),
     /// newest first, and whether older ones exist.
     async fn history(

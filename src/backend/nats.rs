@@ -2,12 +2,18 @@
 //!
 //! * **Message log**: one stream (file storage, replicas by config) with one subject per
 //!   conversation (`cz.log.p.<a>.<b>`, `cz.log.g.<group>`). A message's position is its stream
-//!   sequence. Appends to one conversation are serialised with
-//!   `Nats-Expected-Last-Subject-Sequence`, so every message can carry the position of the
-//!   previous one of its conversation (`prev`): history pages walk those links backwards,
-//!   O(page) direct gets, because JetStream cannot iterate backwards. Reads forward (sync,
-//!   backlog) use direct get `next_by_subj`, also O(page). Idempotent sends use `Nats-Msg-Id`
-//!   within the stream's duplicate window.
+//!   sequence. Every message carries the position of an earlier one of its conversation
+//!   (`prev`): history pages walk those links backwards, O(page) direct gets, because
+//!   JetStream cannot iterate backwards. A lone append is conditional
+//!   (`Nats-Expected-Last-Subject-Sequence`), so its `prev` is exactly the message before it.
+//!   Appends of this node to a conversation that already has one under way overlap instead
+//!   (published in order, acks awaited concurrently) and cannot be conditional: their `prev`
+//!   is the newest position known when they were published, and they say so (`gap`), so a
+//!   history walk fills the gap forward with `next_by_subj`. A conditional append never has
+//!   another one of its conversation published behind it on this node before it is done, so
+//!   its retry (after another node appended) cannot reorder this node's messages. Reads
+//!   forward (sync, backlog) use direct get `next_by_subj`, also O(page). Idempotent sends use
+//!   `Nats-Msg-Id` within the stream's duplicate window.
 //! * **Accounts, groups, memberships, counters, chat relations and delivery cursors**: KV
 //!   buckets. Uniqueness through `create` (fails if the key exists) and every change through
 //!   revision-checked `update`, so concurrent nodes never lose an update.
@@ -70,6 +76,8 @@ pub struct Nats {
     /// Last known position per conversation subject (saves a read per append; a stale entry
     /// costs one retry).
     last_seq: Mutex<HashMap<String, Seq>>,
+    /// Appends under way per conversation subject (entries exist only while some are).
+    appending: Mutex<HashMap<String, Appending>>,
     /// Group subscriptions of the bus: group → task reading it.
     group_tasks: Mutex<HashMap<GroupId, JoinHandle<()>>>,
     node_task: Mutex<Option<JoinHandle<()>>>,
@@ -77,6 +85,9 @@ pub struct Nats {
 }
 
 const LAST_SEQ_CACHE: usize = 100_000;
+
+/// How long a starting node waits for JetStream to create or open its log.
+const JETSTREAM_READY_WAIT: Duration = Duration::from_secs(30);
 
 /// The stored form of a message in the log (its position is the stream sequence).
 #[derive(Serialize, Deserialize)]
@@ -87,8 +98,59 @@ struct LogRecord {
     sender_name: String,
     timestamp: UnixMs,
     body: MessageBody,
-    /// Position of the previous message of the same conversation (0 = first).
+    /// Position of the previous message of the same conversation (0 = first); with `gap`,
+    /// of an earlier one (messages of the conversation may lie between).
     prev: Seq,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    gap: bool,
+}
+
+/// Where the message before a log record is, as the record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Link {
+    prev: Seq,
+    /// `prev` is a lower bound: the conversation may have messages between it and the record.
+    gap: bool,
+}
+
+/// This node's appends to one conversation that are under way (see the module docs).
+#[derive(Default)]
+struct Appending {
+    /// Appends admitted and not yet done.
+    under_way: u32,
+    /// Set while a conditional append is under way: every later one waits for it.
+    conditional: Option<tokio_util::sync::CancellationToken>,
+}
+
+/// An admitted append; leaving it (done, failed or dropped) updates [`Appending`].
+struct AppendSlot<'a> {
+    nats: &'a Nats,
+    subject: &'a str,
+    /// The token other appends wait on, for a conditional append.
+    conditional: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl Drop for AppendSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .nats
+            .appending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = map.get_mut(self.subject) {
+            a.under_way = a.under_way.saturating_sub(1);
+            if self.conditional.is_some() {
+                a.conditional = None;
+            }
+            if a.under_way == 0 && a.conditional.is_none() {
+                map.remove(self.subject);
+            }
+        }
+        drop(map);
+        if let Some(done) = self.conditional.take() {
+            done.cancel();
+        }
+    }
 }
 
 fn hex_key(s: &str) -> String {
@@ -115,6 +177,41 @@ impl Nats {
             .map_err(unavailable)?;
         let js = jetstream::new(client.clone());
         let log_prefix = "cz.log".to_string();
+        // A cluster that has just started has no JetStream leader for a moment (longer on a
+        // busy machine): wait for it instead of failing the node's start.
+        let deadline = tokio::time::Instant::now() + JETSTREAM_READY_WAIT;
+        let (log, [users, groups, meta]) = loop {
+            match Self::open_log(&js, settings, &log_prefix).await {
+                Ok(opened) => break opened,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "JetStream cannot create or open the message log yet (a new cluster may still be electing its leader); retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(Arc::new(Nats {
+            client,
+            js,
+            log,
+            log_prefix,
+            users,
+            groups,
+            meta,
+            last_seq: Mutex::new(HashMap::new()),
+            appending: Mutex::new(HashMap::new()),
+            group_tasks: Mutex::new(HashMap::new()),
+            node_task: Mutex::new(None),
+            inbound: Mutex::new(None),
+        }))
+    }
+
+    /// Creates or updates the message log stream and the KV buckets (users, groups, meta).
+    async fn open_log(
+        js: &jetstream::Context,
+        settings: &NatsSettings,
+        log_prefix: &str,
+    ) -> Result<(stream::Stream, [kv::Store; 3]), BackendError> {
         let storage = stream::StorageType::File;
         js.create_or_update_stream(stream::Config {
             name: settings.stream.clone(),
@@ -129,43 +226,28 @@ impl Nats {
         .await
         .map_err(unavailable)?;
         let log = js.get_stream(&settings.stream).await.map_err(unavailable)?;
-        let bucket = |suffix: &str| kv::Config {
-            bucket: format!("{}_{suffix}", settings.stream),
-            history: 1,
-            storage,
-            num_replicas: settings.replicas,
-            ..Default::default()
-        };
-        let mut stores = Vec::new();
-        for suffix in ["users", "groups", "meta"] {
-            let store = match js
-                .get_key_value(format!("{}_{suffix}", settings.stream))
-                .await
-            {
-                Ok(s) => s,
+        let bucket = |suffix: &'static str| async move {
+            let name = format!("{}_{suffix}", settings.stream);
+            match js.get_key_value(name.clone()).await {
+                Ok(s) => Ok(s),
                 Err(_) => js
-                    .create_key_value(bucket(suffix))
+                    .create_key_value(kv::Config {
+                        bucket: name,
+                        history: 1,
+                        storage,
+                        num_replicas: settings.replicas,
+                        ..Default::default()
+                    })
                     .await
-                    .map_err(unavailable)?,
-            };
-            stores.push(store);
-        }
-        let meta = stores.pop().expect("three buckets");
-        let groups = stores.pop().expect("three buckets");
-        let users = stores.pop().expect("three buckets");
-        Ok(Arc::new(Nats {
-            client,
-            js,
-            log,
-            log_prefix,
-            users,
-            groups,
-            meta,
-            last_seq: Mutex::new(HashMap::new()),
-            group_tasks: Mutex::new(HashMap::new()),
-            node_task: Mutex::new(None),
-            inbound: Mutex::new(None),
-        }))
+                    .map_err(unavailable),
+            }
+        };
+        let stores = [
+            bucket("users").await?,
+            bucket("groups").await?,
+            bucket("meta").await?,
+        ];
+        Ok((log, stores))
     }
 
     /// Whether the connection to NATS is up (readiness).
@@ -195,12 +277,69 @@ impl Nats {
                 if m.len() >= LAST_SEQ_CACHE {
                     m.clear();
                 }
-                m.insert(subject.to_string(), s);
+                // Acks of overlapping appends may be handled out of order: keep the newest.
+                let last = m.entry(subject.to_string()).or_insert(s);
+                *last = (*last).max(s);
             }
             None => {
                 m.remove(subject);
             }
         }
+    }
+
+    /// Admits an append to `subject`: conditional (`true`) when no other append of this node
+    /// to it is under way, else overlapping. An append that arrives while a conditional one
+    /// is under way waits for it to be done, then overlaps (it is part of a burst).
+    async fn admit<'a>(&'a self, subject: &'a str) -> (bool, AppendSlot<'a>) {
+        let mut waited = false;
+        loop {
+            let wait = {
+                let mut map = self.appending.lock().unwrap_or_else(|e| e.into_inner());
+                let a = map.entry(subject.to_string()).or_default();
+                match &a.conditional {
+                    Some(done) => done.clone(),
+                    None => {
+                        a.under_way += 1;
+                        let conditional = a.under_way == 1 && !waited;
+                        let token = conditional.then(tokio_util::sync::CancellationToken::new);
+                        a.conditional = token.clone();
+                        return (
+                            conditional,
+                            AppendSlot {
+                                nats: self,
+                                subject,
+                                conditional: token,
+                            },
+                        );
+                    }
+                }
+            };
+            wait.cancelled().await;
+            waited = true;
+        }
+    }
+
+    /// The messages of `subject` strictly between positions `after` and `before`, oldest
+    /// first (the gap before a record whose link says `gap`).
+    async fn between(
+        &self,
+        subject: &str,
+        after: Seq,
+        before: Seq,
+    ) -> BackendResult<Vec<(StoredMessage, Link)>> {
+        let mut out = Vec::new();
+        let mut from = after + 1;
+        while from < before {
+            let Some(m) = self.next_of(subject, from).await? else {
+                break;
+            };
+            if m.sequence >= before {
+                break;
+            }
+            from = m.sequence + 1;
+            out.push(self.decode(&m)?);
+        }
+        Ok(out)
     }
 
     /// The newest message of a subject, if any.
@@ -305,7 +444,7 @@ impl Nats {
         .await
     }
 
-    fn decode(&self, m: &StreamMessage) -> BackendResult<(StoredMessage, Seq)> {
+    fn decode(&self, m: &StreamMessage) -> BackendResult<(StoredMessage, Link)> {
         let rec: LogRecord = serde_json::from_slice(&m.payload)
             .map_err(|e| unavailable(format!("corrupt log record {}: {e}", m.sequence)))?;
         let conv = self.conv_of(m.subject.as_str()).ok_or_else(|| {
@@ -325,7 +464,10 @@ impl Nats {
                 timestamp: rec.timestamp,
                 body: rec.body,
             },
-            rec.prev,
+            Link {
+                prev: rec.prev,
+                gap: rec.gap,
+            },
         ))
     }
 
@@ -652,8 +794,19 @@ impl Store for NatsStore {
     }
 
     async fn append(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<Appended> {
+        self.append_ordered(msg, dedupe, Placed::none()).await
+    }
+
+    async fn append_ordered(
+        &self,
+        msg: NewMessage,
+        dedupe: Option<DedupeKey>,
+        placed: Placed,
+    ) -> BackendResult<Appended> {
         let n = &self.0;
         let subject = n.subject(msg.conv);
+        let (conditional, _slot) = n.admit(&subject).await;
+        let mut placed = Some(placed);
         let mut prev = match n.cached_last(&subject) {
             Some(s) => s,
             None => n.last_of(&subject).await?.map_or(0, |m| m.sequence),
@@ -667,12 +820,15 @@ impl Store for NatsStore {
                 timestamp: msg.timestamp,
                 body: msg.body.clone(),
                 prev,
+                gap: !conditional,
             };
             let mut headers = HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                prev.to_string().as_str(),
-            );
+            if conditional {
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    prev.to_string().as_str(),
+                );
+            }
             if let Some(key) = &dedupe {
                 headers.insert(
                     async_nats::header::NATS_MESSAGE_ID,
@@ -685,7 +841,13 @@ impl Store for NatsStore {
                 .publish_with_headers(subject.clone(), headers, payload)
                 .await
             {
-                Ok(fut) => fut.await,
+                Ok(fut) => {
+                    // On the connection, in order: the next append may be published.
+                    if let Some(p) = placed.take() {
+                        p.fire();
+                    }
+                    fut.await
+                }
                 Err(e) => return Err(unavailable(e)),
             };
             match ack {
@@ -717,6 +879,8 @@ impl Store for NatsStore {
                 }
                 Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                     // Another node appended to this conversation: read its newest and retry.
+                    // Nothing of this node is published behind a conditional append, so the
+                    // retry keeps this node's order.
                     n.remember_last(&subject, None);
                     prev = n.last_of(&subject).await?.map_or(0, |m| m.sequence);
                 }
@@ -736,27 +900,53 @@ impl Store for NatsStore {
     ) -> BackendResult<HistoryPage> {
         let n = &self.0;
         let subject = n.subject(conv);
-        // The newest message strictly before `before`.
-        let mut next: Seq = match before {
+        // Messages fetched ahead (a gap filled forward), oldest first, and the position to
+        // follow once they are used up (0: none).
+        let mut ahead: Vec<(StoredMessage, Link)> = Vec::new();
+        let mut next: Seq;
+        // Start: the newest message strictly before `before`.
+        let boundary = match before {
+            None => None,
+            Some(b) => n.next_of(&subject, b).await?,
+        };
+        match boundary {
+            // The first message at or after `before` links to those before it.
+            Some(m) => {
+                let seq = m.sequence;
+                let (_, link) = n.decode(&m)?;
+                next = link.prev;
+                if link.gap {
+                    ahead = n.between(&subject, link.prev, seq).await?;
+                }
+            }
+            // No cursor, or nothing at or after it: the newest message is before it.
             None => match n.last_of(&subject).await? {
-                Some(m) => m.sequence,
+                Some(m) => next = m.sequence,
                 None => return Ok(HistoryPage::default()),
             },
-            Some(b) => match n.next_of(&subject, b).await? {
-                // The first message at or after `before` links to the one before it.
-                Some(m) => n.decode(&m)?.1,
-                // Nothing at or after `before`: the newest message is before it.
-                None => n.last_of(&subject).await?.map_or(0, |m| m.sequence),
-            },
-        };
-        let mut page = HistoryPage::default();
-        while next != 0 && page.messages.len() < limit {
-            let Some(m) = n.at(next).await? else { break };
-            let (message, prev) = n.decode(&m)?;
-            page.messages.push(message);
-            next = prev;
         }
-        page.has_more = next != 0 && n.at(next).await?.is_some();
+        let mut page = HistoryPage::default();
+        while page.messages.len() < limit {
+            let message = match ahead.pop() {
+                // Fetched ahead: `next` already points below the whole gap.
+                Some((message, _)) => message,
+                None => {
+                    if next == 0 {
+                        break;
+                    }
+                    let Some(m) = n.at(next).await? else { break };
+                    let (message, link) = n.decode(&m)?;
+                    // What is before this one: its link, or its gap filled forward.
+                    next = link.prev;
+                    if link.gap {
+                        ahead = n.between(&subject, link.prev, message.seq).await?;
+                    }
+                    message
+                }
+            };
+            page.messages.push(message);
+        }
+        page.has_more = !ahead.is_empty() || (next != 0 && n.at(next).await?.is_some());
         Ok(page)
     }
 

@@ -17,7 +17,7 @@ use super::auth::Auth;
 use super::directory::{is_uuid_shaped, MembershipCache, UserDirectory};
 use super::error::{ChatError, ChatResult};
 use super::model::*;
-use crate::backend::{BackendError, Backends, BusEvent};
+use crate::backend::{BackendError, Backends, BusEvent, Placed};
 
 /// This node's connections, as the core sees them. Implemented by the server's hub; every
 /// method is synchronous and never blocks (pushes go into bounded per-connection queues).
@@ -542,7 +542,7 @@ impl ChatCore {
         input: DirectInput,
     ) -> ChatResult<Appended> {
         let prepared = self.prepare_direct(me, origin, input).await?;
-        let committed = self.commit(prepared).await?;
+        let committed = self.commit(prepared, Placed::none()).await?;
         self.fan_out(&committed).await;
         Ok(committed.appended)
     }
@@ -598,14 +598,20 @@ impl ChatCore {
 
     /// Appends a prepared message to the log (second step of a send). The message's time is
     /// the time of the append, not of the check.
-    pub async fn commit(&self, prepared: Prepared) -> ChatResult<Committed> {
+    /// `placed` is fired once the message's place in the log is fixed (see
+    /// [`crate::backend::Store::append_ordered`]).
+    pub async fn commit(&self, prepared: Prepared, placed: Placed) -> ChatResult<Committed> {
         let Prepared {
             mut message,
             dedupe,
             route,
         } = prepared;
         message.timestamp = now_ms();
-        let appended = self.backends.store.append(message, dedupe).await?;
+        let appended = self
+            .backends
+            .store
+            .append_ordered(message, dedupe, placed)
+            .await?;
         Ok(Committed { appended, route })
     }
 
@@ -1008,7 +1014,7 @@ impl ChatCore {
         let prepared = self
             .prepare_group(me, origin, group, content, client_msg_id)
             .await?;
-        let committed = self.commit(prepared).await?;
+        let committed = self.commit(prepared, Placed::none()).await?;
         self.fan_out(&committed).await;
         Ok(committed.appended)
     }

@@ -147,6 +147,18 @@ impl Store for Timed<dyn Store> {
     async fn append(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<Appended> {
         t!(self, "publish", self.inner.append(msg, dedupe))
     }
+    async fn append_ordered(
+        &self,
+        msg: NewMessage,
+        dedupe: Option<DedupeKey>,
+        placed: Placed,
+    ) -> BackendResult<Appended> {
+        t!(
+            self,
+            "publish",
+            self.inner.append_ordered(msg, dedupe, placed)
+        )
+    }
     async fn history(
         &self,
         conv: ConvId,

@@ -34,6 +34,7 @@ use tracing::debug;
 
 use super::outbox::Outbound;
 use super::ServerCtx;
+use crate::backend::Placed;
 use crate::core::model::{ConnId, StoredMessage};
 use crate::core::service::{Committed, DirectInput, Prepared};
 use crate::core::{ChatError, Me};
@@ -320,33 +321,14 @@ pub async fn direct(
     body: Bytes,
     turns: Turns,
 ) -> Replies {
-    let Turns {
-        append: mut turn,
-        publish,
-    } = turns;
     let mut r = Replies::new(v2);
     let Some((prepared, client_msg_id)) =
         prepare_direct(&ctx, conn_id, me.as_ref(), &body, &mut r).await
     else {
         return r;
     };
-    turn.wait().await;
-    let committed = ctx.core.commit(prepared).await;
-    drop(turn);
-    match committed {
-        Ok(committed) => {
-            let appended = &committed.appended;
-            ctx.metrics.message_stored("direct", appended.duplicate);
-            debug!(
-                conn_id,
-                msg_id = %appended.message.msg_id,
-                seq = appended.message.seq,
-                duplicate = appended.duplicate,
-                "direct message stored"
-            );
-            deliver(&ctx, &committed, publish).await;
-            r.ack(client_msg_id, &committed.appended.message);
-        }
+    match store_and_deliver(&ctx, conn_id, "direct", prepared, turns).await {
+        Ok(committed) => r.ack(client_msg_id, &committed.appended.message),
         Err(e) => {
             ctx.metrics.message_failed("direct");
             let (c, text) = error_code(&e);
@@ -356,13 +338,42 @@ pub async fn direct(
     r
 }
 
-/// Pushes a stored message: locally at once, to other nodes in the connection's order.
-async fn deliver(ctx: &ServerCtx, committed: &Committed, mut turn: Turn) {
-    let routed = ctx.core.deliver_locally(committed).await;
+/// The part of a send after its checks, the same for 208 and 310 (`kind` names it in metrics
+/// and logs): append in the connection's order, then push locally at once and hand the
+/// message to other nodes, again in the connection's order.
+async fn store_and_deliver(
+    ctx: &ServerCtx,
+    conn_id: ConnId,
+    kind: &'static str,
+    prepared: Prepared,
+    turns: Turns,
+) -> Result<Committed, ChatError> {
+    let Turns {
+        append: mut turn,
+        publish: mut publish_turn,
+    } = turns;
     turn.wait().await;
+    // The next send of the connection may append once this one's place in the log is fixed.
+    let committed = ctx
+        .core
+        .commit(prepared, Placed::new(move || drop(turn)))
+        .await?;
+    let appended = &committed.appended;
+    ctx.metrics.message_stored(kind, appended.duplicate);
+    debug!(
+        conn_id,
+        kind,
+        msg_id = %appended.message.msg_id,
+        seq = appended.message.seq,
+        duplicate = appended.duplicate,
+        "message stored"
+    );
+    let routed = ctx.core.deliver_locally(&committed).await;
+    publish_turn.wait().await;
     if let Some(routed) = routed {
         ctx.core.publish(routed).await;
     }
+    Ok(committed)
 }
 
 /// Checks of a 208 in the original's order; `None` when `r` holds the refusal.
@@ -428,31 +439,14 @@ pub async fn group(
     body: Bytes,
     turns: Turns,
 ) -> Replies {
-    let Turns {
-        append: mut turn,
-        publish,
-    } = turns;
     let mut r = Replies::new(v2);
     let Some((prepared, client_msg_id)) =
         prepare_group(&ctx, conn_id, me.as_ref(), &body, &mut r).await
     else {
         return r;
     };
-    turn.wait().await;
-    let committed = ctx.core.commit(prepared).await;
-    drop(turn);
-    match committed {
+    match store_and_deliver(&ctx, conn_id, "group", prepared, turns).await {
         Ok(committed) => {
-            let appended = &committed.appended;
-            ctx.metrics.message_stored("group", appended.duplicate);
-            debug!(
-                conn_id,
-                msg_id = %appended.message.msg_id,
-                seq = appended.message.seq,
-                duplicate = appended.duplicate,
-                "group message stored"
-            );
-            deliver(&ctx, &committed, publish).await;
             let message = &committed.appended.message;
             r.send(
                 ids::GROUP_TEXT_ACK,
