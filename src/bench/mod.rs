@@ -90,6 +90,11 @@ pub struct BenchArgs {
     /// Length of each measured phase (max load, then half load), e.g. `5s`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Offered load of the latency phase of p2p and fan-out, in deliveries per second, for
+    /// both chat-zinx and the substrate (default: half the chat-zinx maximum just measured).
+    /// Compares latency of two builds at the same load.
+    #[arg(long)]
+    pub load: Option<f64>,
     /// Bytes of message content.
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
@@ -137,6 +142,7 @@ pub struct Sizes {
     pub pairs: usize,
     pub window: usize,
     pub duration: Duration,
+    pub load: Option<f64>,
     pub payload: usize,
     pub group_size: usize,
     pub connections: usize,
@@ -160,6 +166,7 @@ impl BenchArgs {
             } else {
                 Duration::from_secs(5)
             }),
+            load: self.load.filter(|l| *l > 0.0),
             payload: self.payload.clamp(24, 4096),
             group_size: pick(self.group_size, 1000, 4).max(2),
             connections: pick(self.connections, 19_900, 20).max(1),

@@ -482,7 +482,7 @@ async fn p2p(b: &mut Bench, cross: bool) -> anyhow::Result<ScenarioReport> {
     let chat = drive(
         flow,
         s.duration,
-        None,
+        s.load,
         &Bench::node_pids(&nodes),
         b.nats.proc.pid(),
         name,
@@ -645,7 +645,7 @@ async fn group_fanout(b: &mut Bench) -> anyhow::Result<ScenarioReport> {
     let chat = drive(
         flow,
         s.duration,
-        None,
+        s.load,
         &Bench::node_pids(&nodes),
         b.nats.proc.pid(),
         "group-fanout",
