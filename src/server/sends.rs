@@ -7,9 +7,9 @@
 //! [`MAX_IN_FLIGHT`] sends in flight, with three rules that keep the protocol's promises:
 //!
 //! - **Appends keep the connection's order.** Each send holds a [`Turns`]: it may check and
-//!   resolve ahead, but appends only after the previous send of the connection appended (or
-//!   failed). Messages land in the log, and therefore in every history and sync, in the
-//!   order the client sent them.
+//!   resolve ahead, but appends only once the previous send's place in the log is fixed (or
+//!   it failed): see `Store::append_ordered`; the acks are awaited concurrently. Messages land
+//!   in the log, and therefore in every history and sync, in the order the client sent them.
 //! - **Pushes keep the connection's order.** Local pushes happen right after the append, so
 //!   they are in order already; the hand-over to other nodes (bus publish) waits for the
 //!   previous send's hand-over (a second chain of turns), while the presence lookups before
@@ -20,7 +20,7 @@
 //!   sync…) waits until the sends before it are finished, so it sees their effects.
 //!
 //! Pushes of a send (to the recipient and the sender's other devices) go out as soon as its
-//! append is acknowledged, overlapping with the next send's append.
+//! append is acknowledged, overlapping with the next sends' appends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
