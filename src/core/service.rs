@@ -120,9 +120,9 @@ pub const SYNC_MAX: usize = 500;
 /// A message that passed its checks and knows its conversation, waiting to be appended.
 ///
 /// Sending is split in three steps so that a connection can pipeline its sends: `prepare_*`
-/// (checks, recipient lookup) may run ahead, [`ChatCore::commit`] appends (a connection
-/// appends one message at a time, in the order it sent them) and [`ChatCore::fan_out`]
-/// pushes (overlaps with the next append).
+/// (checks, recipient lookup) may run ahead, [`ChatCore::commit`] appends (in the order the
+/// connection sent them; the next may start once this one's place in the log is fixed) and
+/// [`ChatCore::deliver_locally`] + [`ChatCore::publish`] push (overlapping later appends).
 #[derive(Debug)]
 pub struct Prepared {
     message: NewMessage,
@@ -533,20 +533,6 @@ impl ChatCore {
         })
     }
 
-    /// Stores a direct message, then pushes it to the recipient's and the sender's other
-    /// connections on every node.
-    pub async fn send_direct(
-        &self,
-        me: &Me,
-        origin: ConnId,
-        input: DirectInput,
-    ) -> ChatResult<Appended> {
-        let prepared = self.prepare_direct(me, origin, input).await?;
-        let committed = self.commit(prepared, Placed::none()).await?;
-        self.fan_out(&committed).await;
-        Ok(committed.appended)
-    }
-
     /// Checks a direct message and resolves its recipient (first step of a send).
     pub async fn prepare_direct(
         &self,
@@ -615,18 +601,11 @@ impl ChatCore {
         Ok(Committed { appended, route })
     }
 
-    /// Pushes an appended message to everyone who should have it live, on every node (last
-    /// step of a send). A retry (duplicate) is not pushed again.
-    pub async fn fan_out(&self, committed: &Committed) {
-        if let Some(routed) = self.deliver_locally(committed).await {
-            self.publish(routed).await;
-        }
-    }
-
-    /// First half of [`Self::fan_out`]: pushes to this node's connections, then finds which
-    /// other nodes need the message (presence, for a direct message). `None` for a retry.
-    /// Sends of one connection may do this concurrently; their [`Self::publish`] calls are
-    /// what they issue in order, so that pushes on other nodes keep the send order.
+    /// Last step of a send, first half: pushes an appended message to this node's
+    /// connections, then finds which other nodes need it (presence, for a direct message).
+    /// `None` for a retry (a duplicate is not pushed again). Sends of one connection may do
+    /// this concurrently; their [`Self::publish`] calls are what they issue in order, so that
+    /// pushes on other nodes keep the send order.
     pub async fn deliver_locally(&self, committed: &Committed) -> Option<Routed> {
         if committed.appended.duplicate {
             return None;
@@ -678,7 +657,7 @@ impl ChatCore {
             .collect()
     }
 
-    /// Second half of [`Self::fan_out`]: hands the message to the other nodes over the bus.
+    /// Last step of a send, second half: hands the message to the other nodes over the bus.
     /// A publish that fails is recorded as undelivered for the users it was for.
     pub async fn publish(&self, routed: Routed) {
         let Routed { message, remote } = routed;
@@ -999,24 +978,6 @@ impl ChatCore {
         }
         self.membership_changed(target, group, false).await;
         Ok(())
-    }
-
-    /// Stores a group message, then pushes it to every member's connections (but the sending
-    /// one) on every node.
-    pub async fn send_group(
-        &self,
-        me: &Me,
-        origin: ConnId,
-        group: GroupId,
-        content: String,
-        client_msg_id: &str,
-    ) -> ChatResult<Appended> {
-        let prepared = self
-            .prepare_group(me, origin, group, content, client_msg_id)
-            .await?;
-        let committed = self.commit(prepared, Placed::none()).await?;
-        self.fan_out(&committed).await;
-        Ok(committed.appended)
     }
 
     /// Checks a group message and that its sender is a member (first step of a send).

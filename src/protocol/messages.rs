@@ -384,6 +384,17 @@ pub struct ErrorResp {
     pub reference: Option<u32>,
 }
 
+impl ErrorResp {
+    /// The 99 answering `request`: v1 clients get no `ref` (the original sends none).
+    pub fn answering(request: u32, v2: bool, code: u32, message: impl Into<String>) -> Self {
+        ErrorResp {
+            code,
+            message: message.into(),
+            reference: v2.then_some(request),
+        }
+    }
+}
+
 /// 401 body.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HelloResp {

@@ -126,7 +126,9 @@ impl Outbox {
 
     /// Waits for frames and appends whole frames (at least one, then up to `max_bytes`) to
     /// `out`, or hands a lone frame over as [`Batch::single`] when `out` is empty. `None` once
-    /// the outbox is closed and empty. For the one consumer only.
+    /// the outbox is closed and empty. For tests: the writer polls `try_take_batch` itself,
+    /// together with its close flag.
+    #[cfg(test)]
     pub async fn take_batch(&self, out: &mut Vec<u8>, max_bytes: usize) -> Option<Batch> {
         std::future::poll_fn(|cx| {
             self.register_writer(cx.waker());

@@ -75,14 +75,9 @@ impl Replies {
 
     /// 99 error; `reference` is added for v2 connections.
     pub fn error(&mut self, request: u32, code: u32, message: impl Into<String>) {
-        let reference = self.v2.then_some(request);
         self.send(
             ids::ERROR,
-            &m::ErrorResp {
-                code,
-                message: message.into(),
-                reference,
-            },
+            &m::ErrorResp::answering(request, self.v2, code, message),
         );
     }
 

@@ -104,14 +104,9 @@ impl Session {
         code: u32,
         message: impl Into<String>,
     ) -> Result<(), Closed> {
-        let reference = self.v2().then_some(request);
         self.send(
             ids::ERROR,
-            &m::ErrorResp {
-                code,
-                message: message.into(),
-                reference,
-            },
+            &m::ErrorResp::answering(request, self.v2(), code, message),
         )
         .await
     }
