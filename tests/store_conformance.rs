@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chat_zinx::backend::nats::{Nats, NatsSettings, NatsStore};
 use chat_zinx::backend::{memory::MemoryStore, BackendError, Placed, Store};
 use chat_zinx::core::model::*;
-use support::servers::NatsServer;
+use support::servers::{NatsCluster, NatsServer};
 
 fn user(name: &str) -> NewUser {
     NewUser {
@@ -46,10 +46,16 @@ fn text(conv: ConvId, sender: UserId, content: &str) -> NewMessage {
 }
 
 async fn nats_store(server: &NatsServer) -> Arc<dyn Store> {
+    nats_store_on(&server.url(), "CONFORMANCE", 1).await
+}
+
+/// A store on `url` whose log stream (and the buckets named after it) is `stream`, with
+/// `replicas` copies of each.
+async fn nats_store_on(url: &str, stream: &str, replicas: usize) -> Arc<dyn Store> {
     let conn = Nats::connect(&NatsSettings {
-        url: server.url(),
-        stream: "CONFORMANCE".into(),
-        replicas: 1,
+        url: url.into(),
+        stream: stream.into(),
+        replicas,
         max_age: std::time::Duration::ZERO,
         duplicate_window: std::time::Duration::from_secs(600),
         request_timeout: std::time::Duration::from_secs(5),
@@ -57,6 +63,19 @@ async fn nats_store(server: &NatsServer) -> Arc<dyn Store> {
     .await
     .expect("connects to the test nats-server");
     Arc::new(NatsStore(conn))
+}
+
+/// Two stores ("nodes") on a 3-server cluster, sharing one log with three replicas: the
+/// setting the docs recommend for production. Each connects to a different server, so the
+/// appends of each reach the stream leader through another route.
+async fn replicated_stores(
+    cluster: &NatsCluster,
+    stream: &str,
+) -> (Arc<dyn Store>, Arc<dyn Store>) {
+    let nodes = cluster.nodes();
+    let a = nats_store_on(&nodes[0].url(), stream, 3).await;
+    let b = nats_store_on(&nodes[1].url(), stream, 3).await;
+    (a, b)
 }
 
 async fn accounts(store: Arc<dyn Store>) {
@@ -306,31 +325,55 @@ macro_rules! conformance {
 
 conformance!(accounts, groups, log_and_history, dedupe, cursors);
 
+/// The whole contract again on a 3-server cluster with three replicas of the log and the
+/// buckets. One cluster serves every check (each in its own stream and buckets), so the
+/// suite starts one cluster here instead of five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_holds_on_three_replicas() {
+    let cluster = NatsCluster::start().await;
+    let url = cluster.urls();
+    let first = cluster.nodes()[0].url();
+    accounts(nats_store_on(&url, "C_ACCOUNTS", 3).await).await;
+    drop_log(&first, "C_ACCOUNTS").await;
+    groups(nats_store_on(&url, "C_GROUPS", 3).await).await;
+    drop_log(&first, "C_GROUPS").await;
+    log_and_history(nats_store_on(&url, "C_LOG", 3).await).await;
+    drop_log(&first, "C_LOG").await;
+    dedupe(nats_store_on(&url, "C_DEDUPE", 3).await).await;
+    drop_log(&first, "C_DEDUPE").await;
+    cursors(nats_store_on(&url, "C_CURSORS", 3).await).await;
+}
+
+/// Deletes a store's log stream (through the server at `url`), so that the next store on the same servers starts with an
+/// empty log (every store's log takes the same subjects; its buckets have names of their own).
+async fn drop_log(url: &str, stream: &str) {
+    let client = async_nats::connect(url).await.expect("connects");
+    async_nats::jetstream::new(client)
+        .delete_stream(stream)
+        .await
+        .expect("the log stream is deleted");
+}
+
 /// Two nodes appending to one conversation at once: every message lands once and the
 /// backward links stay a single chain (history sees all of them, in log order).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_from_two_nodes_keep_one_history_chain() {
-    let server = NatsServer::start().await;
-    let a = nats_store(&server).await;
-    let b = nats_store(&server).await;
+async fn concurrent_appends(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     let conv = ConvId::Group(42);
-    let (ra, rb) = tokio::join!(
+    tokio::join!(
         async {
             for i in 0..40 {
                 a.append(text(conv, 1, &format!("a{i}")), None)
                     .await
-                    .unwrap();
+                    .expect("an append that lost a race is retried, never refused");
             }
         },
         async {
             for i in 0..40 {
                 b.append(text(conv, 2, &format!("b{i}")), None)
                     .await
-                    .unwrap();
+                    .expect("an append that lost a race is retried, never refused");
             }
         }
     );
-    let _ = (ra, rb);
     let page = a.history(conv, None, 100).await.unwrap();
     assert_eq!(page.messages.len(), 80);
     assert!(page.messages.windows(2).all(|w| w[0].seq > w[1].seq));
@@ -338,6 +381,21 @@ async fn concurrent_appends_from_two_nodes_keep_one_history_chain() {
     let mut back: Vec<Seq> = page.messages.iter().map(|m| m.seq).collect();
     back.reverse();
     assert_eq!(forward.iter().map(|m| m.seq).collect::<Vec<_>>(), back);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_from_two_nodes_keep_one_history_chain() {
+    let server = NatsServer::start().await;
+    concurrent_appends(nats_store(&server).await, nats_store(&server).await).await;
+}
+
+/// On a replicated stream the server answers a lost race with another error code (10164,
+/// not 10071); it must be retried the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_on_three_replicas_keep_one_history_chain() {
+    let cluster = NatsCluster::start().await;
+    let (a, b) = replicated_stores(&cluster, "C_CONCURRENT").await;
+    concurrent_appends(a, b).await;
 }
 
 /// Sends `n` messages the way a connection's send pipeline does: each append starts once the
@@ -403,11 +461,7 @@ async fn history_by_pages(store: &Arc<dyn Store>, conv: ConvId, page: usize) -> 
 /// lost or doubled, each sender's messages are logged in its send order, and history pages
 /// (whose walk fills the gaps that overlapping appends leave in the backward links) list
 /// exactly what a forward read lists.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overlapping_appends_from_two_nodes_keep_each_senders_order_and_the_whole_history() {
-    let server = NatsServer::start().await;
-    let a = nats_store(&server).await;
-    let b = nats_store(&server).await;
+async fn overlapping_appends(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     let conv = ConvId::Group(77);
     // A conversation with a history before the bursts.
     for i in 0..5 {
@@ -452,6 +506,19 @@ async fn overlapping_appends_from_two_nodes_keep_each_senders_order_and_the_whol
             assert_eq!(back, expected, "pages of {page}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_appends_from_two_nodes_keep_each_senders_order_and_the_whole_history() {
+    let server = NatsServer::start().await;
+    overlapping_appends(nats_store(&server).await, nats_store(&server).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_appends_on_three_replicas_keep_each_senders_order_and_the_whole_history() {
+    let cluster = NatsCluster::start().await;
+    let (a, b) = replicated_stores(&cluster, "C_OVERLAP").await;
+    overlapping_appends(a, b).await;
 }
 
 /// The in-process store keeps the same contract under a pipelined sender.

@@ -40,6 +40,45 @@ use super::*;
 
 const BACKEND: &str = "nats";
 
+/// Whether a publish was refused because the subject's last sequence was not the one the
+/// `Nats-Expected-Last-Subject-Sequence` header named: another writer appended first.
+///
+/// The server says so in two ways. A stream with one replica answers error code 10071
+/// ("wrong last sequence: N"); a replicated stream, where the check runs in the clustered
+/// proposal path, answers 10164 ("wrong last sequence", no number). async-nats (0.46 to
+/// 0.51 at least) classifies only 10071 as `WrongLastSequence` and reports 10164 as `Other`,
+/// so the answer is recognised here by kind, by code and by description, whatever the
+/// client version does.
+fn is_wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
+    use jetstream::context::PublishErrorKind;
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    if e.kind() != PublishErrorKind::Other {
+        return false;
+    }
+    let Some(source) = std::error::Error::source(e) else {
+        return false;
+    };
+    match source.downcast_ref::<jetstream::Error>() {
+        Some(api) => is_wrong_last_sequence_answer(api.error_code().0, &api.to_string()),
+        None => is_wrong_last_sequence_answer(0, &source.to_string()),
+    }
+}
+
+/// The JetStream API error codes that mean "wrong last sequence" (see
+/// [`is_wrong_last_sequence`]), or a description that says so.
+fn is_wrong_last_sequence_answer(code: u64, description: &str) -> bool {
+    const STREAM_WRONG_LAST_SEQUENCE: u64 = 10071;
+    const STREAM_WRONG_LAST_SEQUENCE_CONSTANT: u64 = 10164;
+    matches!(
+        code,
+        STREAM_WRONG_LAST_SEQUENCE | STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+    ) || description
+        .to_ascii_lowercase()
+        .starts_with("wrong last sequence")
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable {
         backend: BACKEND,
@@ -877,7 +916,7 @@ impl Store for NatsStore {
                         duplicate: false,
                     });
                 }
-                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(e) if is_wrong_last_sequence(&e) => {
                     // Another node appended to this conversation: read its newest and retry.
                     // Nothing of this node is published behind a conditional append, so the
                     // retry keeps this node's order.
@@ -1179,5 +1218,52 @@ impl Drop for Nats {
         {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetstream::context::{PublishError, PublishErrorKind};
+
+    fn refused(answer: &str) -> PublishError {
+        let api: jetstream::Error = serde_json::from_str(answer).expect("an API error");
+        PublishError::with_source(PublishErrorKind::Other, api)
+    }
+
+    #[test]
+    fn every_wrong_last_sequence_answer_is_recognised() {
+        // One replica: the client classifies it itself.
+        assert!(is_wrong_last_sequence(&PublishError::new(
+            PublishErrorKind::WrongLastSequence
+        )));
+        // Three replicas: the clustered answer, which the client reports as `Other`.
+        assert!(is_wrong_last_sequence(&refused(
+            r#"{"code":400,"err_code":10164,"description":"wrong last sequence"}"#
+        )));
+        // The single-server answer arriving as `Other` (another client version).
+        assert!(is_wrong_last_sequence(&refused(
+            r#"{"code":400,"err_code":10071,"description":"wrong last sequence: 12"}"#
+        )));
+        // A code this build does not know, recognised by its description.
+        assert!(is_wrong_last_sequence(&refused(
+            r#"{"code":400,"err_code":19999,"description":"wrong last sequence"}"#
+        )));
+    }
+
+    #[test]
+    fn other_refusals_are_not_taken_for_a_lost_race() {
+        assert!(!is_wrong_last_sequence(&refused(
+            r#"{"code":503,"err_code":10077,"description":"error saving message"}"#
+        )));
+        assert!(!is_wrong_last_sequence(&refused(
+            r#"{"code":400,"err_code":10070,"description":"wrong last msg ID: x"}"#
+        )));
+        assert!(!is_wrong_last_sequence(&PublishError::new(
+            PublishErrorKind::TimedOut
+        )));
+        assert!(!is_wrong_last_sequence(&PublishError::new(
+            PublishErrorKind::Other
+        )));
     }
 }

@@ -41,9 +41,23 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// The path of the program `name`: on `PATH`, else in an sbin directory. Panics with what to
-/// do when it is not installed.
+/// The path of the program `name`: the one a `CHAT_ZINX_TEST_<NAME>` variable names (e.g.
+/// `CHAT_ZINX_TEST_NATS_SERVER`, to run the suite on another server version), else on `PATH`,
+/// else in an sbin directory. Panics with what to do when it is not installed.
 pub fn find_binary(name: &str) -> PathBuf {
+    let var = format!(
+        "CHAT_ZINX_TEST_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    );
+    if let Some(chosen) = std::env::var_os(&var) {
+        let chosen = PathBuf::from(chosen);
+        assert!(
+            chosen.is_file(),
+            "{var} names {}, which is not a file: run scripts/install-test-deps or unset {var}",
+            chosen.display()
+        );
+        return chosen;
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from);
     std::env::split_paths(&path)
