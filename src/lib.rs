@@ -1,24 +1,29 @@
 //! chat-zinx: a lean, distributed chat daemon speaking the chat-zinx (Zinx framing) protocol.
 //!
-//! Layers, outermost first (see `docs/architecture.md`):
-//! * [`server`]: TCP listener, one task per connection plus its writer task, the local hub of
-//!   connections; turns frames into calls of the core and results into frames.
-//! * [`protocol`]: framing, message ids, payload shapes. Knows nothing of backends.
-//! * [`core`]: the chat domain (accounts, messages, groups, delivery), talking to the small
-//!   traits of [`backend`].
-//! * [`backend`]: store, presence, bus and registry traits with their in-process
-//!   implementations (and, in the cluster, NATS / Redis / Consul ones).
+//! The shape is ports and adapters (see `docs/architecture.md`); dependencies point inwards,
+//! and `tests/architecture.rs` fails the build's tests when a module imports against them:
 //!
-//! Around them: [`systemd`] (socket activation, sd_notify, watchdog), [`http`] (health,
-//! readiness and Prometheus metrics) and [`telemetry`] (journald or text logs).
+//! * [`core`]: the chat domain (model, use cases, typed errors) and its **ports**: store,
+//!   presence, bus, registry and this node's connections. Imports nothing else of the crate.
+//! * [`protocol`]: framing, message ids and wire shapes. Imports nothing else of the crate.
+//! * [`config`]: the layered configuration and the live settings. Imports nothing else.
+//! * [`backend`]: adapters of the ports: in-process, NATS JetStream, Redis, Consul. Import
+//!   the core only; each takes its own settings struct.
+//! * [`telemetry`]: logs, metrics and the metrics around the ports.
+//! * [`server`]: the wire adapter: listener, connections, the local hub, and the mapping of
+//!   domain values and errors to frames. Imports the core, the protocol and telemetry.
+//! * [`node`]: the composition root (configuration to adapters to a running node) and the
+//!   node's operations side: health, the HTTP endpoint, systemd, reload and drain.
+//!
+//! Beside them: [`client`] (the terminal client, speaks the protocol only) and [`bench`] (the
+//! benchmark tool).
 
 pub mod backend;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod core;
-pub mod http;
+pub mod node;
 pub mod protocol;
 pub mod server;
-pub mod systemd;
 pub mod telemetry;

@@ -75,18 +75,18 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
     };
     chat_zinx::telemetry::init(&cfg.log);
     // Take the sockets systemd passed (socket activation) before anything else opens files.
-    let sockets = match chat_zinx::systemd::take_activated_sockets() {
+    let sockets = match chat_zinx::node::systemd::take_activated_sockets() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chat-zinx: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let options = chat_zinx::server::RunOptions {
+    let options = chat_zinx::node::RunOptions {
         config_path: config,
         sockets,
     };
-    runtime(|| async move { chat_zinx::server::run(cfg, options).await })
+    runtime(|| async move { chat_zinx::node::run(cfg, options).await })
 }
 
 fn runtime<F, Fut>(f: F) -> ExitCode

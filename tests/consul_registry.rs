@@ -8,11 +8,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat_zinx::backend::consul::{
-    ConsulRegistry, ConsulSettings, LiveSettings, LiveSettingsWatcher,
-};
-use chat_zinx::backend::{BackendError, Registry};
+use chat_zinx::backend::consul::{ConsulRegistry, ConsulSettings, KvWatcher};
+use chat_zinx::config::live::{LiveSettings, LiveState};
 use chat_zinx::core::model::NodeInfo;
+use chat_zinx::core::ports::{BackendError, Registry};
 use chat_zinx::protocol::ids;
 use serde_json::Value;
 use support::servers::ConsulAgent;
@@ -301,14 +300,19 @@ async fn live_settings_from_kv_apply_without_restart_and_invalid_values_are_igno
     let consul = ConsulAgent::start().await;
     let url = consul.url();
 
-    // The watcher alone: the callback sees every change.
+    // The watcher alone, its snapshots folded into live settings: every change is seen.
     let seen: Arc<Mutex<Vec<LiveSettings>>> = Arc::default();
     let record = seen.clone();
+    let state = Mutex::new(LiveState::default());
     let mut s = settings(&consul, Duration::from_secs(5));
     s.kv_prefix = "watch-test/".into();
-    let watcher = LiveSettingsWatcher::new(
+    let watcher = KvWatcher::new(
         &s,
-        Arc::new(move |l: &LiveSettings| record.lock().unwrap().push(l.clone())),
+        Arc::new(move |snapshot| {
+            if let Some(l) = state.lock().unwrap().apply(snapshot) {
+                record.lock().unwrap().push(l);
+            }
+        }),
     )
     .unwrap();
     let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());

@@ -65,7 +65,7 @@ async fn health_and_ready_answer_and_ready_turns_503_when_stopping() {
         json!({"store": "ok", "presence": "ok", "bus": "ok", "registry": "ok"})
     );
 
-    server.node().ctx.health.set_stopping();
+    server.node().state.health.set_stopping();
     let r = get(http, "/ready").await;
     assert_eq!(r.status, 503, "{}", r.body);
     let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();

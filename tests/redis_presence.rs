@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_zinx::backend::redis::{PresenceOptions, RedisPresence};
-use chat_zinx::backend::{BackendError, Presence};
 use chat_zinx::core::model::SessionInfo;
+use chat_zinx::core::ports::{BackendError, Presence};
 use support::servers::{free_ports, redis_command, RedisServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

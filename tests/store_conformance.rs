@@ -5,9 +5,10 @@ mod support;
 
 use std::sync::Arc;
 
+use chat_zinx::backend::memory::MemoryStore;
 use chat_zinx::backend::nats::{Nats, NatsSettings, NatsStore};
-use chat_zinx::backend::{memory::MemoryStore, BackendError, Placed, Store};
 use chat_zinx::core::model::*;
+use chat_zinx::core::ports::{BackendError, Placed, Store};
 use support::servers::{NatsCluster, NatsServer};
 
 fn user(name: &str) -> NewUser {
@@ -58,7 +59,9 @@ async fn nats_store_on(url: &str, stream: &str, replicas: usize) -> Arc<dyn Stor
         replicas,
         max_age: std::time::Duration::ZERO,
         duplicate_window: std::time::Duration::from_secs(600),
-        request_timeout: std::time::Duration::from_secs(5),
+        // A replicated write waits for a quorum of three servers that share two cores with
+        // the whole suite: generous, so that a loaded machine is not taken for a fault.
+        request_timeout: std::time::Duration::from_secs(if replicas > 1 { 20 } else { 5 }),
     })
     .await
     .expect("connects to the test nats-server");

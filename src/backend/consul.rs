@@ -1,4 +1,4 @@
-//! Consul: the node registry and live settings.
+//! Consul: the node registry, and the KV watch that is the source of the live settings.
 //!
 //! * [`ConsulRegistry`] implements [`Registry`]. A node is the service `consul.service`
 //!   (`chat-zinx`) with the node id as service id, its advertise address, the tag `chat` and its
@@ -12,10 +12,10 @@
 //!   outage longer than `deregister_after`), and keeps the list of healthy nodes current with
 //!   blocking queries on `/v1/health/service/<service>?passing`. [`Registry::nodes`] answers from
 //!   that list and never waits on Consul.
-//! * [`LiveSettingsWatcher`] watches the KV prefix `consul.kv_prefix` with blocking queries and
-//!   hands every change of the live settings ([`LiveSettings`], keys in [`LIVE_KEYS`]) to a
-//!   callback. An invalid value is logged with its key and ignored (the previous value stays);
-//!   a removed key goes back to the configured value.
+//! * [`KvWatcher`] watches the KV prefix `consul.kv_prefix` with blocking queries and hands
+//!   every snapshot (key → value) to a callback; the node folds it into the live settings
+//!   (`crate::config::live`: an invalid value is logged with its key and ignored, a removed
+//!   key goes back to the configured value).
 //!
 //! Consul being unavailable never stops the chat: calls fail with
 //! [`BackendError::Unavailable`] within `consul.request_timeout`, the node list and the live
@@ -36,9 +36,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{BackendError, BackendResult, Registry};
-use crate::config::ConsulConfig;
 use crate::core::model::NodeInfo;
+use crate::core::ports::{BackendError, BackendResult, Registry};
 
 /// The backend name in [`BackendError::Unavailable`].
 pub const BACKEND: &str = "consul";
@@ -56,7 +55,8 @@ const MIN_QUERY_SPACING: Duration = Duration::from_millis(200);
 /// Longest pause between two attempts while Consul does not answer.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
-/// How a node reaches Consul and how it appears there (from the `[consul]` section).
+/// How a node reaches Consul and how it appears there (the composition root fills it from the
+/// `[consul]` section).
 #[derive(Debug, Clone)]
 pub struct ConsulSettings {
     /// Base URL of the agent's HTTP API, `http://host:port` (no trailing slash).
@@ -75,23 +75,6 @@ pub struct ConsulSettings {
     pub request_timeout: Duration,
     /// Longest wait of one blocking query.
     pub watch_wait: Duration,
-}
-
-impl ConsulSettings {
-    /// The settings of `[consul]`; `None` when `consul.addr` is unset.
-    pub fn from_config(c: &ConsulConfig) -> Option<ConsulSettings> {
-        let addr = c.addr.as_deref()?;
-        Some(ConsulSettings {
-            base_url: base_url(addr),
-            token: c.token.clone().filter(|t| !t.is_empty()),
-            service: c.service.clone(),
-            check_ttl: c.check_ttl,
-            deregister_after: c.deregister_after,
-            kv_prefix: c.kv_prefix.clone(),
-            request_timeout: c.request_timeout,
-            watch_wait: WATCH_WAIT,
-        })
-    }
 }
 
 /// `127.0.0.1:8500` → `http://127.0.0.1:8500`; a given scheme is kept; no trailing slash.
@@ -827,138 +810,6 @@ impl Registry for ConsulRegistry {
 // Live settings
 // ---------------------------------------------------------------------------------------------
 
-/// Settings changed at run time through Consul KV. `None`: the configured value applies.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LiveSettings {
-    /// `protocol.rate_per_sec` (new connections).
-    pub rate_per_sec: Option<u32>,
-    /// `protocol.rate_burst` (new connections).
-    pub rate_burst: Option<u32>,
-    /// `protocol.max_body`.
-    pub max_body: Option<usize>,
-    /// `protocol.idle_timeout`.
-    pub idle_timeout: Option<Duration>,
-    /// `protocol.write_timeout`.
-    pub write_timeout: Option<Duration>,
-    /// `server.max_connections`.
-    pub max_connections: Option<u64>,
-    /// `session.max_devices`.
-    pub max_devices: Option<usize>,
-    /// `offline.group_backlog`.
-    pub group_backlog: Option<usize>,
-    /// `offline.direct_backlog`.
-    pub direct_backlog: Option<usize>,
-}
-
-/// Receives the complete live settings after every change.
-pub type OnSettings = Arc<dyn Fn(&LiveSettings) + Send + Sync>;
-
-/// One live setting: its KV key (under the prefix), what it accepts, and how it is set.
-pub struct LiveKey {
-    pub key: &'static str,
-    /// The configuration key it overrides.
-    pub config_key: &'static str,
-    /// What a valid value looks like (follows "expected").
-    pub expected: &'static str,
-    apply: fn(&str, &mut LiveSettings) -> bool,
-    clear: fn(&mut LiveSettings),
-}
-
-fn parse_min<T: std::str::FromStr + PartialOrd>(v: &str, min: T) -> Option<T> {
-    v.parse::<T>().ok().filter(|x| *x >= min)
-}
-
-fn parse_duration(v: &str, min: Duration) -> Option<Duration> {
-    humantime::parse_duration(v).ok().filter(|d| *d >= min)
-}
-
-macro_rules! live_key {
-    ($key:literal, $config:literal, $expected:literal, $field:ident, $parse:expr) => {
-        LiveKey {
-            key: $key,
-            config_key: $config,
-            expected: $expected,
-            apply: |v, s| match ($parse)(v) {
-                Some(x) => {
-                    s.$field = Some(x);
-                    true
-                }
-                None => false,
-            },
-            clear: |s| s.$field = None,
-        }
-    };
-}
-
-/// Every live setting, by KV key under `consul.kv_prefix`. Values are plain text: numbers as
-/// digits, durations like `"90s"` or `"2m"`.
-pub const LIVE_KEYS: &[LiveKey] = &[
-    live_key!(
-        "rate_per_sec",
-        "protocol.rate_per_sec",
-        "an integer of at least 1 (frames per second)",
-        rate_per_sec,
-        |v: &str| parse_min::<u32>(v, 1)
-    ),
-    live_key!(
-        "rate_burst",
-        "protocol.rate_burst",
-        "an integer of at least 1 (frames)",
-        rate_burst,
-        |v: &str| parse_min::<u32>(v, 1)
-    ),
-    live_key!(
-        "max_body",
-        "protocol.max_body",
-        "an integer number of bytes between 64 and 16777216",
-        max_body,
-        |v: &str| parse_min::<usize>(v, crate::config::MIN_MAX_BODY)
-            .filter(|n| *n <= crate::config::MAX_MAX_BODY)
-    ),
-    live_key!(
-        "idle_timeout",
-        "protocol.idle_timeout",
-        "a duration of at least 1s such as \"180s\"",
-        idle_timeout,
-        |v: &str| parse_duration(v, Duration::from_secs(1))
-    ),
-    live_key!(
-        "write_timeout",
-        "protocol.write_timeout",
-        "a non-zero duration such as \"10s\"",
-        write_timeout,
-        |v: &str| parse_duration(v, Duration::from_millis(1))
-    ),
-    live_key!(
-        "max_connections",
-        "server.max_connections",
-        "an integer of at least 1",
-        max_connections,
-        |v: &str| parse_min::<u64>(v, 1)
-    ),
-    live_key!(
-        "max_devices",
-        "session.max_devices",
-        "an integer of at least 1",
-        max_devices,
-        |v: &str| parse_min::<usize>(v, 1)
-    ),
-    live_key!(
-        "group_backlog",
-        "offline.group_backlog",
-        "a non-negative integer number of messages",
-        group_backlog,
-        |v: &str| v.parse::<usize>().ok()
-    ),
-    live_key!(
-        "direct_backlog",
-        "offline.direct_backlog",
-        "a non-negative integer number of messages (0 = all)",
-        direct_backlog,
-        |v: &str| v.parse::<usize>().ok()
-    ),
-];
-
 /// One KV entry of a recursive read.
 #[derive(Deserialize)]
 struct KvEntry {
@@ -968,87 +819,26 @@ struct KvEntry {
     value: Option<String>,
 }
 
-/// Folds KV snapshots into [`LiveSettings`], remembering what was already reported.
-#[derive(Default)]
-pub struct LiveState {
-    current: LiveSettings,
-    /// Raw value of each key as last seen, so that a bad or unknown value is logged once.
-    seen: BTreeMap<String, String>,
-}
+/// Receives every snapshot of a watched KV prefix: key under the prefix → value.
+pub type OnSnapshot = Arc<dyn Fn(&BTreeMap<String, String>) + Send + Sync>;
 
-impl LiveState {
-    pub fn current(&self) -> &LiveSettings {
-        &self.current
-    }
-
-    /// Applies a snapshot of the prefix (key under the prefix → value). Returns the new
-    /// settings when they changed. An invalid value keeps the previous one of its key; a missing
-    /// key goes back to the configured value.
-    pub fn apply(&mut self, snapshot: &BTreeMap<String, String>) -> Option<LiveSettings> {
-        let mut next = self.current.clone();
-        for k in LIVE_KEYS {
-            match snapshot.get(k.key) {
-                None => (k.clear)(&mut next),
-                Some(raw) => {
-                    let value = raw.trim();
-                    if !(k.apply)(value, &mut next) && self.seen.get(k.key) != Some(raw) {
-                        warn!(
-                            key = k.key,
-                            value = raw.as_str(),
-                            "ignoring the live setting {}: {raw:?} is not {} ({} keeps its previous value); fix the key in Consul KV",
-                            k.key, k.expected, k.config_key
-                        );
-                    }
-                }
-            }
-        }
-        for (key, raw) in snapshot {
-            if !LIVE_KEYS.iter().any(|k| k.key == key) && self.seen.get(key) != Some(raw) {
-                let known: Vec<&str> = LIVE_KEYS.iter().map(|k| k.key).collect();
-                warn!(
-                    key = key.as_str(),
-                    value = raw.as_str(),
-                    "ignoring the unknown live setting {key:?}; the known ones are {}",
-                    known.join(", ")
-                );
-            }
-        }
-        self.seen = snapshot.clone();
-        if next == self.current {
-            return None;
-        }
-        self.current = next.clone();
-        Some(next)
-    }
-}
-
-/// Watches `consul.kv_prefix` and hands every change of the live settings to a callback.
-pub struct LiveSettingsWatcher {
+/// Watches the KV prefix `consul.kv_prefix` (the live settings) with blocking queries and hands
+/// every snapshot to a callback. What the keys mean is not its business (`crate::config::live`).
+pub struct KvWatcher {
     client: ConsulClient,
     prefix: String,
     wait: Duration,
-    on_settings: OnSettings,
+    on_snapshot: OnSnapshot,
 }
 
-impl LiveSettingsWatcher {
-    pub fn new(settings: &ConsulSettings, on_settings: OnSettings) -> BackendResult<Self> {
-        Ok(LiveSettingsWatcher {
+impl KvWatcher {
+    pub fn new(settings: &ConsulSettings, on_snapshot: OnSnapshot) -> BackendResult<Self> {
+        Ok(KvWatcher {
             client: ConsulClient::new(settings)?,
             prefix: settings.kv_prefix.clone(),
             wait: settings.watch_wait,
-            on_settings,
+            on_snapshot,
         })
-    }
-
-    /// The watcher of the configured prefix, or `None` when `consul.addr` is unset.
-    pub fn from_config(
-        config: &crate::config::Config,
-        on_settings: OnSettings,
-    ) -> BackendResult<Option<Self>> {
-        match ConsulSettings::from_config(&config.consul) {
-            Some(s) => Ok(Some(Self::new(&s, on_settings)?)),
-            None => Ok(None),
-        }
     }
 
     /// One read of the prefix: (index, key under the prefix → value).
@@ -1085,9 +875,9 @@ impl LiveSettingsWatcher {
         Ok((new_index, out))
     }
 
-    /// Watches until `shutdown`. While Consul does not answer, the settings stay as they are.
+    /// Watches until `shutdown`. While Consul does not answer, no snapshot is handed over (what
+    /// was last handed over stays in force).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut state = LiveState::default();
         let mut index = 0;
         let mut outage = Outage::new("live settings");
         loop {
@@ -1100,10 +890,7 @@ impl LiveSettingsWatcher {
                 Ok((new_index, snapshot)) => {
                     outage.recovered();
                     index = next_index(index, new_index);
-                    if let Some(settings) = state.apply(&snapshot) {
-                        info!(settings = ?settings, prefix = %self.prefix, "live settings changed");
-                        (self.on_settings)(&settings);
-                    }
+                    (self.on_snapshot)(&snapshot);
                 }
                 Err(e) => {
                     index = 0;
@@ -1124,62 +911,6 @@ impl LiveSettingsWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn snap(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn live_state_applies_keeps_old_on_invalid_and_reverts_on_removal() {
-        let mut s = LiveState::default();
-        let got = s
-            .apply(&snap(&[("max_devices", "2"), ("rate_per_sec", " 50 ")]))
-            .unwrap();
-        assert_eq!(got.max_devices, Some(2));
-        assert_eq!(got.rate_per_sec, Some(50));
-        // Invalid: the old value stays, nothing changes.
-        assert_eq!(
-            s.apply(&snap(&[("max_devices", "zero"), ("rate_per_sec", "50")])),
-            None
-        );
-        assert_eq!(s.current().max_devices, Some(2));
-        // Invalid first value of a key: it stays unset.
-        assert_eq!(
-            s.apply(&snap(&[
-                ("max_devices", "zero"),
-                ("rate_per_sec", "50"),
-                ("idle_timeout", "0s")
-            ])),
-            None
-        );
-        assert_eq!(s.current().idle_timeout, None);
-        // Removed: back to the configured value.
-        let got = s.apply(&snap(&[("max_devices", "3")])).unwrap();
-        assert_eq!(got.max_devices, Some(3));
-        assert_eq!(got.rate_per_sec, None);
-        let got = s
-            .apply(&snap(&[
-                ("idle_timeout", "2m"),
-                ("max_body", "64"),
-                ("group_backlog", "0"),
-                ("unknown", "1"),
-            ]))
-            .unwrap();
-        assert_eq!(got.idle_timeout, Some(Duration::from_secs(120)));
-        assert_eq!(got.max_body, Some(64));
-        assert_eq!(got.group_backlog, Some(0));
-        assert_eq!(got.max_devices, None);
-        assert_eq!(
-            s.apply(&snap(&[("max_body", "63")])),
-            Some(LiveSettings {
-                max_body: Some(64),
-                ..LiveSettings::default()
-            })
-        );
-    }
 
     #[test]
     fn addresses() {

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::*;
+use crate::core::model::*;
+use crate::core::ports::*;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave these maps half-updated in a way that matters
@@ -527,6 +528,16 @@ impl Registry for MemoryRegistry {
             .collect();
         nodes.sort_by(|a, b| a.load().total_cmp(&b.load()));
         Ok(nodes)
+    }
+}
+
+/// Every port in this process, in memory: the single-node default.
+pub fn backends() -> Backends {
+    Backends {
+        store: Arc::new(MemoryStore::default()),
+        presence: Arc::new(MemoryPresence::default()),
+        bus: Arc::new(MemoryBus::default()),
+        registry: Arc::new(MemoryRegistry::default()),
     }
 }
 

@@ -36,7 +36,8 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::*;
+use crate::core::model::*;
+use crate::core::ports::*;
 
 const BACKEND: &str = "nats";
 

@@ -66,8 +66,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::*;
-use crate::config::RedisConfig;
+use crate::core::model::*;
+use crate::core::ports::*;
 
 const BACKEND: &str = "redis";
 
@@ -81,7 +81,7 @@ const RECONNECT_MAX_MS: u32 = 5_000;
 /// A connection that leaves a command unanswered this long is closed and reconnected.
 const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(10);
 
-/// Settings of Redis presence (from the `redis.*` configuration keys).
+/// Settings of Redis presence (the composition root fills them from the `redis.*` keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceOptions {
     /// How long an entry counts after it was last written.
@@ -95,17 +95,12 @@ pub struct PresenceOptions {
 }
 
 impl Default for PresenceOptions {
+    /// The defaults of the `redis.*` keys (a test of the composition root keeps them equal).
     fn default() -> Self {
-        PresenceOptions::from_config(&RedisConfig::default())
-    }
-}
-
-impl PresenceOptions {
-    pub fn from_config(c: &RedisConfig) -> Self {
         PresenceOptions {
-            presence_ttl: c.presence_ttl,
-            refresh_interval: c.refresh_interval,
-            command_timeout: c.command_timeout,
+            presence_ttl: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(2),
             key_prefix: "cz".into(),
         }
     }

@@ -29,9 +29,9 @@ use super::substrate::{self, Mode, RawServer};
 use super::worker::Job;
 use super::{BenchArgs, Scenario, Sizes};
 use crate::backend::nats::{Nats, NatsSettings, NatsStore};
-use crate::backend::Store;
 use crate::core::auth::Auth;
 use crate::core::model::{ConvId, MessageBody, NewMessage, NewUser};
+use crate::core::ports::Store;
 use crate::protocol::ids;
 
 /// A bench user: created in the store, logs in with its token.

@@ -24,8 +24,15 @@ use super::commands::{self, Command, RequestCtx};
 use super::connection::{Connection, Inbound};
 use super::dedupe::{self, Dedupe};
 use super::render::{self, body_value, reply_error, Output, Viewer};
-use crate::core::model::now_ms;
+
 use crate::protocol::messages::rfc3339;
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 use crate::protocol::{ids, Frame};
 
 /// The heartbeat of the original client; shortened when the server's idle timeout is short.

@@ -1,6 +1,6 @@
 //! What can go wrong in a chat operation, independent of how the protocol words it.
 
-use crate::backend::BackendError;
+use super::ports::BackendError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {

@@ -17,30 +17,7 @@ use super::auth::Auth;
 use super::directory::{is_uuid_shaped, MembershipCache, UserDirectory};
 use super::error::{ChatError, ChatResult};
 use super::model::*;
-use crate::backend::{BackendError, Backends, BusEvent, Placed};
-
-/// This node's connections, as the core sees them. Implemented by the server's hub; every
-/// method is synchronous and never blocks (pushes go into bounded per-connection queues).
-pub trait LocalDelivery: Send + Sync + 'static {
-    /// Pushes a direct message to every local connection of `users` except `skip`. Returns the
-    /// users that should have had it here but did not get it (closed just now, queue full).
-    fn deliver_direct(
-        &self,
-        message: &Arc<StoredMessage>,
-        users: &[UserId],
-        skip: Option<ConnId>,
-    ) -> Vec<UserId>;
-    /// Pushes a group message to every local connection of a member except `skip`; returns the
-    /// members that should have had it here but did not get it.
-    fn deliver_group(&self, message: &Arc<StoredMessage>, skip: Option<ConnId>) -> Vec<UserId>;
-    /// Closes a connection, telling the client why.
-    fn kick(&self, user: UserId, conn: ConnId, reason: &str);
-    /// A user joined (`true`) or left a group: keep the local group index right.
-    fn membership(&self, user: UserId, group: GroupId, joined: bool);
-    /// Whether this node's index has `user` (logged in here) as a member of `group`. The index
-    /// is loaded at login and follows membership events; the store stays the authority.
-    fn is_member(&self, user: UserId, group: GroupId) -> bool;
-}
+use super::ports::{BackendError, Backends, BusEvent, LocalDelivery, Placed};
 
 /// Limits that can change while running (live settings).
 #[derive(Debug, Clone)]
@@ -211,6 +188,11 @@ impl ChatCore {
         &self.node_id
     }
 
+    /// This node's connections.
+    pub(super) fn local(&self) -> &Arc<dyn LocalDelivery> {
+        &self.local
+    }
+
     pub fn backends(&self) -> &Backends {
         &self.backends
     }
@@ -377,7 +359,7 @@ impl ChatCore {
         }
     }
 
-    async fn mark_undelivered(&self, user: UserId, seq: Seq) {
+    pub(super) async fn mark_undelivered(&self, user: UserId, seq: Seq) {
         if let Err(e) = self.backends.store.mark_undelivered(user, seq).await {
             warn!(user_id = user, seq, error = %e, "could not record an undelivered message; it stays readable in history and sync");
         }
@@ -883,6 +865,11 @@ impl ChatCore {
                 Some((m, user, is_online))
             })
             .collect())
+    }
+
+    /// The ids of the groups `me` is a member of (the local group index at login).
+    pub async fn group_ids_of(&self, me: &Me) -> ChatResult<Vec<GroupId>> {
+        Ok(self.backends.store.groups_of(me.id).await?)
     }
 
     pub async fn my_groups(&self, me: &Me) -> ChatResult<Vec<Group>> {

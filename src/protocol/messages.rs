@@ -9,9 +9,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::core::model::{
-    ConvId, Group, GroupId, Member, MessageBody, StoredMessage, UnixMs, User, UserId,
-};
+/// A user's numeric id on the wire.
+pub type UserId = u64;
+/// A group's numeric id on the wire.
+pub type GroupId = u64;
+/// Milliseconds since the Unix epoch.
+pub type UnixMs = i64;
 
 /// The request body is not the JSON the message id expects; the text says why.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -177,18 +180,6 @@ pub struct RegisterData {
     pub avatar: String,
 }
 
-impl From<&User> for RegisterData {
-    fn from(u: &User) -> Self {
-        RegisterData {
-            id: u.id,
-            user_uuid: u.uuid.clone(),
-            username: u.username.clone(),
-            email: u.email.clone(),
-            avatar: u.avatar.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LoginData {
     pub id: UserId,
@@ -253,20 +244,6 @@ pub struct CreatedGroup {
     pub created_at: String,
 }
 
-impl From<&Group> for CreatedGroup {
-    fn from(g: &Group) -> Self {
-        CreatedGroup {
-            id: g.id,
-            name: g.name.clone(),
-            owner_user_id: g.owner_id,
-            description: g.description.clone(),
-            avatar: g.avatar.clone(),
-            member_count: g.member_count,
-            created_at: sql_datetime(g.created_at),
-        }
-    }
-}
-
 /// 233 body.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GroupDetails {
@@ -280,21 +257,6 @@ pub struct GroupDetails {
     pub updated_at: String,
 }
 
-impl From<&Group> for GroupDetails {
-    fn from(g: &Group) -> Self {
-        GroupDetails {
-            id: g.id,
-            name: g.name.clone(),
-            owner_user_id: g.owner_id,
-            description: g.description.clone(),
-            avatar: g.avatar.clone(),
-            member_count: g.member_count,
-            created_at: sql_datetime(g.created_at),
-            updated_at: sql_datetime(g.updated_at),
-        }
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MemberItem {
     pub member_id: u64,
@@ -304,20 +266,6 @@ pub struct MemberItem {
     pub role: String,
     pub joined_at: String,
     pub is_online: bool,
-}
-
-impl MemberItem {
-    pub fn new(m: &Member, user: &User, is_online: bool) -> Self {
-        MemberItem {
-            member_id: m.member_id,
-            user_id: m.user_id,
-            user_uuid: user.uuid.clone(),
-            username: user.username.clone(),
-            role: m.role.as_str().to_string(),
-            joined_at: rfc3339(m.joined_at),
-            is_online,
-        }
-    }
 }
 
 /// 223 body.
@@ -484,83 +432,6 @@ pub struct GroupPush {
 
 /// `sent_at` the original echoes when the sender gave none (Go's zero time).
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
-
-/// The push frame (id and JSON body) of a stored message: 208 for P2P, 312 for groups.
-pub fn push_of(m: &StoredMessage) -> (u32, Value) {
-    use super::ids;
-    match &m.body {
-        MessageBody::Direct {
-            to_user_id,
-            content,
-            msg_type,
-            sent_at,
-            ..
-        } => (
-            ids::TEXT_MSG,
-            serde_json::to_value(TextPush {
-                from_user_id: m.sender_uuid.clone(),
-                to_user_id: to_user_id.clone(),
-                content: content.clone(),
-                msg_type: msg_type.clone(),
-                sent_at: sent_at.clone().unwrap_or_else(|| ZERO_TIME.to_string()),
-                msg_id: m.msg_id.clone(),
-                conv: m.conv.to_string(),
-                seq: m.seq,
-                timestamp: m.timestamp / 1000,
-                from_username: m.sender_name.clone(),
-            })
-            .expect("push serialises"),
-        ),
-        MessageBody::Group { group_id, content } => (
-            ids::GROUP_TEXT_PUSH,
-            serde_json::to_value(GroupPush {
-                group_id: *group_id,
-                from_user_id: m.sender_id,
-                from_user_uuid: m.sender_uuid.clone(),
-                from_username: m.sender_name.clone(),
-                content: content.clone(),
-                timestamp: m.timestamp / 1000,
-                msg_id: m.msg_id.clone(),
-                conv: m.conv.to_string(),
-                seq: m.seq,
-            })
-            .expect("push serialises"),
-        ),
-    }
-}
-
-/// The encoded push frame of a stored message, built once and shared by every connection.
-pub fn push_frame(m: &StoredMessage) -> bytes::Bytes {
-    let (id, body) = push_of(m);
-    super::codec::encode(id, &serde_json::to_vec(&body).expect("push serialises"))
-}
-
-pub fn group_history_item(m: &StoredMessage) -> GroupHistoryItem {
-    GroupHistoryItem {
-        id: m.seq,
-        msg_id: m.msg_id.clone(),
-        sender_id: m.sender_id,
-        sender_uuid: m.sender_uuid.clone(),
-        sender_name: m.sender_name.clone(),
-        content: m.content().to_string(),
-        message_type: "text".to_string(),
-        timestamp: m.timestamp / 1000,
-    }
-}
-
-pub fn history_item(m: &StoredMessage) -> HistoryItem {
-    HistoryItem {
-        content: m.content().to_string(),
-        from_user_id: m.sender_id.to_string(),
-        timestamp: m.timestamp / 1000,
-        msg_id: m.msg_id.clone(),
-        seq: m.seq,
-    }
-}
-
-pub fn conv_string(c: ConvId) -> String {
-    c.to_string()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Time formats

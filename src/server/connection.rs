@@ -35,6 +35,7 @@ use crate::core::model::Seq;
 use crate::core::service::DeliveryOutcome;
 use crate::protocol::messages::{code, ErrorResp};
 use crate::protocol::{codec, ids, FrameCodec, FrameError};
+use crate::telemetry::metrics::EndReason;
 
 /// Largest batch the writer puts into one `write` call.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -107,18 +108,6 @@ impl WrittenLog {
         self.settle(Instant::now());
         (self.settled, self.recent.iter().map(|b| b.low).min())
     }
-}
-
-/// Why a connection ended (logged, and counted in metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    ClientClosed,
-    Idle,
-    Oversized,
-    Truncated,
-    ReadError,
-    ClosedByServer,
-    Shutdown,
 }
 
 /// Serves one accepted connection until it ends. Sets the connection up (and spawns its

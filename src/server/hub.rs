@@ -16,17 +16,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
-use crate::backend::{Bus, BusEvent, BusInbound, Store};
 use crate::core::model::{ConnId, GroupId, MessageBody, Seq, StoredMessage, UserId};
 use crate::core::LocalDelivery;
-use crate::protocol::messages::push_frame;
+use crate::telemetry::metrics::DeliveryLatency;
+
+use super::wire::push_frame;
 
 use super::outbox::{Outbound, Outbox, PushError};
 
@@ -218,27 +217,22 @@ pub struct HubStats {
     pub pushes: AtomicU64,
     pub missed: AtomicU64,
     /// From a message's store time to its hand-over to a local connection.
-    pub delivery_latency: super::metrics::DeliveryLatency,
+    pub delivery_latency: DeliveryLatency,
 }
 
 pub struct Hub {
-    node_id: String,
     state: RwLock<HubState>,
-    store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
     grace: Duration,
-    /// Wakes the subscription task when the set of locally active groups may have changed.
+    /// Notified when the set of locally active groups may have changed (the core keeps the
+    /// bus's group subscriptions equal to it).
     groups_changed: Notify,
     pub stats: HubStats,
 }
 
 impl Hub {
-    pub fn new(node_id: String, store: Arc<dyn Store>, bus: Arc<dyn Bus>, grace: Duration) -> Self {
+    pub fn new(grace: Duration) -> Self {
         Hub {
-            node_id,
             state: RwLock::new(HubState::default()),
-            store,
-            bus,
             grace,
             groups_changed: Notify::new(),
             stats: HubStats::default(),
@@ -317,13 +311,8 @@ impl Hub {
             .collect()
     }
 
-    /// Groups with a local online or tombstoned member: the ones this node listens to.
-    pub fn active_groups(&self) -> HashSet<GroupId> {
-        self.read().groups.keys().copied().collect()
-    }
-
     /// Drops expired tombstones; returns whether the group set changed.
-    fn expire_tombstones(&self) -> bool {
+    fn expire_tombstones_now(&self) -> bool {
         let now = Instant::now();
         let mut s = self.write();
         let expired: Vec<UserId> = s
@@ -348,73 +337,24 @@ impl Hub {
         changed
     }
 
-    /// Keeps the bus's group subscriptions equal to the locally active groups, and expires
-    /// tombstones. Runs until `shutdown`.
-    pub async fn run_subscriptions(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut subscribed: HashSet<GroupId> = HashSet::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(500).min(self.grace));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = self.groups_changed.notified() => {}
-                _ = tick.tick() => { self.expire_tombstones(); }
+    /// The delivery cursors due to be saved: for each online user, the highest position its
+    /// connections had written one period ago (see [`LocalDelivery::due_cursors`]).
+    fn take_due_cursors(&self) -> Vec<(UserId, Seq)> {
+        let mut due = Vec::new();
+        let mut s = self.write();
+        for (user, entry) in s.users.iter_mut() {
+            if entry.sampled > entry.saved {
+                due.push((*user, entry.sampled));
+                entry.saved = entry.sampled;
             }
-            let wanted = self.active_groups();
-            for g in wanted.difference(&subscribed).copied().collect::<Vec<_>>() {
-                match self.bus.subscribe_group(g).await {
-                    Ok(()) => {
-                        subscribed.insert(g);
-                    }
-                    Err(e) => warn!(group = g, error = %e, "group subscribe failed; retrying"),
-                }
-            }
-            for g in subscribed.difference(&wanted).copied().collect::<Vec<_>>() {
-                match self.bus.unsubscribe_group(g).await {
-                    Ok(()) => {
-                        subscribed.remove(&g);
-                    }
-                    Err(e) => warn!(group = g, error = %e, "group unsubscribe failed; retrying"),
-                }
-            }
+            entry.sampled = entry
+                .conns
+                .iter()
+                .map(|c| c.shared.written.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(entry.sampled);
         }
-        debug!("hub subscription task stopped");
-    }
-
-    /// Saves the delivery cursor of online users every `every`, so that a user's new device
-    /// does not get, as login backlog, what the user's other devices already received.
-    /// A position is saved one period after it was sampled: by then it lies outside the
-    /// writer's uncertain window (it was written long enough ago).
-    pub async fn flush_cursors(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let mut due = Vec::new();
-            {
-                let mut s = self.write();
-                for (user, entry) in s.users.iter_mut() {
-                    if entry.sampled > entry.saved {
-                        due.push((*user, entry.sampled));
-                        entry.saved = entry.sampled;
-                    }
-                    entry.sampled = entry
-                        .conns
-                        .iter()
-                        .map(|c| c.shared.written.load(Ordering::Relaxed))
-                        .max()
-                        .unwrap_or(entry.sampled);
-                }
-            }
-            for (user, seq) in due {
-                if let Err(e) = self.store.advance_cursor(user, seq).await {
-                    debug!(user_id = user, error = %e, "cursor flush failed; retried at close");
-                }
-            }
-        }
+        due
     }
 
     /// Pushes `frame` to one connection; false if it could not take it.
@@ -455,7 +395,7 @@ impl Hub {
         let mut frame: Option<Bytes> = None;
         let mut missed = Vec::new();
         // One clock read for every hand-over of this message on this node.
-        let latency = super::metrics::DeliveryLatency::seconds_since(message.timestamp);
+        let latency = DeliveryLatency::seconds_since(message.timestamp);
         let s = self.read();
         for user in users {
             let Some(entry) = s.users.get(user) else {
@@ -505,14 +445,6 @@ impl Hub {
         let users: Vec<UserId> = members.iter().copied().collect();
         drop(s);
         self.push_to_users(message, &users, skip, false)
-    }
-
-    async fn mark_missed(&self, users: Vec<UserId>, seq: Seq) {
-        for user in users {
-            if let Err(e) = self.store.mark_undelivered(user, seq).await {
-                warn!(user_id = user, seq, error = %e, "could not record an undelivered message");
-            }
-        }
     }
 
     fn kick_conn(&self, user: UserId, conn: ConnId, code: u32, reason: &str) {
@@ -576,34 +508,28 @@ impl LocalDelivery for Hub {
             .get(&user)
             .is_some_and(|e| !e.conns.is_empty() && e.groups.contains(&group))
     }
-}
 
-#[async_trait]
-impl BusInbound for Hub {
-    async fn deliver(&self, event: BusEvent) {
-        match event {
-            BusEvent::Direct { message, users } => {
-                let missed = self.push_to_users(&message, &users, None, true);
-                self.mark_missed(missed, message.seq).await;
-            }
-            BusEvent::Group {
-                message,
-                origin_node,
-            } => {
-                if origin_node == self.node_id {
-                    return;
-                }
-                let missed = self.push_to_group(&message, None);
-                self.mark_missed(missed, message.seq).await;
-            }
-            BusEvent::Kick { user, conn, reason } => {
-                self.kick_conn(user, conn, CODE_TOO_MANY_DEVICES, &reason)
-            }
-            BusEvent::Membership {
-                user,
-                group,
-                joined,
-            } => self.apply_membership(user, group, joined),
-        }
+    fn deliver_routed(&self, message: &Arc<StoredMessage>, users: &[UserId]) -> Vec<UserId> {
+        self.push_to_users(message, users, None, true)
+    }
+
+    fn active_groups(&self) -> HashSet<GroupId> {
+        self.read().groups.keys().copied().collect()
+    }
+
+    fn groups_changed(&self) -> &Notify {
+        &self.groups_changed
+    }
+
+    fn expire_tombstones(&self) -> bool {
+        self.expire_tombstones_now()
+    }
+
+    fn tombstone_grace(&self) -> Duration {
+        self.grace
+    }
+
+    fn due_cursors(&self) -> Vec<(UserId, Seq)> {
+        self.take_due_cursors()
     }
 }

@@ -34,8 +34,8 @@ use tracing::debug;
 
 use super::outbox::Outbound;
 use super::ServerCtx;
-use crate::backend::Placed;
 use crate::core::model::{ConnId, StoredMessage};
+use crate::core::ports::Placed;
 use crate::core::service::{Committed, DirectInput, Prepared};
 use crate::core::{ChatError, Me};
 use crate::protocol::messages::{self as m, code, parse};

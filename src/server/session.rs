@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::hub::{ConnHandle, ConnShared};
 use super::outbox::Outbound;
 use super::sends::{self, error_code, Pipeline, Replies, NOT_LOGGED_IN_V2};
-use super::ServerCtx;
+use super::{wire, ServerCtx};
 use crate::core::model::{ConnId, GroupPatch, Seq};
 use crate::core::service::DeliveryOutcome;
 use crate::core::{ChatError, Me};
@@ -358,7 +358,7 @@ impl Session {
     /// Binds the connection to the user: live pushes, presence, then the backlog.
     async fn start_session(&mut self, me: Me, device: &str) -> Result<(), Closed> {
         let core = &self.ctx.core;
-        let groups = match core.backends().store.groups_of(me.id).await {
+        let groups = match core.group_ids_of(&me).await {
             Ok(g) => g,
             Err(e) => {
                 warn!(user_id = me.id, error = %e, "cannot load the user's groups; group pushes start at the next login");
@@ -393,7 +393,7 @@ impl Session {
                 continue;
             }
             self.send_raw(Outbound {
-                frame: m::push_frame(msg),
+                frame: wire::push_frame(msg),
                 seq: msg.seq,
             })
             .await?;
@@ -524,7 +524,7 @@ impl Session {
                     &m::HistoryResp {
                         code: 0,
                         message: "成功".into(),
-                        data: messages.iter().map(m::history_item).collect(),
+                        data: messages.iter().map(wire::history_item).collect(),
                     },
                 )
                 .await
@@ -757,7 +757,11 @@ impl Session {
                             resp_id,
                             &m::GroupHistoryResp {
                                 group_id: r.group_id,
-                                messages: page.messages.iter().map(m::group_history_item).collect(),
+                                messages: page
+                                    .messages
+                                    .iter()
+                                    .map(wire::group_history_item)
+                                    .collect(),
                                 has_more: page.has_more,
                             },
                         )
@@ -819,7 +823,11 @@ impl Session {
         };
         match self.ctx.core.sync(&me, cursor, limit).await {
             Ok(page) => {
-                let messages = page.messages.iter().map(|msg| m::push_of(msg).1).collect();
+                let messages = page
+                    .messages
+                    .iter()
+                    .map(|msg| wire::push_of(msg).1)
+                    .collect();
                 self.send(
                     ids::SYNC_RESP,
                     &m::SyncResp {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chat_zinx::config::Config;
+use chat_zinx::node::Node;
 use chat_zinx::protocol::{codec, ids, Frame, FrameCodec};
-use chat_zinx::server::Node;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;

@@ -1,6 +1,6 @@
 //! Is the node really serving? A probe of the accept loop and the backends' health checks,
-//! shared by the systemd watchdog and status line (`crate::systemd`) and the HTTP `/ready`
-//! endpoint (`crate::http`).
+//! shared by the systemd watchdog and status line ([`super::systemd`]) and the HTTP `/ready`
+//! endpoint ([`super::http`]).
 //!
 //! The accept loop answers probes between two accepts: an answer proves that the task is
 //! being polled and not stuck, which a timer alone would not.
@@ -24,10 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
-
-use super::ServerCtx;
-use crate::backend::BackendsHealth;
+use super::NodeState;
+use crate::core::ports::BackendsHealth;
+use crate::server::probe::LoopProbe;
 
 /// How long the accept loop has to answer a probe.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(2);
@@ -35,44 +34,7 @@ pub const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 /// than the backends' own request timeouts, after which they answer `Unavailable`).
 pub const BACKEND_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Asks a loop to prove it is being polled.
-#[derive(Clone)]
-pub struct LoopProbe {
-    tx: mpsc::Sender<oneshot::Sender<()>>,
-}
-
-/// The loop's side of a [`LoopProbe`]: it answers each request it takes.
-pub struct ProbeRequests {
-    rx: mpsc::Receiver<oneshot::Sender<()>>,
-}
-
-/// A connected probe pair.
-pub fn loop_probe() -> (LoopProbe, ProbeRequests) {
-    // A probe waits for its answer, so a handful of slots is plenty.
-    let (tx, rx) = mpsc::channel(4);
-    (LoopProbe { tx }, ProbeRequests { rx })
-}
-
-impl LoopProbe {
-    /// True when the loop answered within `deadline`.
-    pub async fn check(&self, deadline: Duration) -> bool {
-        let (reply, answered) = oneshot::channel();
-        let asked = async {
-            self.tx.send(reply).await.ok()?;
-            answered.await.ok()
-        };
-        matches!(tokio::time::timeout(deadline, asked).await, Ok(Some(())))
-    }
-}
-
-impl ProbeRequests {
-    /// The next probe to answer (`None` once every [`LoopProbe`] is gone).
-    pub async fn next(&mut self) -> Option<oneshot::Sender<()>> {
-        self.rx.recv().await
-    }
-}
-
-/// Health state every part of the node can reach through `ServerCtx::health`.
+/// Health state every part of the node can reach through `NodeState::health`.
 pub struct HealthState {
     accept: LoopProbe,
     stopping: AtomicBool,
@@ -121,7 +83,7 @@ impl Health {
     /// Ready for traffic (`READY=1`, `/ready`): accepting, not shutting down, store and bus
     /// healthy (see the module documentation for why presence and registry are not required).
     pub fn ready(&self) -> bool {
-        use crate::backend::BackendStatus::Healthy;
+        use crate::core::ports::BackendStatus::Healthy;
         self.accepting
             && !self.stopping
             && self.backends.store == Healthy
@@ -157,36 +119,37 @@ impl Health {
 /// Like [`check`], but takes the backends' answer from a check younger than `max_age` when there
 /// is one (the periodic check keeps it fresh), so that a caller with a short timeout (a load
 /// balancer asking `/ready`) never waits on a slow backend. The accept loop is always probed.
-pub async fn check_recent(ctx: &ServerCtx, max_age: Duration) -> Health {
-    match ctx.health.last_backends_within(max_age) {
+pub async fn check_recent(state: &NodeState, max_age: Duration) -> Health {
+    match state.health.last_backends_within(max_age) {
         Some(backends) => Health {
-            accepting: ctx.health.accept.check(PROBE_DEADLINE).await,
-            stopping: ctx.health.is_stopping(),
+            accepting: state.health.accept.check(PROBE_DEADLINE).await,
+            stopping: state.health.is_stopping(),
             backends,
         },
-        None => check(ctx).await,
+        None => check(state).await,
     }
 }
 
 /// Checks the accept loop and the backends (at once, each bounded) and remembers the backends'
 /// answer for `/metrics` and `/ready`.
-pub async fn check(ctx: &ServerCtx) -> Health {
+pub async fn check(state: &NodeState) -> Health {
     let (accepting, backends) = tokio::join!(
-        ctx.health.accept.check(PROBE_DEADLINE),
-        ctx.core.backends().health(BACKEND_DEADLINE),
+        state.health.accept.check(PROBE_DEADLINE),
+        state.ctx.core.backends().health(BACKEND_DEADLINE),
     );
-    *ctx.health.last.lock().unwrap_or_else(|e| e.into_inner()) =
+    *state.health.last.lock().unwrap_or_else(|e| e.into_inner()) =
         Some((Instant::now(), backends.clone()));
     Health {
         accepting,
-        stopping: ctx.health.is_stopping(),
+        stopping: state.health.is_stopping(),
         backends,
     }
 }
 
 /// The one-line summary systemd shows (`STATUS=`) and the log repeats on change:
 /// node id, connections, users, backend health.
-pub fn status_line(ctx: &ServerCtx, health: &Health) -> String {
+pub fn status_line(state: &NodeState, health: &Health) -> String {
+    let ctx = &state.ctx;
     let open = ctx.open.load(Ordering::Relaxed);
     let users = ctx.hub.user_count();
     let state = if health.stopping {
@@ -210,25 +173,10 @@ pub fn status_line(ctx: &ServerCtx, health: &Health) -> String {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_probe_is_answered_only_while_the_loop_runs() {
-        let (probe, mut requests) = loop_probe();
-        let answering = tokio::spawn(async move {
-            if let Some(reply) = requests.next().await {
-                let _ = reply.send(());
-            }
-            // Stop answering but keep the receiver: the next probe times out.
-            std::future::pending::<()>().await;
-        });
-        assert!(probe.check(Duration::from_secs(20)).await);
-        assert!(!probe.check(Duration::from_millis(50)).await);
-        answering.abort();
-    }
-
     #[test]
     fn ready_needs_everything_alive_only_needs_answers() {
-        use crate::backend::BackendStatus::*;
-        let all = |s: crate::backend::BackendStatus| BackendsHealth {
+        use crate::core::ports::BackendStatus::*;
+        let all = |s: crate::core::ports::BackendStatus| BackendsHealth {
             store: s.clone(),
             presence: s.clone(),
             bus: s.clone(),

@@ -25,8 +25,19 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use super::connection::EndReason;
-use crate::backend::{BackendStatus, BackendsHealth};
+use crate::core::ports::{BackendStatus, BackendsHealth};
+
+/// Why a connection ended (logged, and counted in metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    ClientClosed,
+    Idle,
+    Oversized,
+    Truncated,
+    ReadError,
+    ClosedByServer,
+    Shutdown,
+}
 
 /// The `Content-Type` of [`Metrics::render`]'s output (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;

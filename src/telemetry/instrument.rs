@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
-use crate::backend::*;
 use crate::core::model::*;
+use crate::core::ports::*;
 
 async fn timed<T>(
     metrics: &Metrics,
@@ -28,11 +28,22 @@ async fn timed<T>(
     result
 }
 
+/// Which ports run on a cluster backend (the others are in-process and not timed).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cluster {
+    /// Store and bus on NATS.
+    pub nats: bool,
+    /// Presence on Redis.
+    pub redis: bool,
+    /// Registry on Consul.
+    pub consul: bool,
+}
+
 /// Wraps the cluster backends of `b` (those not in-process) with metrics.
-pub fn instrument(b: Backends, metrics: &Metrics, config: &crate::config::Config) -> Backends {
+pub fn instrument(b: Backends, metrics: &Metrics, cluster: Cluster) -> Backends {
     let m = metrics.clone();
     Backends {
-        store: if config.nats.url.is_some() {
+        store: if cluster.nats {
             Arc::new(Timed {
                 inner: b.store,
                 metrics: m.clone(),
@@ -41,7 +52,7 @@ pub fn instrument(b: Backends, metrics: &Metrics, config: &crate::config::Config
         } else {
             b.store
         },
-        bus: if config.nats.url.is_some() {
+        bus: if cluster.nats {
             Arc::new(Timed {
                 inner: b.bus,
                 metrics: m.clone(),
@@ -50,7 +61,7 @@ pub fn instrument(b: Backends, metrics: &Metrics, config: &crate::config::Config
         } else {
             b.bus
         },
-        presence: if config.redis.url.is_some() {
+        presence: if cluster.redis {
             Arc::new(Timed {
                 inner: b.presence,
                 metrics: m.clone(),
@@ -59,7 +70,7 @@ pub fn instrument(b: Backends, metrics: &Metrics, config: &crate::config::Config
         } else {
             b.presence
         },
-        registry: if config.consul.addr.is_some() {
+        registry: if cluster.consul {
             Arc::new(Timed {
                 inner: b.registry,
                 metrics: m,

@@ -4,7 +4,7 @@
 //! * `GET /health`: the process is alive and answering (200 `ok`).
 //! * `GET /ready`: 200 when the accept loop answers, the store and bus are healthy and the node
 //!   is not shutting down; 503 otherwise. The JSON body says what is wrong, also what only
-//!   degrades the node (presence, registry). See `server::health` for the rules.
+//!   degrades the node (presence, registry). See [`super::health`] for the rules.
 //! * `GET /metrics`: every metric in the Prometheus text format.
 //!
 //! HTTP/1.1 only, a bounded number of connections, a deadline for request headers: it is meant
@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::server::health::{self, Health};
-use crate::server::metrics::{LiveStats, CONTENT_TYPE as METRICS_CONTENT_TYPE};
-use crate::server::ServerCtx;
+use super::health::{self, Health};
+use super::NodeState;
+use crate::telemetry::metrics::{LiveStats, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 
 /// HTTP connections served at once; more are closed at once (a scraper and a few probes need
 /// a handful).
@@ -49,7 +49,7 @@ const READY_MAX_AGE: Duration = Duration::from_secs(6);
 /// `tasks`.
 pub async fn serve(
     listener: TcpListener,
-    ctx: Arc<ServerCtx>,
+    state: Arc<NodeState>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -71,12 +71,12 @@ pub async fn serve(
             debug!("http: too many connections, closing a new one");
             continue;
         };
-        let ctx = ctx.clone();
+        let state = state.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let service = service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(req, &ctx).await) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(req, &state).await) }
             });
             let mut builder = http1::Builder::new();
             builder
@@ -98,7 +98,7 @@ pub async fn serve(
     debug!("http endpoint stopped");
 }
 
-async fn route(req: Request<Incoming>, ctx: &ServerCtx) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, state: &NodeState) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let known = matches!(path, "/health" | "/ready" | "/metrics");
     if !known {
@@ -119,16 +119,16 @@ async fn route(req: Request<Incoming>, ctx: &ServerCtx) -> Response<Full<Bytes>>
     match path {
         "/health" => text(StatusCode::OK, "ok\n"),
         "/ready" => {
-            let h = health::check_recent(ctx, READY_MAX_AGE).await;
+            let h = health::check_recent(state, READY_MAX_AGE).await;
             let status = if h.ready() {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            json(status, ready_body(ctx, &h))
+            json(status, ready_body(state, &h))
         }
         _ => {
-            let body = render_metrics(ctx).await;
+            let body = render_metrics(state).await;
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
@@ -137,23 +137,23 @@ async fn route(req: Request<Incoming>, ctx: &ServerCtx) -> Response<Full<Bytes>>
     }
 }
 
-fn ready_body(ctx: &ServerCtx, h: &Health) -> serde_json::Value {
+fn ready_body(state: &NodeState, h: &Health) -> serde_json::Value {
     let backends: serde_json::Map<String, serde_json::Value> = h
         .backends
         .entries()
         .iter()
         .map(|(name, status)| {
             let v = match status {
-                crate::backend::BackendStatus::Healthy => "ok".to_string(),
-                crate::backend::BackendStatus::Unavailable(d) => format!("unavailable: {d}"),
-                crate::backend::BackendStatus::NoAnswer => "not answering".to_string(),
+                crate::core::ports::BackendStatus::Healthy => "ok".to_string(),
+                crate::core::ports::BackendStatus::Unavailable(d) => format!("unavailable: {d}"),
+                crate::core::ports::BackendStatus::NoAnswer => "not answering".to_string(),
             };
             (name.to_string(), serde_json::Value::String(v))
         })
         .collect();
     serde_json::json!({
         "ready": h.ready(),
-        "node_id": ctx.core.node_id(),
+        "node_id": state.ctx.core.node_id(),
         "accepting": h.accepting,
         "stopping": h.stopping,
         "backends": backends,
@@ -162,10 +162,11 @@ fn ready_body(ctx: &ServerCtx, h: &Health) -> serde_json::Value {
 }
 
 /// `/metrics`: the counters plus the states read now.
-pub async fn render_metrics(ctx: &ServerCtx) -> String {
-    let backends = match ctx.health.last_backends_within(BACKENDS_MAX_AGE) {
+pub async fn render_metrics(state: &NodeState) -> String {
+    let ctx = &state.ctx;
+    let backends = match state.health.last_backends_within(BACKENDS_MAX_AGE) {
         Some(b) => b,
-        None => health::check(ctx).await.backends,
+        None => health::check(state).await.backends,
     };
     let conns = ctx.hub.all_connections();
     let (outbox_frames, outbox_frames_max) = conns.iter().fold((0u64, 0u64), |(sum, max), c| {

@@ -28,8 +28,8 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::server::health;
-use crate::server::ServerCtx;
+use super::health;
+use super::NodeState;
 
 /// `FileDescriptorName=` of the chat listener's socket unit.
 pub const FD_NAME_CHAT: &str = "chat";
@@ -233,7 +233,7 @@ pub fn check_period(watchdog: Option<Duration>) -> Duration {
 /// Keeps `STATUS=` current and pings the watchdog while the node really serves, until
 /// `shutdown`. `last_status` is the status line already sent (with `READY=1`).
 pub async fn supervise(
-    ctx: Arc<ServerCtx>,
+    state: Arc<NodeState>,
     notifier: Notifier,
     mut last_status: String,
     shutdown: CancellationToken,
@@ -248,11 +248,11 @@ pub async fn supervise(
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let h = health::check(&ctx).await;
+        let h = health::check(&state).await;
         if shutdown.is_cancelled() {
             break;
         }
-        let line = health::status_line(&ctx, &h);
+        let line = health::status_line(&state, &h);
         let mut states = Vec::new();
         if line != last_status {
             states.push(NotifyState::Status(&line));

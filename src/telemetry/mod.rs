@@ -22,6 +22,9 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::LogConfig;
 
+pub mod instrument;
+pub mod metrics;
+
 type Base = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
 
 struct State {

@@ -13,6 +13,8 @@
 //! * Every problem is reported with the key, the layer that set it (file path or variable
 //!   name), the offending value and what is expected.
 
+pub mod live;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,0 +1,427 @@
+//! The ports of the chat core: the small traits through which it reaches what lies outside
+//! the process's domain logic, and the values that cross them.
+//!
+//! * [`Store`]: accounts, groups, memberships, the message log, history pages, delivery cursors.
+//! * [`Presence`]: which user is connected where, cluster-wide.
+//! * [`Bus`]: cross-node delivery of messages and control events.
+//! * [`Registry`]: the nodes of the cluster, their load and health.
+//!
+//! The adapters in `crate::backend` implement them: in-process (the single-node default) and
+//! NATS JetStream, Redis and Consul (the cluster). The core depends on these traits only,
+//! never on an adapter; the node's composition root picks the adapters from the configuration.
+//!
+//! Every call is fallible: [`BackendError::Unavailable`] means "the backend could not answer, try
+//! again" and is never confused with "not found" (an `Ok(None)`) or a business conflict.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::model::*;
+
+/// Why a backend call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The backend did not answer or answered with an error: the operation may be retried.
+    #[error("{backend} is unavailable: {detail}")]
+    Unavailable {
+        backend: &'static str,
+        detail: String,
+    },
+    /// A uniqueness rule refused the write (the name of the unique thing is given).
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The entity the write refers to does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// Told, once, that an append's place in the log is fixed (see [`Store::append_ordered`]):
+/// when fired, or at the latest when dropped (also when the append failed).
+pub struct Placed(Option<Box<dyn FnOnce() + Send>>);
+
+impl Placed {
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        Placed(Some(Box::new(f)))
+    }
+
+    /// Nobody waits for the placement.
+    pub fn none() -> Self {
+        Placed(None)
+    }
+
+    pub fn fire(mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+/// This node's connections, as the core sees them. Implemented by the server's hub; every
+/// method is synchronous and never blocks (pushes go into bounded per-connection queues).
+pub trait LocalDelivery: Send + Sync + 'static {
+    /// Pushes a direct message to every local connection of `users` except `skip`. Returns the
+    /// users that should have had it here but did not get it (closed just now, queue full).
+    fn deliver_direct(
+        &self,
+        message: &Arc<StoredMessage>,
+        users: &[UserId],
+        skip: Option<ConnId>,
+    ) -> Vec<UserId>;
+    /// Pushes a group message to every local connection of a member except `skip`; returns the
+    /// members that should have had it here but did not get it.
+    fn deliver_group(&self, message: &Arc<StoredMessage>, skip: Option<ConnId>) -> Vec<UserId>;
+    /// Closes a connection, telling the client why.
+    fn kick(&self, user: UserId, conn: ConnId, reason: &str);
+    /// A user joined (`true`) or left a group: keep the local group index right.
+    fn membership(&self, user: UserId, group: GroupId, joined: bool);
+    /// Whether this node's index has `user` (logged in here) as a member of `group`. The index
+    /// is loaded at login and follows membership events; the store stays the authority.
+    fn is_member(&self, user: UserId, group: GroupId) -> bool;
+    /// Pushes a direct message that another node routed here (presence placed `users` on this
+    /// node) to their local connections; returns the users that missed it, including those
+    /// not (or no longer) connected here.
+    fn deliver_routed(&self, message: &Arc<StoredMessage>, users: &[UserId]) -> Vec<UserId>;
+
+    // -- group interest: which groups' messages this node must receive ------------------------
+    /// Groups with a local online (or just closed, see [`Self::tombstone_grace`]) member.
+    fn active_groups(&self) -> HashSet<GroupId>;
+    /// Notified when [`Self::active_groups`] may have changed.
+    fn groups_changed(&self) -> &tokio::sync::Notify;
+    /// Forgets users whose last connection closed more than the grace period ago; returns
+    /// whether the set of active groups changed.
+    fn expire_tombstones(&self) -> bool;
+    /// How long a user whose last connection closed still counts as a local member, so that
+    /// a message already on its way is recognised as missed and recorded.
+    fn tombstone_grace(&self) -> Duration;
+
+    /// The delivery cursors due to be saved: `(user, position)` for each online user whose
+    /// connections wrote up to `position` at least one flush period ago (outside the writer's
+    /// uncertain window).
+    fn due_cursors(&self) -> Vec<(UserId, Seq)>;
+}
+
+/// Accounts, groups, memberships, the message log and delivery cursors.
+///
+/// History reads cost O(page): implementations index messages by conversation and position.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // -- accounts --------------------------------------------------------------------------
+    /// Creates a user with the next numeric id. `Conflict("username")` when the name is taken
+    /// (case-insensitively).
+    async fn create_user(&self, user: NewUser) -> BackendResult<User>;
+    async fn user_by_id(&self, id: UserId) -> BackendResult<Option<User>>;
+    async fn user_by_uuid(&self, uuid: &str) -> BackendResult<Option<User>>;
+    /// Case-insensitive.
+    async fn user_by_name(&self, name: &str) -> BackendResult<Option<User>>;
+    /// Batched lookup for fan-out and member lists; unknown ids are left out.
+    async fn users_by_ids(&self, ids: &[UserId]) -> BackendResult<Vec<User>>;
+    /// Sets `last_login` and returns the previous value (`None` on first login).
+    async fn record_login(&self, id: UserId, at: UnixMs) -> BackendResult<Option<UnixMs>>;
+
+    // -- groups ----------------------------------------------------------------------------
+    /// Creates a group and its owner's membership at once. `Conflict("group name")`.
+    async fn create_group(&self, group: NewGroup) -> BackendResult<(Group, Member)>;
+    async fn group(&self, id: GroupId) -> BackendResult<Option<Group>>;
+    async fn groups_by_ids(&self, ids: &[GroupId]) -> BackendResult<Vec<Group>>;
+    /// `NotFound("group")`, `Conflict("group name")`.
+    async fn update_group(&self, id: GroupId, patch: GroupPatch) -> BackendResult<Group>;
+    /// `NotFound("group")`, `Conflict("membership")`.
+    async fn add_member(
+        &self,
+        group: GroupId,
+        user: UserId,
+        role: Role,
+        at: UnixMs,
+    ) -> BackendResult<Member>;
+    /// `NotFound("membership")`.
+    async fn remove_member(&self, group: GroupId, user: UserId) -> BackendResult<()>;
+    /// `NotFound("membership")`.
+    async fn set_role(&self, group: GroupId, user: UserId, role: Role) -> BackendResult<()>;
+    async fn member(&self, group: GroupId, user: UserId) -> BackendResult<Option<Member>>;
+    async fn members(&self, group: GroupId) -> BackendResult<Vec<Member>>;
+    async fn groups_of(&self, user: UserId) -> BackendResult<Vec<GroupId>>;
+
+    // -- message log -----------------------------------------------------------------------
+    /// Appends a message (durably, in the cluster) and returns it with its log position.
+    /// With a dedupe key already seen, nothing is appended and the earlier message is returned
+    /// with `duplicate = true`. A direct message also records the chat relation of both users.
+    async fn append(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<Appended>;
+    /// [`Self::append`], firing `placed` as soon as the message's place in the log is fixed,
+    /// possibly before the append is durable: a caller that starts its next append only then
+    /// overlaps its appends and still gets them logged in the order of its calls. The default
+    /// fires it when the append is done (no overlap).
+    async fn append_ordered(
+        &self,
+        msg: NewMessage,
+        dedupe: Option<DedupeKey>,
+        placed: Placed,
+    ) -> BackendResult<Appended> {
+        let appended = self.append(msg, dedupe).await;
+        placed.fire();
+        appended
+    }
+    /// The newest `limit` messages of a conversation strictly before `before` (all if `None`),
+    /// newest first, and whether older ones exist.
+    async fn history(
+        &self,
+        conv: ConvId,
+        before: Option<Seq>,
+        limit: usize,
+    ) -> BackendResult<HistoryPage>;
+    /// Up to `limit` messages of a conversation strictly after `after`, oldest first.
+    async fn after(
+        &self,
+        conv: ConvId,
+        after: Seq,
+        limit: usize,
+    ) -> BackendResult<Vec<StoredMessage>>;
+    /// Users this user exchanged direct messages with (the original's "chat relations").
+    async fn peers_of(&self, user: UserId) -> BackendResult<Vec<UserId>>;
+    /// The position of the newest message of the whole log (0 when empty).
+    async fn log_tail(&self) -> BackendResult<Seq>;
+
+    // -- delivery cursors ------------------------------------------------------------------
+    async fn cursor(&self, user: UserId) -> BackendResult<DeliveryCursor>;
+    /// Raises `delivered` to `to` (never lowers it).
+    async fn advance_cursor(&self, user: UserId, to: Seq) -> BackendResult<()>;
+    /// Records that message `seq` could not be handed to the user: lowers `undelivered_from`.
+    async fn mark_undelivered(&self, user: UserId, seq: Seq) -> BackendResult<()>;
+    /// After a backlog was delivered up to `to`: sets `delivered = max(delivered, to)` and clears
+    /// `undelivered_from` if it still equals `seen` (a newer mark stays).
+    async fn settle_cursor(&self, user: UserId, seen: Option<Seq>, to: Seq) -> BackendResult<()>;
+
+    /// Whether this backend can serve now: a cheap round trip or the client's connection state.
+    /// `Unavailable` when it cannot. In-process backends are always healthy.
+    async fn health(&self) -> BackendResult<()> {
+        Ok(())
+    }
+}
+
+/// Which user is connected where, across the cluster.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    async fn register(&self, session: SessionInfo) -> BackendResult<()>;
+    async fn unregister(&self, user: UserId, node_id: &str, conn: ConnId) -> BackendResult<()>;
+    /// Sessions of many users at once (fan-out), oldest first per user.
+    async fn sessions(&self, users: &[UserId]) -> BackendResult<HashMap<UserId, Vec<SessionInfo>>>;
+
+    /// Background upkeep (refreshing this node's sessions before they expire) until
+    /// `shutdown`; the node spawns it on its task tracker. In-process presence needs none.
+    async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        drop(shutdown);
+    }
+
+    /// The node leaves for good (clean shutdown): drop all of its sessions now rather than
+    /// letting them expire.
+    async fn leave(&self) {}
+
+    /// Whether this backend can serve now: a cheap round trip or the client's connection state.
+    /// `Unavailable` when it cannot. In-process backends are always healthy.
+    async fn health(&self) -> BackendResult<()> {
+        Ok(())
+    }
+}
+
+/// What travels between nodes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum BusEvent {
+    /// A stored direct message for the connections of `users` on the receiving node.
+    Direct {
+        message: Arc<StoredMessage>,
+        users: Vec<UserId>,
+    },
+    /// A stored group message for every local connection of a member of the group. The node
+    /// that published it has already delivered it locally and ignores its own event.
+    Group {
+        message: Arc<StoredMessage>,
+        origin_node: String,
+    },
+    /// Close one connection of a user (device limit), telling it why.
+    Kick {
+        user: UserId,
+        conn: ConnId,
+        reason: String,
+    },
+    /// A user joined or left a group: the node updates its local group index.
+    Membership {
+        user: UserId,
+        group: GroupId,
+        joined: bool,
+    },
+}
+
+/// Receives what the bus delivers to this node.
+#[async_trait]
+pub trait BusInbound: Send + Sync + 'static {
+    async fn deliver(&self, event: BusEvent);
+}
+
+/// Cross-node delivery. Publishing happens after the durable write; the bus itself is not
+/// durable (a lost event is recovered by backlog delivery and sync).
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Starts delivering this node's events to `inbound`.
+    async fn attach(&self, node_id: &str, inbound: Arc<dyn BusInbound>) -> BackendResult<()>;
+    async fn publish_node(&self, node_id: &str, event: BusEvent) -> BackendResult<()>;
+    async fn publish_group(&self, group: GroupId, event: BusEvent) -> BackendResult<()>;
+    /// This node has a local member of `group` online (again): receive its messages.
+    async fn subscribe_group(&self, group: GroupId) -> BackendResult<()>;
+    /// No local member of `group` is online any more.
+    async fn unsubscribe_group(&self, group: GroupId) -> BackendResult<()>;
+
+    /// Stops receiving for good (clean shutdown): the tasks reading subscriptions end.
+    async fn close(&self) {}
+
+    /// Whether this backend can serve now: a cheap round trip or the client's connection state.
+    /// `Unavailable` when it cannot. In-process backends are always healthy.
+    async fn health(&self) -> BackendResult<()> {
+        Ok(())
+    }
+}
+
+/// The nodes of the cluster.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    async fn register(&self, node: NodeInfo) -> BackendResult<()>;
+    async fn update_load(
+        &self,
+        node_id: &str,
+        connections: u64,
+        draining: bool,
+    ) -> BackendResult<()>;
+    async fn deregister(&self, node_id: &str) -> BackendResult<()>;
+    /// Healthy nodes, least loaded first.
+    async fn nodes(&self) -> BackendResult<Vec<NodeInfo>>;
+
+    /// Background upkeep (keeping this node's entry alive, watching the other nodes) until
+    /// `shutdown`; the node spawns it on its task tracker. In-process registries need none.
+    async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        drop(shutdown);
+    }
+
+    /// Whether this backend can serve now: a cheap round trip or the client's connection state.
+    /// `Unavailable` when it cannot. In-process backends are always healthy.
+    async fn health(&self) -> BackendResult<()> {
+        Ok(())
+    }
+}
+
+/// The backends a node runs on, chosen at start-up from the configuration.
+#[derive(Clone)]
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub presence: Arc<dyn Presence>,
+    pub bus: Arc<dyn Bus>,
+    pub registry: Arc<dyn Registry>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health
+// ---------------------------------------------------------------------------------------------
+
+/// How one backend answered a health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendStatus {
+    /// It can serve.
+    Healthy,
+    /// It answered that it cannot serve (the detail says why).
+    Unavailable(String),
+    /// It did not answer within the deadline.
+    NoAnswer,
+}
+
+impl BackendStatus {
+    fn of(r: Result<BackendResult<()>, tokio::time::error::Elapsed>) -> Self {
+        match r {
+            Ok(Ok(())) => BackendStatus::Healthy,
+            Ok(Err(e)) => BackendStatus::Unavailable(e.to_string()),
+            Err(_) => BackendStatus::NoAnswer,
+        }
+    }
+}
+
+/// The health of each backend of a node (see [`Backends::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendsHealth {
+    pub store: BackendStatus,
+    pub presence: BackendStatus,
+    pub bus: BackendStatus,
+    pub registry: BackendStatus,
+}
+
+impl BackendsHealth {
+    /// Every backend by role name, in a fixed order.
+    pub fn entries(&self) -> [(&'static str, &BackendStatus); 4] {
+        [
+            ("store", &self.store),
+            ("presence", &self.presence),
+            ("bus", &self.bus),
+            ("registry", &self.registry),
+        ]
+    }
+
+    /// Every backend can serve.
+    pub fn all_healthy(&self) -> bool {
+        self.entries()
+            .iter()
+            .all(|(_, s)| **s == BackendStatus::Healthy)
+    }
+
+    /// Every backend answered (healthy or not) within the deadline.
+    pub fn all_answered(&self) -> bool {
+        self.entries()
+            .iter()
+            .all(|(_, s)| **s != BackendStatus::NoAnswer)
+    }
+
+    /// One line: `ok`, or what is wrong (`bus unavailable: ...; registry no answer`).
+    pub fn summary(&self) -> String {
+        let bad: Vec<String> = self
+            .entries()
+            .iter()
+            .filter_map(|(name, s)| match s {
+                BackendStatus::Healthy => None,
+                BackendStatus::Unavailable(d) => Some(format!("{name} unavailable: {d}")),
+                BackendStatus::NoAnswer => Some(format!("{name} not answering")),
+            })
+            .collect();
+        if bad.is_empty() {
+            "ok".into()
+        } else {
+            bad.join("; ")
+        }
+    }
+}
+
+impl Backends {
+    /// Asks every backend whether it can serve, all at once, each bounded by `deadline`.
+    pub async fn health(&self, deadline: std::time::Duration) -> BackendsHealth {
+        use tokio::time::timeout;
+        let (store, presence, bus, registry) = tokio::join!(
+            timeout(deadline, self.store.health()),
+            timeout(deadline, self.presence.health()),
+            timeout(deadline, self.bus.health()),
+            timeout(deadline, self.registry.health()),
+        );
+        BackendsHealth {
+            store: BackendStatus::of(store),
+            presence: BackendStatus::of(presence),
+            bus: BackendStatus::of(bus),
+            registry: BackendStatus::of(registry),
+        }
+    }
+}
