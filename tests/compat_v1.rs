@@ -1,4 +1,4 @@
-//! The original client's frames (`original-wire.md` §14) against the daemon: every reply must
+//! The original client's frames (`docs/protocol.md` §13) against the daemon: every reply must
 //! carry the key set and value types the original client reads.
 
 mod support;
@@ -246,7 +246,7 @@ async fn register_and_login_error_codes_match_the_protocol() {
         );
         assert!(r.get("data").is_none());
     }
-    // Limits of PROTOCOL.md §2.9 are code 4 with a text naming the field.
+    // Limits (`docs/protocol.md` §12.1) are code 4 with a text naming the field.
     let long_name = "x".repeat(51);
     for (user, pass, email, needle) in [
         (long_name.as_str(), "secret1", "a@x", "username"),

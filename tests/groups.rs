@@ -1,5 +1,5 @@
 //! Groups: every group operation (215–235) and group text (310/311/312), success and error
-//! paths, with the exact reply bodies of `original-wire.md` §9 and PROTOCOL.md.
+//! paths, with the exact reply bodies of `docs/protocol.md` §8.
 
 mod support;
 
@@ -938,7 +938,7 @@ async fn remove_member_errors() {
     server.stop().await;
 }
 
-/// `original-wire.md` §9.9 step 5: on the owner's path a target that is not a member is
+/// `docs/protocol.md` §8.9 step 5: on the owner's path a target that is not a member is
 /// `member not found in group` (the admin path says `target user is not a member…`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_member_by_owner_of_a_non_member_says_member_not_found() {
@@ -1356,7 +1356,7 @@ async fn group_history_errors() {
 }
 
 // -------------------------------------------------------------------------------------------
-// Group backlog at login (PROTOCOL.md §2.3)
+// Group backlog at login (`docs/protocol.md` §6.6)
 
 /// Alice and bob share a group; bob disconnects and alice sends `texts` while bob is offline.
 async fn missed_group_messages(server: &TestServer, texts: &[&str]) -> (Client, u64) {
