@@ -1,7 +1,7 @@
 //! Command lines → typed commands → request frames.
 //!
 //! Parsing and frame building are pure functions so that the exact bytes the client sends can be
-//! unit-tested against the original client's captured frames (`original-wire.md` §14): in v1
+//! unit-tested against the original client's captured frames (`docs/protocol.md` §13): in v1
 //! mode the bodies must be those bytes, key order and Go's HTML escaping included.
 
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! The terminal and scripting client of chat-zinx (`chat-zinx client`).
 //!
-//! It speaks v2 by default (Hello, send acks, sync, redirect; PROTOCOL.md §3) and, with `--v1`,
-//! exactly the frames of the original Go client (`original-wire.md` §14), so that the daemon's
-//! compatibility can be checked with it too.
+//! It speaks v2 by default (Hello, send acks, sync, redirect; `docs/protocol.md` §9) and,
+//! with `--v1`, exactly the frames of the original Go client (`docs/protocol.md` §13), so
+//! that the daemon's compatibility can be checked with it too.
 //!
 //! Two ways of running:
 //! * at a terminal: commands are sent as typed; replies and incoming messages are printed as

@@ -7,9 +7,10 @@
 //! locks and no ordering questions between tasks. The reader task of the connection and the
 //! stdin thread only feed bounded channels.
 //!
-//! Replies are matched to requests by id, first come first served: the daemon answers the frames
-//! of one connection in order (PROTOCOL.md §2.1), so the oldest request waiting for an id is the
-//! one it answers. Sends are matched by their `client_msg_id` echo when there is one.
+//! Replies are matched to requests by id, first come first served: the daemon answers the
+//! frames of one connection in order (`docs/protocol.md` §2.5), so the oldest request waiting
+//! for an id is the one it answers. Sends are matched by their `client_msg_id` echo when
+//! there is one.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;

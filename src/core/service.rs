@@ -211,7 +211,7 @@ impl ChatCore {
     // -- accounts ------------------------------------------------------------------------------
 
     /// Registers a user. Empty fields are the protocol layer's business (they have their own
-    /// reply); here the limits of PROTOCOL.md §2.9 apply.
+    /// reply); here the limits of `docs/protocol.md` §12.1 apply.
     pub async fn register(&self, username: &str, password: &str, email: &str) -> ChatResult<User> {
         check_len("username", username, 1, 50)?;
         if password.len() < 6 || password.len() > 128 {
@@ -672,7 +672,7 @@ impl ChatCore {
     }
 
     /// The last `limit` direct messages with a user, oldest first. The target is looked up by
-    /// uuid, then by username (PROTOCOL.md §2.5).
+    /// uuid, then by username (`docs/protocol.md` §7.4).
     pub async fn history(
         &self,
         me: &Me,
@@ -937,7 +937,7 @@ impl ChatCore {
         Ok(())
     }
 
-    /// Removes a member, in the original's order of checks (`original-wire.md` §9.9).
+    /// Removes a member, in the original's order of checks (`docs/protocol.md` §8.9).
     pub async fn remove_member(&self, me: &Me, group: GroupId, target: UserId) -> ChatResult<()> {
         let g = self.require_group(group).await?;
         let store = &self.backends.store;

@@ -1,5 +1,5 @@
 //! The message ids of the chat-zinx wire protocol: the true numbers of the original server
-//! (`original-wire.md` §3, which differ from the comments in its source) plus the v2 extensions.
+//! (`docs/protocol.md` §3.1, which differ from the comments in its source) plus the v2 extensions.
 //!
 //! This is the only place that knows the numbers.
 
@@ -45,7 +45,7 @@ pub const GROUP_TEXT_REQ: u32 = 310;
 pub const GROUP_TEXT_ACK: u32 = 311;
 pub const GROUP_TEXT_PUSH: u32 = 312;
 
-// v2 extensions (PROTOCOL.md §3): only sent to connections that said Hello.
+// v2 extensions (`docs/protocol.md` §9): only sent to connections that said Hello.
 pub const HELLO_REQ: u32 = 400;
 pub const HELLO_RESP: u32 = 401;
 pub const SEND_ACK: u32 = 402;
@@ -53,7 +53,7 @@ pub const SYNC_REQ: u32 = 403;
 pub const SYNC_RESP: u32 = 404;
 pub const REDIRECT: u32 = 406;
 
-/// Whether a v1 connection may receive a frame with this id (the ids of `original-wire.md` §3).
+/// Whether a v1 connection may receive a frame with this id (`docs/protocol.md` §3.2).
 pub fn is_v1(id: u32) -> bool {
     matches!(id, 1..=2 | 99 | 102..=107 | 208..=235 | 310..=312)
 }

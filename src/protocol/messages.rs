@@ -1,6 +1,6 @@
 //! Typed request, response and push payloads, with the original server's conventions.
 //!
-//! Requests are parsed the way Go's `encoding/json` parses them (`original-wire.md` §10): keys
+//! Requests are parsed the way Go's `encoding/json` parses them (`docs/protocol.md` §4.1): keys
 //! match case-insensitively, a later duplicate key wins, `null` and missing keys give zero values,
 //! and a wrong type, a negative or fractional id, an empty body or trailing garbage make the whole
 //! request malformed. Responses keep the original key sets and value types.

@@ -62,7 +62,7 @@ impl Replies {
     }
 
     pub fn send<T: Serialize>(&mut self, id: u32, body: &T) {
-        // v1 connections never get an id outside the original table (PROTOCOL.md §1).
+        // v1 connections never get an id outside the original table (`docs/protocol.md` §3.2).
         if !self.v2 && !ids::is_v1(id) {
             return;
         }
@@ -490,7 +490,7 @@ async fn prepare_group(
     r: &mut Replies,
 ) -> Option<(Prepared, String)> {
     let Some(me) = me else {
-        // The original drops it silently; PROTOCOL.md §2.6 answers with 99.
+        // The original drops it silently; we answer with 99 (`docs/protocol.md` §6.4).
         r.error(ids::GROUP_TEXT_REQ, code::NOT_LOGGED_IN, NOT_LOGGED_IN_V2);
         return None;
     };

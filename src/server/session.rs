@@ -85,7 +85,7 @@ impl Session {
     }
 
     async fn send<T: Serialize>(&self, id: u32, body: &T) -> Result<(), Closed> {
-        // v1 connections never get an id outside the original table (PROTOCOL.md §1).
+        // v1 connections never get an id outside the original table (`docs/protocol.md` §3.2).
         if !self.v2() && !ids::is_v1(id) {
             return Ok(());
         }
