@@ -10,13 +10,15 @@
 //!   implementations (and, in the cluster, NATS / Redis / Consul ones).
 //!
 //! Around them: [`systemd`] (socket activation, sd_notify, watchdog), [`http`] (health,
-//! readiness and Prometheus metrics) and [`telemetry`] (journald or text logs).
+//! readiness and Prometheus metrics) and [`telemetry`] (journald or text logs); for the tests
+//! and the [`bench`], [`harness`] starts real backend servers and child processes.
 
 pub mod backend;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod harness;
 pub mod http;
 pub mod protocol;
 pub mod server;

@@ -13,9 +13,9 @@ use chat_zinx::backend::consul::{
 };
 use chat_zinx::backend::{BackendError, Registry};
 use chat_zinx::core::model::NodeInfo;
+use chat_zinx::harness::ConsulAgent;
 use chat_zinx::protocol::ids;
 use serde_json::Value;
-use support::servers::ConsulAgent;
 use support::TestServer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -1,14 +1,12 @@
 //! The `Store` contract, checked against every implementation: the in-process store and the
 //! NATS JetStream store on a real nats-server. Both must give the same answers.
 
-mod support;
-
 use std::sync::Arc;
 
 use chat_zinx::backend::nats::{Nats, NatsSettings, NatsStore};
 use chat_zinx::backend::{memory::MemoryStore, BackendError, Placed, Store};
 use chat_zinx::core::model::*;
-use support::servers::NatsServer;
+use chat_zinx::harness::NatsServer;
 
 fn user(name: &str) -> NewUser {
     NewUser {
