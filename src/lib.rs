@@ -15,14 +15,16 @@
 //! * [`node`]: the composition root (configuration to adapters to a running node) and the
 //!   node's operations side: health, the HTTP endpoint, systemd, reload and drain.
 //!
-//! Beside them: [`client`] (the terminal client, speaks the protocol only) and [`bench`] (the
-//! benchmark tool).
+//! Beside them: [`client`] (the terminal client, speaks the protocol only), [`bench`] (the
+//! benchmark tool) and [`harness`] (real nats-server, redis-server and consul processes on
+//! loopback for the tests and the bench, and a TCP proxy that cuts and heals).
 
 pub mod backend;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod harness;
 pub mod node;
 pub mod protocol;
 pub mod server;

@@ -36,7 +36,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     // Tools beside the daemon.
     ("client", &["protocol"]),
-    ("bench", &["core", "protocol", "backend", "server"]),
+    ("harness", &[]),
+    (
+        "bench",
+        &["core", "protocol", "backend", "server", "harness"],
+    ),
 ];
 
 /// The crate's top-level modules a source text refers to through `crate::NAME` (comments

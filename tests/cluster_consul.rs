@@ -6,9 +6,9 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
+use chat_zinx::harness::ConsulAgent;
 use chat_zinx::protocol::ids;
 use serde_json::Value;
-use support::servers::ConsulAgent;
 use support::*;
 
 async fn node(consul: &ConsulAgent) -> TestServer {
@@ -28,10 +28,12 @@ async fn wait_for_services(
 ) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + WAIT * 2;
     loop {
-        let (status, body) =
-            support::servers::http_get(consul.addr(), "/v1/health/service/chat-zinx?passing=true")
-                .await
-                .expect("consul answers");
+        let (status, body) = chat_zinx::harness::http_get(
+            consul.addr(),
+            "/v1/health/service/chat-zinx?passing=true",
+        )
+        .await
+        .expect("consul answers");
         if status == 200 {
             let list: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
             if list.len() == n && pred(&list) {

@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
+use chat_zinx::harness::NatsServer;
 use chat_zinx::protocol::{ids, messages::code};
 use serde_json::json;
-use support::servers::NatsServer;
 use support::*;
 
 async fn node_on(nats: &NatsServer, secret: &std::path::Path) -> TestServer {
@@ -256,7 +256,7 @@ async fn a_group_message_reaches_members_on_another_node_live() {
 /// acknowledged (quorum 2 of 3), and nothing acknowledged is lost when it comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_log_keeps_accepting_and_loses_nothing_with_one_nats_server_down() {
-    let mut cluster = support::servers::NatsCluster::start().await;
+    let mut cluster = chat_zinx::harness::NatsCluster::start().await;
     let shared = tempfile::tempdir().unwrap();
     let secret = shared.path().join("token_secret");
     let urls = cluster.urls();

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use chat_zinx::harness::{http_get, ConsulAgent, NatsServer, RedisServer};
 use chat_zinx::protocol::ids;
 use serde_json::{json, Value};
-use support::servers::{http_get, ConsulAgent, NatsServer, RedisServer};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

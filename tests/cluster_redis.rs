@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
+use chat_zinx::harness::{NatsServer, RedisServer};
 use chat_zinx::protocol::{ids, messages::code};
 use serde_json::json;
-use support::servers::{NatsServer, RedisServer};
 use support::*;
 
 struct Cluster {

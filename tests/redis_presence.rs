@@ -2,8 +2,6 @@
 //! seeing each other, expiry of a node that stops refreshing, Redis dying (calls fail fast with
 //! `Unavailable`, nothing hangs) and Redis coming back empty (the refresh rebuilds presence).
 
-mod support;
-
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant};
 use chat_zinx::backend::redis::{PresenceOptions, RedisPresence};
 use chat_zinx::core::model::SessionInfo;
 use chat_zinx::core::ports::{BackendError, Presence};
-use support::servers::{free_ports, redis_command, RedisServer};
+use chat_zinx::harness::{free_ports, redis_command, RedisServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

@@ -1,11 +1,9 @@
 //! The test harness's real servers start, answer, restart on the same ports and are stopped
 //! when dropped.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::servers::*;
+use chat_zinx::harness::*;
 
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.

@@ -1,15 +1,13 @@
 //! The `Store` contract, checked against every implementation: the in-process store and the
 //! NATS JetStream store on a real nats-server. Both must give the same answers.
 
-mod support;
-
 use std::sync::Arc;
 
 use chat_zinx::backend::memory::MemoryStore;
 use chat_zinx::backend::nats::{Nats, NatsSettings, NatsStore};
 use chat_zinx::core::model::*;
 use chat_zinx::core::ports::{BackendError, Placed, Store};
-use support::servers::{NatsCluster, NatsServer};
+use chat_zinx::harness::{NatsCluster, NatsServer};
 
 fn user(name: &str) -> NewUser {
     NewUser {

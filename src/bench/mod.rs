@@ -11,7 +11,9 @@
 //! * [`substrate`]: the same patterns without the chat layer (JetStream + core NATS, raw
 //!   tokio relay and fan-out writer).
 //! * [`scenarios`]: `p2p-local`, `p2p-cross`, `group-fanout`, `idle`, `login-storm`, `history`.
-//! * [`procs`], [`worker`], [`stats`]: child processes, workers, histograms and `/proc`.
+//! * [`procs`]: daemon nodes and worker processes, on the shared [`crate::harness`] (which
+//!   also starts the servers).
+//! * [`worker`], [`stats`]: what a worker process runs; histograms and `/proc`.
 
 pub mod client;
 pub mod procs;

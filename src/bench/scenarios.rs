@@ -22,7 +22,7 @@ use super::client::{
     self, spawn_ack_reader, spawn_receiver, Conn, Counters, Plan, Sender, Target, LATENCY,
     THROUGHPUT, WARMUP,
 };
-use super::procs::{DaemonNode, NatsProc, NodeEnv, RedisProc, Worker};
+use super::procs::{DaemonNode, NodeEnv, Worker};
 use super::report::{table, ScenarioReport};
 use super::stats::{self, CpuMeter, Latency, Percentiles};
 use super::substrate::{self, Mode, RawServer};
@@ -32,6 +32,7 @@ use crate::backend::nats::{Nats, NatsSettings, NatsStore};
 use crate::core::auth::Auth;
 use crate::core::model::{ConvId, MessageBody, NewMessage, NewUser};
 use crate::core::ports::Store;
+use crate::harness::{NatsOptions, NatsServer, RedisOptions, RedisServer};
 use crate::protocol::ids;
 
 /// A bench user: created in the store, logs in with its token.
@@ -47,8 +48,8 @@ pub struct Bench {
     pub sizes: Sizes,
     pub epoch: Instant,
     dir: tempfile::TempDir,
-    pub nats: NatsProc,
-    _redis: RedisProc,
+    pub nats: NatsServer,
+    _redis: RedisServer,
     pub env: NodeEnv,
     store: Arc<NatsStore>,
     pub client: async_nats::Client,
@@ -76,8 +77,19 @@ fn say(what: &str) {
 impl Bench {
     pub async fn start(sizes: Sizes) -> anyhow::Result<Bench> {
         let dir = tempfile::Builder::new().prefix("cz-bench-").tempdir()?;
-        let nats = NatsProc::start(dir.path()).await?;
-        let redis = RedisProc::start(dir.path()).await?;
+        // Their logs (and the JetStream store) go in the bench's directory: `--keep-logs`
+        // keeps them. `max_payload` and `maxclients` are what the bench has set since it was
+        // written (its own process code did, before the shared harness).
+        let nats = NatsServer::try_start_with(&NatsOptions {
+            dir: Some(dir.path().to_path_buf()),
+            extra_config: "max_payload: 8MB\n".into(),
+        })
+        .await?;
+        let redis = RedisServer::try_start_with(&RedisOptions {
+            dir: Some(dir.path().to_path_buf()),
+            extra_args: vec!["--maxclients".into(), "1000".into()],
+        })
+        .await?;
         let secret_file = dir.path().join("token_secret");
         let secret = Auth::load_or_create_secret(&secret_file)?;
         let auth = Auth::new(secret, Duration::from_secs(24 * 3600), 2);
@@ -484,7 +496,7 @@ async fn p2p(b: &mut Bench, cross: bool) -> anyhow::Result<ScenarioReport> {
         s.duration,
         s.load,
         &Bench::node_pids(&nodes),
-        b.nats.proc.pid(),
+        b.nats.pid().unwrap_or(0),
         name,
     )
     .await?;
@@ -573,7 +585,7 @@ async fn raw_pairs(
         s.duration,
         Some(paced),
         &[std::process::id()],
-        b.nats.proc.pid(),
+        b.nats.pid().unwrap_or(0),
         label,
     )
     .await;
@@ -647,7 +659,7 @@ async fn group_fanout(b: &mut Bench) -> anyhow::Result<ScenarioReport> {
         s.duration,
         s.load,
         &Bench::node_pids(&nodes),
-        b.nats.proc.pid(),
+        b.nats.pid().unwrap_or(0),
         "group-fanout",
     )
     .await?;
@@ -677,7 +689,7 @@ async fn group_fanout(b: &mut Bench) -> anyhow::Result<ScenarioReport> {
         s.duration,
         Some(chat.paced.throughput),
         &[std::process::id()],
-        b.nats.proc.pid(),
+        b.nats.pid().unwrap_or(0),
         "raw fan-out",
     )
     .await;
@@ -853,7 +865,7 @@ async fn idle(b: &mut Bench) -> anyhow::Result<ScenarioReport> {
         .strip_prefix("listening ")
         .ok_or_else(|| anyhow!("raw idle server said {line:?}"))?
         .parse()?;
-    let raw_pid = server.proc.pid();
+    let raw_pid = server.proc.pid().unwrap_or(0);
     let raw_before = settled_rss(raw_pid).await;
     let start = Instant::now();
     let (workers, raw_ok, _) =
@@ -962,7 +974,7 @@ async fn login_storm(b: &mut Bench) -> anyhow::Result<ScenarioReport> {
     drop(before);
     let z = nodes[1].addr;
     let cpu = CpuMeter::start(&[nodes[1].pid()]);
-    let nats_cpu = CpuMeter::start(&[b.nats.proc.pid()]);
+    let nats_cpu = CpuMeter::start(&[b.nats.pid().unwrap_or(0)]);
     // Each storm from a source address of its own (see `source`).
     let (hist, ok, failed, total, conns) = storm(
         z,

@@ -4,8 +4,6 @@
 //! backends, reached over real TCP. The client speaks raw frames so tests control every byte.
 #![allow(dead_code)]
 
-pub mod servers;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,107 @@
+//! `consul agent -dev`.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+
+use super::ports::loopback;
+use super::probe::Probe;
+use super::process::try_find_binary;
+use super::server::{start_with_fresh_ports, ServerDir, ServerProcess};
+
+/// `consul agent -dev` (a single server that elects itself; state in memory, lost on restart)
+/// on free loopback ports: HTTP, serf LAN and WAN, server RPC and gRPC; DNS and HTTPS off.
+pub struct ConsulAgent {
+    // Declared before `_dir`: the agent stops before its directory is removed.
+    process: ServerProcess,
+    http_port: u16,
+    _dir: ServerDir,
+}
+
+impl ConsulAgent {
+    /// Panics with the end of its log when it does not start.
+    pub async fn start() -> ConsulAgent {
+        Self::try_start().await.unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub async fn try_start() -> anyhow::Result<ConsulAgent> {
+        let program = try_find_binary("consul")?;
+        start_with_fresh_ports(
+            5,
+            |ports| {
+                let dir = ServerDir::new(None, "cz-consul-")?;
+                let [http, serf_lan, serf_wan, server, grpc] =
+                    [ports[0], ports[1], ports[2], ports[3], ports[4]];
+                let node = format!("cz-test-{http}");
+                let args: Vec<OsString> = [
+                    "agent".to_string(),
+                    "-dev".into(),
+                    "-bind=127.0.0.1".into(),
+                    "-client=127.0.0.1".into(),
+                    format!("-node={node}"),
+                    format!("-http-port={http}"),
+                    "-dns-port=-1".into(),
+                    format!("-serf-lan-port={serf_lan}"),
+                    format!("-serf-wan-port={serf_wan}"),
+                    format!("-server-port={server}"),
+                    format!("-grpc-port={grpc}"),
+                    "-log-level=warn".into(),
+                    "-hcl=disable_update_check = true".into(),
+                ]
+                .into_iter()
+                .map(OsString::from)
+                .collect();
+                let mut process = ServerProcess::new(
+                    format!("consul agent -dev on 127.0.0.1:{http}"),
+                    program.clone(),
+                    args,
+                    dir.path().join("consul.log"),
+                    Probe::Consul { http },
+                );
+                // No call home to HashiCorp's update check.
+                process.env("CHECKPOINT_DISABLE", "1");
+                Ok(ConsulAgent {
+                    process,
+                    http_port: http,
+                    _dir: dir,
+                })
+            },
+            |s| vec![&mut s.process],
+        )
+        .await
+    }
+
+    /// `127.0.0.1:<http port>` (the form `consul.addr` takes).
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
+    }
+
+    /// `http://127.0.0.1:<http port>`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.http_port)
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same ports (empty: dev mode keeps nothing) and waits for a leader.
+    pub async fn restart(&mut self) {
+        self.process.restart().await;
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    pub fn process(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
+}

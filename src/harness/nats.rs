@@ -1,0 +1,232 @@
+//! `nats-server`: one node or a 3-node cluster, with JetStream on file storage.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::ports::loopback;
+use super::probe::Probe;
+use super::process::try_find_binary;
+use super::server::{start_with_fresh_ports, ServerDir, ServerProcess};
+
+/// How a single node is set up beyond the harness's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// Keep config, log (`nats.log`) and JetStream store (`jetstream/`) here instead of in a
+    /// temporary directory removed on drop.
+    pub dir: Option<PathBuf>,
+    /// Lines appended to `nats.conf` (the bench raises `max_payload`).
+    pub extra_config: String,
+}
+
+/// A `nats-server` with JetStream on file storage in its directory, on free loopback ports
+/// (client and HTTP monitoring; a cluster member also has a route port). A restart keeps the
+/// JetStream data.
+pub struct NatsServer {
+    // Declared before `dir`: the server stops before its directory is removed.
+    process: ServerProcess,
+    client_port: u16,
+    monitor_port: u16,
+    store_dir: PathBuf,
+    dir: ServerDir,
+}
+
+impl NatsServer {
+    /// A single node; panics with the end of its log when it does not start.
+    pub async fn start() -> NatsServer {
+        Self::try_start().await.unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// A single node.
+    pub async fn try_start() -> anyhow::Result<NatsServer> {
+        Self::try_start_with(&NatsOptions::default()).await
+    }
+
+    /// A single node set up with `options`.
+    pub async fn try_start_with(options: &NatsOptions) -> anyhow::Result<NatsServer> {
+        let program = try_find_binary("nats-server")?;
+        start_with_fresh_ports(
+            2,
+            |ports| {
+                let dir = ServerDir::new(options.dir.as_deref(), "cz-nats-")?;
+                NatsServer::configure(
+                    &program,
+                    "cz-n1",
+                    dir,
+                    ports[0],
+                    ports[1],
+                    None,
+                    &options.extra_config,
+                )
+            },
+            |s| vec![&mut s.process],
+        )
+        .await
+    }
+
+    /// `cluster`: (this node's route port, every member's route port).
+    fn configure(
+        program: &Path,
+        name: &str,
+        dir: ServerDir,
+        client_port: u16,
+        monitor_port: u16,
+        cluster: Option<(u16, &[u16])>,
+        extra_config: &str,
+    ) -> anyhow::Result<NatsServer> {
+        let store_dir = dir.path().join("jetstream");
+        let mut conf = format!(
+            "server_name: \"{name}\"\n\
+             listen: \"127.0.0.1:{client_port}\"\n\
+             http: \"127.0.0.1:{monitor_port}\"\n\
+             jetstream {{\n  store_dir: \"{}\"\n}}\n",
+            store_dir.display()
+        );
+        if let Some((route_port, all)) = cluster {
+            let routes: Vec<String> = all
+                .iter()
+                .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+                .collect();
+            conf.push_str(&format!(
+                "cluster {{\n  name: \"cz-test\"\n  listen: \"127.0.0.1:{route_port}\"\n  routes: [{}]\n}}\n",
+                routes.join(", ")
+            ));
+        }
+        conf.push_str(extra_config);
+        let conf_path = dir.path().join("nats.conf");
+        std::fs::write(&conf_path, conf)
+            .with_context(|| format!("write {}", conf_path.display()))?;
+        let process = ServerProcess::new(
+            format!("nats-server {name} on 127.0.0.1:{client_port}"),
+            program.to_path_buf(),
+            vec!["-c".into(), conf_path.into()],
+            dir.path().join("nats.log"),
+            Probe::Nats {
+                client: client_port,
+                monitor: monitor_port,
+                js_only: cluster.is_none(),
+            },
+        );
+        Ok(NatsServer {
+            process,
+            client_port,
+            monitor_port,
+            store_dir,
+            dir,
+        })
+    }
+
+    /// `nats://127.0.0.1:<client port>`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.client_port)
+    }
+
+    /// The HTTP monitoring address (`/healthz`, `/jsz`, `/varz`, `/routez`).
+    pub fn monitor_addr(&self) -> SocketAddr {
+        loopback(self.monitor_port)
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// The server's directory (config, log, JetStream store).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The process id while it runs (the bench measures its CPU).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same ports with the same JetStream store, and waits until ready.
+    pub async fn restart(&mut self) {
+        self.process.restart().await;
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    pub fn process(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
+}
+
+/// Three `nats-server`s routed into one JetStream cluster (`cz-test`), ready once every node
+/// passes the full `/healthz` (a meta leader is elected and known).
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub const SIZE: usize = 3;
+
+    /// Panics with the end of a node's log when the cluster does not start.
+    pub async fn start() -> NatsCluster {
+        Self::try_start().await.unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub async fn try_start() -> anyhow::Result<NatsCluster> {
+        let program = try_find_binary("nats-server")?;
+        let n = Self::SIZE;
+        start_with_fresh_ports(
+            3 * n,
+            |ports| {
+                let routes = &ports[2 * n..];
+                let nodes = (0..n)
+                    .map(|i| {
+                        NatsServer::configure(
+                            &program,
+                            &format!("cz-n{}", i + 1),
+                            ServerDir::new(None, "cz-nats-")?,
+                            ports[2 * i],
+                            ports[2 * i + 1],
+                            Some((routes[i], routes)),
+                            "",
+                        )
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                Ok(NatsCluster { nodes })
+            },
+            |c| c.nodes.iter_mut().map(|n| &mut n.process).collect(),
+        )
+        .await
+    }
+
+    /// Every node's client URL, comma separated (the form `nats.url` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
+
+    /// One node, e.g. to stop and restart it.
+    pub fn node(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
+    }
+}

@@ -1,0 +1,124 @@
+//! `redis-server`, without persistence.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::ports::loopback;
+use super::probe::Probe;
+use super::process::try_find_binary;
+use super::server::{start_with_fresh_ports, ServerDir, ServerProcess};
+
+/// How the server is set up beyond the harness's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Keep the log (`redis.log`) here instead of in a temporary directory removed on drop.
+    pub dir: Option<PathBuf>,
+    /// Arguments after the harness's own, e.g. `["--maxclients", "1000"]` (the bench).
+    pub extra_args: Vec<String>,
+}
+
+/// A `redis-server` on a free loopback port, without persistence: a restart starts empty.
+pub struct RedisServer {
+    // Declared before `_dir`: the server stops before its directory is removed.
+    process: ServerProcess,
+    port: u16,
+    _dir: ServerDir,
+}
+
+impl RedisServer {
+    /// Panics with the end of its log when it does not start.
+    pub async fn start() -> RedisServer {
+        Self::try_start().await.unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub async fn try_start() -> anyhow::Result<RedisServer> {
+        Self::try_start_with(&RedisOptions::default()).await
+    }
+
+    pub async fn try_start_with(options: &RedisOptions) -> anyhow::Result<RedisServer> {
+        let program = try_find_binary("redis-server")?;
+        start_with_fresh_ports(
+            1,
+            |ports| {
+                let port = ports[0];
+                let dir = ServerDir::new(options.dir.as_deref(), "cz-redis-")?;
+                let mut args: Vec<OsString> = [
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--protected-mode",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--dir",
+                    &dir.path().to_string_lossy(),
+                ]
+                .iter()
+                .map(OsString::from)
+                .collect();
+                args.extend(options.extra_args.iter().map(OsString::from));
+                let process = ServerProcess::new(
+                    format!("redis-server on 127.0.0.1:{port}"),
+                    program.clone(),
+                    args,
+                    dir.path().join("redis.log"),
+                    Probe::Redis { port },
+                );
+                Ok(RedisServer {
+                    process,
+                    port,
+                    _dir: dir,
+                })
+            },
+            |s| vec![&mut s.process],
+        )
+        .await
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.port)
+    }
+
+    /// `redis://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// Graceful stop (SIGTERM, then SIGKILL after [`super::STOP_GRACE`]).
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// SIGKILL: the server dies like in a crash.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same port, empty (no persistence), and waits for `PING`.
+    pub async fn restart(&mut self) {
+        self.process.restart().await;
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    pub fn process(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
+}
