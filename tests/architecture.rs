@@ -174,6 +174,37 @@ fn every_module_depends_only_in_the_allowed_directions() {
     );
 }
 
+/// Modules whose errors are typed (`thiserror`): `anyhow` is for the edges only (the
+/// composition root, the tools, `main`), where an error becomes a message for a person.
+const TYPED_ERRORS: &[&str] = &[
+    "core",
+    "protocol",
+    "config",
+    "backend",
+    "server",
+    "telemetry",
+];
+
+#[test]
+fn the_inside_has_typed_errors_only() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&base, &base, &mut files);
+    let bad: Vec<String> = files
+        .iter()
+        .filter(|(p, _)| top_module(p).is_some_and(|m| TYPED_ERRORS.contains(&m.as_str())))
+        .filter(|(_, text)| {
+            text.lines()
+                .any(|l| !l.trim_start().starts_with("//") && l.contains("anyhow"))
+        })
+        .map(|(p, _)| format!("src/{}", p.display()))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "anyhow in a module with typed errors (use a thiserror enum): {bad:?}"
+    );
+}
+
 #[test]
 fn the_check_catches_a_wrong_way_import() {
     let file = |path: &str, text: &str| (PathBuf::from(path), text.to_string());

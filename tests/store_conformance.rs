@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chat_zinx::backend::memory::MemoryStore;
 use chat_zinx::backend::nats::{Nats, NatsSettings, NatsStore};
 use chat_zinx::core::model::*;
-use chat_zinx::core::ports::{BackendError, Placed, Store};
+use chat_zinx::core::ports::{BackendError, Missing, Placed, Store, Unique};
 use chat_zinx::harness::{NatsCluster, NatsServer};
 
 fn user(name: &str) -> NewUser {
@@ -85,7 +85,7 @@ async fn accounts(store: Arc<dyn Store>) {
     assert!(b.id > a.id, "ids increase");
     assert!(matches!(
         store.create_user(user("ALICE")).await,
-        Err(BackendError::Conflict("username"))
+        Err(BackendError::Conflict(Unique::Username))
     ));
     assert_eq!(store.user_by_name("alice").await.unwrap().unwrap().id, a.id);
     assert_eq!(
@@ -133,16 +133,16 @@ async fn groups(store: Arc<dyn Store>) {
                 created_at: 6,
             })
             .await,
-        Err(BackendError::Conflict("group name"))
+        Err(BackendError::Conflict(Unique::GroupName))
     ));
     store.add_member(g.id, 2, Role::Member, 7).await.unwrap();
     assert!(matches!(
         store.add_member(g.id, 2, Role::Member, 8).await,
-        Err(BackendError::Conflict("membership"))
+        Err(BackendError::Conflict(Unique::Membership))
     ));
     assert!(matches!(
         store.add_member(777, 2, Role::Member, 8).await,
-        Err(BackendError::NotFound("group"))
+        Err(BackendError::NotFound(Missing::Group))
     ));
     assert_eq!(store.group(g.id).await.unwrap().unwrap().member_count, 2);
     store.set_role(g.id, 2, Role::Admin).await.unwrap();
@@ -176,7 +176,7 @@ async fn groups(store: Arc<dyn Store>) {
     store.remove_member(g.id, 2).await.unwrap();
     assert!(matches!(
         store.remove_member(g.id, 2).await,
-        Err(BackendError::NotFound("membership"))
+        Err(BackendError::NotFound(Missing::Membership))
     ));
     assert!(store.groups_of(2).await.unwrap().is_empty());
     assert_eq!(store.members(g.id).await.unwrap().len(), 1);

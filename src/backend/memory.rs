@@ -56,7 +56,7 @@ impl Store for MemoryStore {
         let mut s = lock(&self.state);
         let key = new.username.to_lowercase();
         if s.user_by_name.contains_key(&key) {
-            return Err(BackendError::Conflict("username"));
+            return Err(BackendError::Conflict(Unique::Username));
         }
         s.next_user += 1;
         let user = User {
@@ -105,7 +105,10 @@ impl Store for MemoryStore {
 
     async fn record_login(&self, id: UserId, at: UnixMs) -> BackendResult<Option<UnixMs>> {
         let mut s = lock(&self.state);
-        let user = s.users.get_mut(&id).ok_or(BackendError::NotFound("user"))?;
+        let user = s
+            .users
+            .get_mut(&id)
+            .ok_or(BackendError::NotFound(Missing::User))?;
         Ok(user.last_login.replace(at))
     }
 
@@ -113,7 +116,7 @@ impl Store for MemoryStore {
         let mut s = lock(&self.state);
         let key = new.name.to_lowercase();
         if s.group_by_name.contains_key(&key) {
-            return Err(BackendError::Conflict("group name"));
+            return Err(BackendError::Conflict(Unique::GroupName));
         }
         s.next_group += 1;
         s.next_member += 1;
@@ -164,13 +167,13 @@ impl Store for MemoryStore {
         let old_name = s
             .groups
             .get(&id)
-            .ok_or(BackendError::NotFound("group"))?
+            .ok_or(BackendError::NotFound(Missing::Group))?
             .name
             .to_lowercase();
         if let Some(name) = &patch.name {
             let key = name.to_lowercase();
             if key != old_name && s.group_by_name.contains_key(&key) {
-                return Err(BackendError::Conflict("group name"));
+                return Err(BackendError::Conflict(Unique::GroupName));
             }
             s.group_by_name.remove(&old_name);
             s.group_by_name.insert(key, id);
@@ -198,10 +201,10 @@ impl Store for MemoryStore {
     ) -> BackendResult<Member> {
         let mut s = lock(&self.state);
         if !s.groups.contains_key(&group) {
-            return Err(BackendError::NotFound("group"));
+            return Err(BackendError::NotFound(Missing::Group));
         }
         if s.members.get(&group).is_some_and(|m| m.contains_key(&user)) {
-            return Err(BackendError::Conflict("membership"));
+            return Err(BackendError::Conflict(Unique::Membership));
         }
         s.next_member += 1;
         let member = Member {
@@ -226,7 +229,7 @@ impl Store for MemoryStore {
         let mut s = lock(&self.state);
         let removed = s.members.get_mut(&group).and_then(|m| m.remove(&user));
         if removed.is_none() {
-            return Err(BackendError::NotFound("membership"));
+            return Err(BackendError::NotFound(Missing::Membership));
         }
         if let Some(set) = s.groups_of.get_mut(&user) {
             set.remove(&group);
@@ -243,7 +246,7 @@ impl Store for MemoryStore {
             .members
             .get_mut(&group)
             .and_then(|m| m.get_mut(&user))
-            .ok_or(BackendError::NotFound("membership"))?;
+            .ok_or(BackendError::NotFound(Missing::Membership))?;
         member.role = role;
         Ok(())
     }
@@ -633,7 +636,7 @@ mod tests {
         store.create_user(new("Alice")).await.unwrap();
         assert!(matches!(
             store.create_user(new("alice")).await,
-            Err(BackendError::Conflict("username"))
+            Err(BackendError::Conflict(Unique::Username))
         ));
         assert!(store.user_by_name("ALICE").await.unwrap().is_some());
     }

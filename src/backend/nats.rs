@@ -561,7 +561,7 @@ impl Store for NatsStore {
         let n = &self.0;
         let name_key = format!("name.{}", hex_key(&new.username));
         if Nats::kv_get::<UserId>(&n.users, &name_key).await?.is_some() {
-            return Err(BackendError::Conflict("username"));
+            return Err(BackendError::Conflict(Unique::Username));
         }
         let id = n.next_counter("user").await?;
         let user = User {
@@ -583,7 +583,7 @@ impl Store for NatsStore {
                 .users
                 .delete(format!("uuid.{}", user.uuid.to_lowercase()))
                 .await;
-            return Err(BackendError::Conflict("username"));
+            return Err(BackendError::Conflict(Unique::Username));
         }
         Ok(user)
     }
@@ -630,7 +630,7 @@ impl Store for NatsStore {
     async fn record_login(&self, id: UserId, at: UnixMs) -> BackendResult<Option<UnixMs>> {
         let mut previous = None;
         Nats::kv_modify::<User, _>(&self.0.users, &format!("id.{id}"), |u| {
-            let mut u = u.ok_or(BackendError::NotFound("user"))?;
+            let mut u = u.ok_or(BackendError::NotFound(Missing::User))?;
             previous = u.last_login.replace(at);
             Ok(u)
         })
@@ -645,7 +645,7 @@ impl Store for NatsStore {
             .await?
             .is_some()
         {
-            return Err(BackendError::Conflict("group name"));
+            return Err(BackendError::Conflict(Unique::GroupName));
         }
         let id = n.next_counter("group").await?;
         let member = Member {
@@ -670,7 +670,7 @@ impl Store for NatsStore {
         if !Nats::kv_create(&n.groups, &name_key, &id).await? {
             let _ = n.groups.delete(format!("g.{id}")).await;
             let _ = n.groups.delete(format!("m.{id}")).await;
-            return Err(BackendError::Conflict("group name"));
+            return Err(BackendError::Conflict(Unique::GroupName));
         }
         Nats::kv_modify::<Vec<GroupId>, _>(&n.groups, &format!("ug.{}", new.owner_id), |v| {
             let mut list = v.unwrap_or_default();
@@ -701,19 +701,19 @@ impl Store for NatsStore {
         let n = &self.0;
         let (current, _) = Nats::kv_get::<Group>(&n.groups, &format!("g.{id}"))
             .await?
-            .ok_or(BackendError::NotFound("group"))?;
+            .ok_or(BackendError::NotFound(Missing::Group))?;
         let mut renamed = None;
         if let Some(name) = &patch.name {
             if name.to_lowercase() != current.name.to_lowercase() {
                 let key = format!("name.{}", hex_key(name));
                 if !Nats::kv_create(&n.groups, &key, &id).await? {
-                    return Err(BackendError::Conflict("group name"));
+                    return Err(BackendError::Conflict(Unique::GroupName));
                 }
                 renamed = Some(format!("name.{}", hex_key(&current.name)));
             }
         }
         let mut g = Nats::kv_modify::<Group, _>(&n.groups, &format!("g.{id}"), |g| {
-            let mut g = g.ok_or(BackendError::NotFound("group"))?;
+            let mut g = g.ok_or(BackendError::NotFound(Missing::Group))?;
             if let Some(v) = &patch.name {
                 g.name = v.clone();
             }
@@ -746,7 +746,7 @@ impl Store for NatsStore {
             .await?
             .is_none()
         {
-            return Err(BackendError::NotFound("group"));
+            return Err(BackendError::NotFound(Missing::Group));
         }
         let member_id = n.next_counter("member").await?;
         let member = Member {
@@ -759,7 +759,7 @@ impl Store for NatsStore {
         Nats::kv_modify::<Vec<Member>, _>(&n.groups, &format!("m.{group}"), |v| {
             let mut list = v.unwrap_or_default();
             if list.iter().any(|m| m.user_id == user) {
-                return Err(BackendError::Conflict("membership"));
+                return Err(BackendError::Conflict(Unique::Membership));
             }
             list.push(member.clone());
             Ok(list)
@@ -783,7 +783,7 @@ impl Store for NatsStore {
             let before = list.len();
             list.retain(|m| m.user_id != user);
             if list.len() == before {
-                return Err(BackendError::NotFound("membership"));
+                return Err(BackendError::NotFound(Missing::Membership));
             }
             Ok(list)
         })
@@ -803,7 +803,7 @@ impl Store for NatsStore {
             let m = list
                 .iter_mut()
                 .find(|m| m.user_id == user)
-                .ok_or(BackendError::NotFound("membership"))?;
+                .ok_or(BackendError::NotFound(Missing::Membership))?;
             m.role = role;
             Ok(list)
         })

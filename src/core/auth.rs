@@ -31,6 +31,21 @@ pub enum TokenError {
     NotYetValid,
 }
 
+/// Why hashing or checking a password could not be done (never "wrong password": that is a
+/// `false` from [`Auth::verify_password`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// The hashing pool was closed (the node is shutting down).
+    #[error("the password hashing pool is closed")]
+    PoolClosed(#[from] tokio::sync::AcquireError),
+    /// The blocking task that hashes panicked or was cancelled.
+    #[error("the password hashing task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// Argon2 refused the input.
+    #[error("password hashing failed: {0}")]
+    Argon2(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read the token secret {path}: {source}")]
@@ -116,7 +131,7 @@ impl Auth {
     }
 
     /// Argon2id hash of a password, computed on the blocking pool.
-    pub async fn hash_password(&self, password: String) -> anyhow::Result<String> {
+    pub async fn hash_password(&self, password: String) -> Result<String, HashError> {
         let _permit = self.hashing.clone().acquire_owned().await?;
         let hash = tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
@@ -125,12 +140,12 @@ impl Auth {
                 .map(|h| h.to_string())
         })
         .await?
-        .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))?;
+        .map_err(|e| HashError::Argon2(e.to_string()))?;
         Ok(hash)
     }
 
     /// Whether `password` matches the stored hash (false for an unreadable hash).
-    pub async fn verify_password(&self, password: String, hash: String) -> anyhow::Result<bool> {
+    pub async fn verify_password(&self, password: String, hash: String) -> Result<bool, HashError> {
         let _permit = self.hashing.clone().acquire_owned().await?;
         Ok(tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash).is_ok_and(|parsed| {

@@ -1,6 +1,6 @@
 //! What can go wrong in a chat operation, independent of how the protocol words it.
 
-use super::ports::BackendError;
+use super::ports::{BackendError, Missing, Unique};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -67,12 +67,13 @@ impl From<BackendError> for ChatError {
             BackendError::Unavailable { .. } => ChatError::Unavailable(e.to_string()),
             // Conflicts and missing entities that reach here were not expected by the caller's
             // checks (a concurrent change): report them plainly.
-            BackendError::Conflict("username") => ChatError::UsernameTaken,
-            BackendError::Conflict("group name") => ChatError::GroupNameTaken,
-            BackendError::Conflict("membership") => ChatError::AlreadyMember,
-            BackendError::NotFound("group") => ChatError::GroupNotFound,
-            BackendError::NotFound("membership") => ChatError::TargetNotMember,
-            other => ChatError::Internal(other.to_string()),
+            BackendError::Conflict(Unique::Username) => ChatError::UsernameTaken,
+            BackendError::Conflict(Unique::GroupName) => ChatError::GroupNameTaken,
+            BackendError::Conflict(Unique::Membership) => ChatError::AlreadyMember,
+            BackendError::NotFound(Missing::Group) => ChatError::GroupNotFound,
+            BackendError::NotFound(Missing::Membership) => ChatError::TargetNotMember,
+            // A user that vanished under a write it was named in: nothing the caller did.
+            other @ BackendError::NotFound(Missing::User) => ChatError::Internal(other.to_string()),
         }
     }
 }

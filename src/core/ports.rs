@@ -30,12 +30,51 @@ pub enum BackendError {
         backend: &'static str,
         detail: String,
     },
-    /// A uniqueness rule refused the write (the name of the unique thing is given).
+    /// A uniqueness rule refused the write.
     #[error("{0} already exists")]
-    Conflict(&'static str),
+    Conflict(Unique),
     /// The entity the write refers to does not exist.
     #[error("{0} not found")]
-    NotFound(&'static str),
+    NotFound(Missing),
+}
+
+/// What a uniqueness rule of the store protects (see [`BackendError::Conflict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unique {
+    /// A username, case-insensitively.
+    Username,
+    /// A group name, case-insensitively.
+    GroupName,
+    /// One membership per user and group.
+    Membership,
+}
+
+/// What a write referred to that does not exist (see [`BackendError::NotFound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    User,
+    Group,
+    Membership,
+}
+
+impl std::fmt::Display for Unique {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unique::Username => "username",
+            Unique::GroupName => "group name",
+            Unique::Membership => "membership",
+        })
+    }
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Missing::User => "user",
+            Missing::Group => "group",
+            Missing::Membership => "membership",
+        })
+    }
 }
 
 pub type BackendResult<T> = Result<T, BackendError>;
@@ -119,7 +158,7 @@ pub trait LocalDelivery: Send + Sync + 'static {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // -- accounts --------------------------------------------------------------------------
-    /// Creates a user with the next numeric id. `Conflict("username")` when the name is taken
+    /// Creates a user with the next numeric id. `Conflict(Unique::Username)` when the name is taken
     /// (case-insensitively).
     async fn create_user(&self, user: NewUser) -> BackendResult<User>;
     async fn user_by_id(&self, id: UserId) -> BackendResult<Option<User>>;
@@ -132,13 +171,13 @@ pub trait Store: Send + Sync + 'static {
     async fn record_login(&self, id: UserId, at: UnixMs) -> BackendResult<Option<UnixMs>>;
 
     // -- groups ----------------------------------------------------------------------------
-    /// Creates a group and its owner's membership at once. `Conflict("group name")`.
+    /// Creates a group and its owner's membership at once. `Conflict(Unique::GroupName)`.
     async fn create_group(&self, group: NewGroup) -> BackendResult<(Group, Member)>;
     async fn group(&self, id: GroupId) -> BackendResult<Option<Group>>;
     async fn groups_by_ids(&self, ids: &[GroupId]) -> BackendResult<Vec<Group>>;
-    /// `NotFound("group")`, `Conflict("group name")`.
+    /// `NotFound(Missing::Group)`, `Conflict(Unique::GroupName)`.
     async fn update_group(&self, id: GroupId, patch: GroupPatch) -> BackendResult<Group>;
-    /// `NotFound("group")`, `Conflict("membership")`.
+    /// `NotFound(Missing::Group)`, `Conflict(Unique::Membership)`.
     async fn add_member(
         &self,
         group: GroupId,
@@ -146,9 +185,9 @@ pub trait Store: Send + Sync + 'static {
         role: Role,
         at: UnixMs,
     ) -> BackendResult<Member>;
-    /// `NotFound("membership")`.
+    /// `NotFound(Missing::Membership)`.
     async fn remove_member(&self, group: GroupId, user: UserId) -> BackendResult<()>;
-    /// `NotFound("membership")`.
+    /// `NotFound(Missing::Membership)`.
     async fn set_role(&self, group: GroupId, user: UserId, role: Role) -> BackendResult<()>;
     async fn member(&self, group: GroupId, user: UserId) -> BackendResult<Option<Member>>;
     async fn members(&self, group: GroupId) -> BackendResult<Vec<Member>>;

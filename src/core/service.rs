@@ -567,7 +567,7 @@ impl ChatCore {
     /// Appends a prepared message to the log (second step of a send). The message's time is
     /// the time of the append, not of the check.
     /// `placed` is fired once the message's place in the log is fixed (see
-    /// [`crate::backend::Store::append_ordered`]).
+    /// [`crate::core::ports::Store::append_ordered`]).
     pub async fn commit(&self, prepared: Prepared, placed: Placed) -> ChatResult<Committed> {
         let Prepared {
             mut message,

@@ -1,7 +1,8 @@
 //! The wire adapter: the TCP listener, one reader task and one writer task per connection,
 //! the local hub of connections. It turns frames into calls of the core and the core's
-//! results into frames; the mapping of domain values and errors to the wire lives here
-//! ([`wire`]), not in the core and not in `crate::protocol` (which knows bytes and shapes).
+//! results into frames. The mapping to the wire lives here, not in the core and not in
+//! `crate::protocol` (which knows bytes and shapes): domain values in [`wire`], domain errors
+//! to codes and the original's texts in [`sends::error_code`] and the session's replies.
 //!
 //! The node (`crate::node`) builds the context every connection shares ([`ServerCtx`]) and
 //! runs [`accept_loop`] on its task tracker.
