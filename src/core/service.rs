@@ -1,12 +1,12 @@
 //! The chat domain: every operation a logged-in (or not yet logged-in) client can ask for.
 //!
-//! `ChatCore` knows users, groups and messages; it stores through [`Store`], finds users through
-//! [`Presence`], reaches other nodes through [`Bus`] and this node's connections through
-//! [`LocalDelivery`]. It knows nothing of frames, JSON or sockets.
+//! `ChatCore` knows users, groups and messages; it stores through [`Store`](super::ports::Store),
+//! finds users through [`Presence`](super::ports::Presence), reaches other nodes through
+//! [`Bus`](super::ports::Bus) and this node's connections through [`LocalDelivery`]. It knows nothing of frames, JSON or sockets.
 //!
 //! Delivery rule: a message is appended to the log first; only then is it pushed. A push that
 //! cannot reach a connection that should have had it is recorded with
-//! [`Store::mark_undelivered`], so the user's next login backlog includes it.
+//! [`Store::mark_undelivered`](super::ports::Store::mark_undelivered), so the user's next login backlog includes it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};

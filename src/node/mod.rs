@@ -190,7 +190,7 @@ impl Node {
 
     /// Drains and stops the node: leaves discovery first (nobody is sent here any more), stops
     /// accepting, redirects v2 clients to the least-loaded peers and closes every connection,
-    /// spread over `drain_window` (see [`drain`]), then stops every task.
+    /// spread over `drain_window` (see [`crate::server::drain`]), then stops every task.
     pub async fn shutdown(self, drain_window: Duration) {
         let core = &self.ctx.core;
         let node_id = core.node_id().to_string();
