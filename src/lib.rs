@@ -15,7 +15,7 @@
 //! * [`node`]: the composition root (configuration to adapters to a running node) and the
 //!   node's operations side: health, the HTTP endpoint, systemd, reload and drain.
 //!
-//! Beside them: [`client`] (the terminal client, speaks the protocol only), [`bench`] (the
+//! Beside them: [`client`] (the terminal client, speaks the protocol only), [`bench`](mod@bench) (the
 //! benchmark tool) and [`harness`] (real nats-server, redis-server and consul processes on
 //! loopback for the tests and the bench, and a TCP proxy that cuts and heals).
 

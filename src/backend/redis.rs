@@ -657,7 +657,7 @@ impl Presence for RedisPresence {
         Ok(())
     }
 
-    /// One pipeline (one round trip) of `HGETALL` per [`PIPELINE_CHUNK`] users; expired
+    /// One pipeline (one round trip) of `HGETALL` per `PIPELINE_CHUNK` users; expired
     /// entries are left out; oldest session first per user; users without a session are absent.
     async fn sessions(&self, users: &[UserId]) -> BackendResult<HashMap<UserId, Vec<SessionInfo>>> {
         let mut seen = HashSet::new();

@@ -5,7 +5,7 @@
 //!
 //! Start-up picks the adapters from the configuration ([`wiring`]; in-process when none is
 //! configured), builds the hub and the core, opens the listener and serves until SIGINT or
-//! SIGTERM ([`run`]). Every task is owned by one `TaskTracker` and stops on one
+//! SIGTERM ([`run()`]). Every task is owned by one `TaskTracker` and stops on one
 //! `CancellationToken`.
 
 pub mod health;
