@@ -9,13 +9,17 @@ let
   testTargets = map (lib.removeSuffix ".rs") (builtins.attrNames (lib.filterAttrs
     (name: kind: kind == "regular" && lib.hasSuffix ".rs" name)
     (builtins.readDir ../tests)));
-  startsServers = target: lib.hasInfix "servers::" (builtins.readFile (../tests + "/${target}.rs"));
+  startsServers = target: lib.hasInfix "harness::" (builtins.readFile (../tests + "/${target}.rs"));
   skippedTests =
     lib.genAttrs (builtins.filter startsServers testTargets)
       (_:
-        "starts nats-server, redis-server or consul (tests/support/servers.rs): the sandbox has none "
+        "starts nats-server, redis-server or consul (src/harness): the sandbox has none "
         + "of them (consul is unfree); scripts/test runs it, and checks.x86_64-linux.cluster covers "
         + "the backends end to end")
+    // lib.optionalAttrs (builtins.elem "bench_smoke" testTargets) {
+      bench_smoke = "runs `chat-zinx bench`, which starts nats-server and redis-server through "
+      + "src/harness: the sandbox has neither; scripts/test runs it";
+    }
     // lib.optionalAttrs (builtins.elem "nix_module_keys" testTargets) {
       nix_module_keys = "reads flake.nix and nix/, which are not in the package's source (editing "
       + "them does not rebuild the package); scripts/test runs it, checks.<system>.module "
