@@ -1,5 +1,5 @@
 # `nix develop`: the Rust toolchain of the package, the test runner and the servers the
-# integration tests start (scripts/test; tests/support/servers.rs), and the Nix tools.
+# integration tests start (scripts/test; src/harness), and the Nix tools.
 { mkShell, chat-zinx, clippy, rustfmt, rust-analyzer, cargo-nextest, nats-server, redis, consul, systemd, deadnix, nixpkgs-fmt, python3 }:
 
 mkShell {
