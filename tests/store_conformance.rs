@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chat_zinx::backend::memory::MemoryStore;
 use chat_zinx::backend::nats::{Nats, NatsSettings, NatsStore};
 use chat_zinx::core::model::*;
-use chat_zinx::core::ports::{BackendError, Missing, Placed, Store, Unique};
+use chat_zinx::core::ports::{BackendError, Missing, Store, Unique};
 use chat_zinx::harness::{NatsCluster, NatsServer};
 
 fn user(name: &str) -> NewUser {
@@ -415,22 +415,19 @@ async fn pipelined_sends(
     let most = Arc::new(AtomicUsize::new(0));
     let mut jobs = futures_util::stream::FuturesUnordered::new();
     for i in 0..n {
-        let (placed_tx, placed_rx) = tokio::sync::oneshot::channel();
-        let (store, msg) = (store.clone(), text(conv, sender, &format!("{prefix}{i}")));
-        let (under_way, most) = (under_way.clone(), most.clone());
+        let msg = text(conv, sender, &format!("{prefix}{i}"));
+        most.fetch_max(
+            under_way.fetch_add(1, Ordering::SeqCst) + 1,
+            Ordering::SeqCst,
+        );
+        // The next append starts once this one's place in the log is fixed.
+        let ack = store.place(msg, None).await.expect("the append is placed");
+        let under_way = under_way.clone();
         jobs.push(tokio::spawn(async move {
-            most.fetch_max(
-                under_way.fetch_add(1, Ordering::SeqCst) + 1,
-                Ordering::SeqCst,
-            );
-            let placed = Placed::new(move || {
-                let _ = placed_tx.send(());
-            });
-            let appended = store.append_ordered(msg, None, placed).await;
+            let appended = ack.await;
             under_way.fetch_sub(1, Ordering::SeqCst);
             appended.expect("append succeeds")
         }));
-        placed_rx.await.expect("placed is fired or dropped");
         while jobs.len() >= 16 {
             jobs.next().await.expect("a job").expect("no panic");
         }
@@ -474,7 +471,7 @@ async fn overlapping_appends(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         pipelined_sends(a.clone(), conv, 1, "a", 120),
         pipelined_sends(b.clone(), conv, 2, "b", 120)
     );
-    // The appends really overlapped (the default `append_ordered` never does).
+    // The appends really overlapped (the default `place` never lets them).
     assert!(
         most_a > 1 && most_b > 1,
         "most under way: {most_a}, {most_b}"

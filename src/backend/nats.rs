@@ -163,27 +163,27 @@ struct Appending {
 }
 
 /// An admitted append; leaving it (done, failed or dropped) updates [`Appending`].
-struct AppendSlot<'a> {
-    nats: &'a Nats,
-    subject: &'a str,
+struct AppendSlot {
+    nats: Arc<Nats>,
+    subject: String,
     /// The token other appends wait on, for a conditional append.
     conditional: Option<tokio_util::sync::CancellationToken>,
 }
 
-impl Drop for AppendSlot<'_> {
+impl Drop for AppendSlot {
     fn drop(&mut self) {
         let mut map = self
             .nats
             .appending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(a) = map.get_mut(self.subject) {
+        if let Some(a) = map.get_mut(&self.subject) {
             a.under_way = a.under_way.saturating_sub(1);
             if self.conditional.is_some() {
                 a.conditional = None;
             }
             if a.under_way == 0 && a.conditional.is_none() {
-                map.remove(self.subject);
+                map.remove(&self.subject);
             }
         }
         drop(map);
@@ -330,7 +330,7 @@ impl Nats {
     /// Admits an append to `subject`: conditional (`true`) when no other append of this node
     /// to it is under way, else overlapping. An append that arrives while a conditional one
     /// is under way waits for it to be done, then overlaps (it is part of a burst).
-    async fn admit<'a>(&'a self, subject: &'a str) -> (bool, AppendSlot<'a>) {
+    async fn admit(self: &Arc<Self>, subject: &str) -> (bool, AppendSlot) {
         let mut waited = false;
         loop {
             let wait = {
@@ -346,8 +346,8 @@ impl Nats {
                         return (
                             conditional,
                             AppendSlot {
-                                nats: self,
-                                subject,
+                                nats: self.clone(),
+                                subject: subject.to_string(),
                                 conditional: token,
                             },
                         );
@@ -357,6 +357,110 @@ impl Nats {
             wait.cancelled().await;
             waited = true;
         }
+    }
+
+    /// Publishes one attempt of an append (the record linking to `prev`, conditional on it
+    /// when `conditional`), returning once the publish is on the connection.
+    async fn publish_append(
+        &self,
+        subject: &str,
+        msg: &NewMessage,
+        dedupe: Option<&DedupeKey>,
+        prev: Seq,
+        conditional: bool,
+    ) -> BackendResult<jetstream::context::PublishAckFuture> {
+        let record = LogRecord {
+            msg_id: msg.msg_id.clone(),
+            sender_id: msg.sender_id,
+            sender_uuid: msg.sender_uuid.clone(),
+            sender_name: msg.sender_name.clone(),
+            timestamp: msg.timestamp,
+            body: msg.body.clone(),
+            prev,
+            gap: !conditional,
+        };
+        let mut headers = HeaderMap::new();
+        if conditional {
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                prev.to_string().as_str(),
+            );
+        }
+        if let Some(key) = dedupe {
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("{}:{}", key.sender_id, key.client_msg_id).as_str(),
+            );
+        }
+        let payload = Bytes::from(serde_json::to_vec(&record).expect("serialises"));
+        self.js
+            .publish_with_headers(subject.to_string(), headers, payload)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The second phase of an append: awaits the stream's answer to the first attempt and,
+    /// after a lost race (another node appended to the conversation first), reads the newest
+    /// position and tries again.
+    async fn finish_append(
+        &self,
+        subject: String,
+        msg: NewMessage,
+        dedupe: Option<DedupeKey>,
+        mut prev: Seq,
+        conditional: bool,
+        first: jetstream::context::PublishAckFuture,
+    ) -> BackendResult<Appended> {
+        let mut pending = Some(first);
+        for _ in 0..32 {
+            let ack = match pending.take() {
+                Some(fut) => fut.await,
+                None => {
+                    self.publish_append(&subject, &msg, dedupe.as_ref(), prev, conditional)
+                        .await?
+                        .await
+                }
+            };
+            match ack {
+                Ok(ack) if ack.duplicate => {
+                    let m = self
+                        .at(ack.sequence)
+                        .await?
+                        .ok_or_else(|| unavailable("the original of a duplicate is gone"))?;
+                    let (message, _) = self.decode(&m)?;
+                    return Ok(Appended {
+                        message,
+                        duplicate: true,
+                    });
+                }
+                Ok(ack) => {
+                    self.remember_last(&subject, Some(ack.sequence));
+                    if prev == 0 {
+                        if let ConvId::Direct(a, b) = msg.conv {
+                            self.add_peer(a, b).await?;
+                            if a != b {
+                                self.add_peer(b, a).await?;
+                            }
+                        }
+                    }
+                    return Ok(Appended {
+                        message: StoredMessage::from_new(msg, ack.sequence),
+                        duplicate: false,
+                    });
+                }
+                Err(e) if is_wrong_last_sequence(&e) => {
+                    // Another node appended to this conversation: read its newest and retry.
+                    // Nothing of this node is published behind a conditional append, so the
+                    // retry keeps this node's order.
+                    self.remember_last(&subject, None);
+                    prev = self.last_of(&subject).await?.map_or(0, |m| m.sequence);
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(unavailable(format!(
+            "too much contention appending to {subject}"
+        )))
     }
 
     /// The messages of `subject` strictly between positions `after` and `before`, oldest
@@ -834,102 +938,31 @@ impl Store for NatsStore {
     }
 
     async fn append(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<Appended> {
-        self.append_ordered(msg, dedupe, Placed::none()).await
+        self.place(msg, dedupe).await?.await
     }
 
-    async fn append_ordered(
-        &self,
-        msg: NewMessage,
-        dedupe: Option<DedupeKey>,
-        placed: Placed,
-    ) -> BackendResult<Appended> {
-        let n = &self.0;
+    /// Publishes the message and returns once the publish is on the connection, in order
+    /// behind this node's earlier appends: its place in the log is fixed then. The returned
+    /// acknowledgement awaits the stream's answer and retries a lost race (another node
+    /// appended to the conversation first); nothing of this node is published behind a
+    /// conditional append until it is done, so the retry cannot reorder this node's messages.
+    async fn place(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<AppendAck> {
+        let n = self.0.clone();
         let subject = n.subject(msg.conv);
-        let (conditional, _slot) = n.admit(&subject).await;
-        let mut placed = Some(placed);
-        let mut prev = match n.cached_last(&subject) {
+        let (conditional, slot) = n.admit(&subject).await;
+        let prev = match n.cached_last(&subject) {
             Some(s) => s,
             None => n.last_of(&subject).await?.map_or(0, |m| m.sequence),
         };
-        for _ in 0..32 {
-            let record = LogRecord {
-                msg_id: msg.msg_id.clone(),
-                sender_id: msg.sender_id,
-                sender_uuid: msg.sender_uuid.clone(),
-                sender_name: msg.sender_name.clone(),
-                timestamp: msg.timestamp,
-                body: msg.body.clone(),
-                prev,
-                gap: !conditional,
-            };
-            let mut headers = HeaderMap::new();
-            if conditional {
-                headers.insert(
-                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                    prev.to_string().as_str(),
-                );
-            }
-            if let Some(key) = &dedupe {
-                headers.insert(
-                    async_nats::header::NATS_MESSAGE_ID,
-                    format!("{}:{}", key.sender_id, key.client_msg_id).as_str(),
-                );
-            }
-            let payload = Bytes::from(serde_json::to_vec(&record).expect("serialises"));
-            let ack = match n
-                .js
-                .publish_with_headers(subject.clone(), headers, payload)
+        let first = n
+            .publish_append(&subject, &msg, dedupe.as_ref(), prev, conditional)
+            .await?;
+        Ok(Box::pin(async move {
+            // Held until the append is done: later appends to the conversation see it.
+            let _slot = slot;
+            n.finish_append(subject, msg, dedupe, prev, conditional, first)
                 .await
-            {
-                Ok(fut) => {
-                    // On the connection, in order: the next append may be published.
-                    if let Some(p) = placed.take() {
-                        p.fire();
-                    }
-                    fut.await
-                }
-                Err(e) => return Err(unavailable(e)),
-            };
-            match ack {
-                Ok(ack) if ack.duplicate => {
-                    let m = n
-                        .at(ack.sequence)
-                        .await?
-                        .ok_or_else(|| unavailable("the original of a duplicate is gone"))?;
-                    let (message, _) = n.decode(&m)?;
-                    return Ok(Appended {
-                        message,
-                        duplicate: true,
-                    });
-                }
-                Ok(ack) => {
-                    n.remember_last(&subject, Some(ack.sequence));
-                    if prev == 0 {
-                        if let ConvId::Direct(a, b) = msg.conv {
-                            n.add_peer(a, b).await?;
-                            if a != b {
-                                n.add_peer(b, a).await?;
-                            }
-                        }
-                    }
-                    return Ok(Appended {
-                        message: StoredMessage::from_new(msg, ack.sequence),
-                        duplicate: false,
-                    });
-                }
-                Err(e) if is_wrong_last_sequence(&e) => {
-                    // Another node appended to this conversation: read its newest and retry.
-                    // Nothing of this node is published behind a conditional append, so the
-                    // retry keeps this node's order.
-                    n.remember_last(&subject, None);
-                    prev = n.last_of(&subject).await?.map_or(0, |m| m.sequence);
-                }
-                Err(e) => return Err(unavailable(e)),
-            }
-        }
-        Err(unavailable(format!(
-            "too much contention appending to {subject}"
-        )))
+        }))
     }
 
     async fn history(

@@ -79,34 +79,10 @@ impl std::fmt::Display for Missing {
 
 pub type BackendResult<T> = Result<T, BackendError>;
 
-/// Told, once, that an append's place in the log is fixed (see [`Store::append_ordered`]):
-/// when fired, or at the latest when dropped (also when the append failed).
-pub struct Placed(Option<Box<dyn FnOnce() + Send>>);
-
-impl Placed {
-    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
-        Placed(Some(Box::new(f)))
-    }
-
-    /// Nobody waits for the placement.
-    pub fn none() -> Self {
-        Placed(None)
-    }
-
-    pub fn fire(mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
-}
-
-impl Drop for Placed {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
-}
+/// The acknowledgement of an append whose place in the log is already fixed (see
+/// [`Store::place`]): it resolves to the appended message once the append is durable, or to
+/// the reason it could not be made durable.
+pub type AppendAck = futures_util::future::BoxFuture<'static, BackendResult<Appended>>;
 
 /// This node's connections, as the core sees them. Implemented by the server's hub; every
 /// method is synchronous and never blocks (pushes go into bounded per-connection queues).
@@ -198,19 +174,15 @@ pub trait Store: Send + Sync + 'static {
     /// With a dedupe key already seen, nothing is appended and the earlier message is returned
     /// with `duplicate = true`. A direct message also records the chat relation of both users.
     async fn append(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<Appended>;
-    /// [`Self::append`], firing `placed` as soon as the message's place in the log is fixed,
-    /// possibly before the append is durable: a caller that starts its next append only then
-    /// overlaps its appends and still gets them logged in the order of its calls. The default
-    /// fires it when the append is done (no overlap).
-    async fn append_ordered(
-        &self,
-        msg: NewMessage,
-        dedupe: Option<DedupeKey>,
-        placed: Placed,
-    ) -> BackendResult<Appended> {
+    /// The first phase of a two-phase [`Self::append`]: returns once the message's place in
+    /// the log is fixed relative to this node's other appends, possibly before the append is
+    /// durable, with the acknowledgement to await (the way a JetStream publish returns an ack
+    /// future). A caller that starts its next append only once this returns overlaps its
+    /// appends and still gets them logged in the order of its calls. An error here means
+    /// nothing was placed. The default does the whole append before it returns (no overlap).
+    async fn place(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<AppendAck> {
         let appended = self.append(msg, dedupe).await;
-        placed.fire();
-        appended
+        Ok(Box::pin(std::future::ready(appended)))
     }
     /// The newest `limit` messages of a conversation strictly before `before` (all if `None`),
     /// newest first, and whether older ones exist.

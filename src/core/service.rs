@@ -17,7 +17,7 @@ use super::auth::Auth;
 use super::directory::{is_uuid_shaped, MembershipCache, UserDirectory};
 use super::error::{ChatError, ChatResult};
 use super::model::*;
-use super::ports::{BackendError, Backends, BusEvent, LocalDelivery, Placed};
+use super::ports::{AppendAck, BackendError, Backends, BusEvent, LocalDelivery};
 
 /// Limits that can change while running (live settings).
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ pub const SYNC_MAX: usize = 500;
 /// A message that passed its checks and knows its conversation, waiting to be appended.
 ///
 /// Sending is split in three steps so that a connection can pipeline its sends: `prepare_*`
-/// (checks, recipient lookup) may run ahead, [`ChatCore::commit`] appends (in the order the
+/// (checks, recipient lookup) may run ahead, [`ChatCore::place`] appends (in the order the
 /// connection sent them; the next may start once this one's place in the log is fixed) and
 /// [`ChatCore::deliver_locally`] + [`ChatCore::publish`] push (overlapping later appends).
 #[derive(Debug)]
@@ -132,6 +132,24 @@ enum Remote {
     Nodes(Vec<(String, Vec<UserId>)>),
     /// The group's subject (every node with a local member listens).
     Group(GroupId),
+}
+
+/// A send whose message has its place in the log, waiting for the append to be durable (see
+/// [`ChatCore::place`]).
+pub struct Placed {
+    ack: AppendAck,
+    route: Route,
+}
+
+impl Placed {
+    /// Waits until the append is durable (or failed).
+    pub async fn committed(self) -> ChatResult<Committed> {
+        let appended = self.ack.await?;
+        Ok(Committed {
+            appended,
+            route: self.route,
+        })
+    }
 }
 
 /// An appended message and who still has to get it.
@@ -564,23 +582,22 @@ impl ChatCore {
         })
     }
 
-    /// Appends a prepared message to the log (second step of a send). The message's time is
-    /// the time of the append, not of the check.
-    /// `placed` is fired once the message's place in the log is fixed (see
-    /// [`crate::core::ports::Store::append_ordered`]).
-    pub async fn commit(&self, prepared: Prepared, placed: Placed) -> ChatResult<Committed> {
+    /// Appends a prepared message to the log (second step of a send), in two phases: this
+    /// returns once the message's place in the log is fixed ([`Store::place`]), and
+    /// [`Placed::committed`] waits until it is durable. A connection starts its next append
+    /// only once this returns, so its appends overlap and are still logged in its order.
+    /// The message's time is the time of the append, not of the check.
+    ///
+    /// [`Store::place`]: super::ports::Store::place
+    pub async fn place(&self, prepared: Prepared) -> ChatResult<Placed> {
         let Prepared {
             mut message,
             dedupe,
             route,
         } = prepared;
         message.timestamp = now_ms();
-        let appended = self
-            .backends
-            .store
-            .append_ordered(message, dedupe, placed)
-            .await?;
-        Ok(Committed { appended, route })
+        let ack = self.backends.store.place(message, dedupe).await?;
+        Ok(Placed { ack, route })
     }
 
     /// Last step of a send, first half: pushes an appended message to this node's

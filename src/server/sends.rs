@@ -8,8 +8,9 @@
 //!
 //! - **Appends keep the connection's order.** Each send holds a [`Turns`]: it may check and
 //!   resolve ahead, but appends only once the previous send's place in the log is fixed (or
-//!   it failed): see `Store::append_ordered`; the acks are awaited concurrently. Messages land
-//!   in the log, and therefore in every history and sync, in the order the client sent them.
+//!   it failed): `ChatCore::place` returns then (the first phase of a two-phase append,
+//!   `Store::place`), and the acknowledgements are awaited concurrently. Messages land in the
+//!   log, and therefore in every history and sync, in the order the client sent them.
 //! - **Pushes keep the connection's order.** Local pushes happen right after the append, so
 //!   they are in order already; the hand-over to other nodes (bus publish) waits for the
 //!   previous send's hand-over (a second chain of turns), while the presence lookups before
@@ -35,7 +36,6 @@ use tracing::debug;
 use super::outbox::Outbound;
 use super::ServerCtx;
 use crate::core::model::{ConnId, StoredMessage};
-use crate::core::ports::Placed;
 use crate::core::service::{Committed, DirectInput, Prepared};
 use crate::core::{ChatError, Me};
 use crate::protocol::messages::{self as m, code, parse};
@@ -348,11 +348,11 @@ async fn store_and_deliver(
         publish: mut publish_turn,
     } = turns;
     turn.wait().await;
-    // The next send of the connection may append once this one's place in the log is fixed.
-    let committed = ctx
-        .core
-        .commit(prepared, Placed::new(move || drop(turn)))
-        .await?;
+    let placed = ctx.core.place(prepared).await;
+    // The next send of the connection may append now: this one's place in the log is fixed
+    // (or it failed and took none).
+    drop(turn);
+    let committed = placed?.committed().await?;
     let appended = &committed.appended;
     ctx.metrics.message_stored(kind, appended.duplicate);
     debug!(

@@ -20,7 +20,17 @@ async fn timed<T>(
     op: &'static str,
     call: impl Future<Output = BackendResult<T>>,
 ) -> BackendResult<T> {
-    let start = Instant::now();
+    timed_since(metrics, backend, op, Instant::now(), call).await
+}
+
+/// [`timed`], for a call that started at `start`.
+async fn timed_since<T>(
+    metrics: &Metrics,
+    backend: &'static str,
+    op: &'static str,
+    start: Instant,
+    call: impl Future<Output = BackendResult<T>>,
+) -> BackendResult<T> {
     let result = call.await;
     // A business answer (conflict, not found) is a successful call.
     let ok = !matches!(result, Err(BackendError::Unavailable { .. }));
@@ -158,17 +168,23 @@ impl Store for Timed<dyn Store> {
     async fn append(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<Appended> {
         t!(self, "publish", self.inner.append(msg, dedupe))
     }
-    async fn append_ordered(
-        &self,
-        msg: NewMessage,
-        dedupe: Option<DedupeKey>,
-        placed: Placed,
-    ) -> BackendResult<Appended> {
-        t!(
-            self,
-            "publish",
-            self.inner.append_ordered(msg, dedupe, placed)
-        )
+    /// Timed from the placement to the acknowledgement: the whole append, as `append`.
+    async fn place(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<AppendAck> {
+        let start = Instant::now();
+        let placed = self.inner.place(msg, dedupe).await;
+        let ack = match placed {
+            Ok(ack) => ack,
+            Err(e) => {
+                let ok = !matches!(e, BackendError::Unavailable { .. });
+                self.metrics
+                    .observe_backend_call(self.name, "publish", start.elapsed(), ok);
+                return Err(e);
+            }
+        };
+        let (metrics, name) = (self.metrics.clone(), self.name);
+        Ok(Box::pin(async move {
+            timed_since(&metrics, name, "publish", start, ack).await
+        }))
     }
     async fn history(
         &self,
