@@ -1,4 +1,8 @@
 //! What can go wrong in a chat operation, independent of how the protocol words it.
+//!
+//! `Display` is for logs. What a client reads is the wire adapter's business: the codes and
+//! the original server's texts are one table in `crate::server::errors` (today the two
+//! wordings agree, but the core's may change without changing the protocol).
 
 use super::ports::{BackendError, Missing, Unique};
 

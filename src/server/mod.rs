@@ -2,13 +2,14 @@
 //! the local hub of connections. It turns frames into calls of the core and the core's
 //! results into frames. The mapping to the wire lives here, not in the core and not in
 //! `crate::protocol` (which knows bytes and shapes): domain values in [`wire`], domain errors
-//! to codes and the original's texts in [`sends::error_code`] and the session's replies.
+//! to codes and the original server's texts in [`errors`].
 //!
 //! The node (`crate::node`) builds the context every connection shares ([`ServerCtx`]) and
 //! runs [`accept_loop`] on its task tracker.
 
 pub mod connection;
 pub mod drain;
+pub mod errors;
 pub mod hub;
 pub mod outbox;
 pub mod probe;

@@ -34,7 +34,7 @@ use serde::Serialize;
 use tracing::debug;
 
 use super::outbox::Outbound;
-use super::ServerCtx;
+use super::{errors, ServerCtx};
 use crate::core::model::{ConnId, StoredMessage};
 use crate::core::service::{Committed, DirectInput, Prepared};
 use crate::core::{ChatError, Me};
@@ -116,22 +116,6 @@ impl Replies {
             },
         );
     }
-}
-
-/// The 99 / 402 code and text of a core error.
-pub fn error_code(e: &ChatError) -> (u32, String) {
-    let c = match e {
-        ChatError::NoSuchTarget(_) | ChatError::UnknownUser | ChatError::GroupNotFound => {
-            code::NOT_FOUND
-        }
-        ChatError::NotMember => code::NOT_MEMBER,
-        ChatError::Unavailable(_) => code::UNAVAILABLE,
-        ChatError::Internal(_) => code::INTERNAL,
-        ChatError::BadCursor => code::MALFORMED,
-        ChatError::BadToken(_) => code::BAD_TOKEN,
-        _ => code::INVALID,
-    };
-    (c, e.to_string())
 }
 
 /// A send's place in one of its connection's orders (see the module doc). Dropping it lets
@@ -326,7 +310,7 @@ pub async fn direct(
         Ok(committed) => r.ack(client_msg_id, &committed.appended.message),
         Err(e) => {
             ctx.metrics.message_failed("direct");
-            let (c, text) = error_code(&e);
+            let (c, text) = errors::code_and_text(&e);
             r.ack_error(ids::TEXT_MSG, client_msg_id, c, text);
         }
     }
@@ -418,7 +402,7 @@ async fn prepare_direct(
         Ok(p) => Some((p, client_msg_id)),
         Err(e) => {
             ctx.metrics.message_failed("direct");
-            let (c, text) = error_code(&e);
+            let (c, text) = errors::code_and_text(&e);
             r.ack_error(ids::TEXT_MSG, client_msg_id, c, text);
             None
         }
@@ -476,7 +460,7 @@ fn group_failure(ctx: &ServerCtx, r: &mut Replies, client_msg_id: String, e: &Ch
     };
     r.send(ids::GROUP_TEXT_ACK, &group_ack(status, &text));
     if r.v2 {
-        let (c, t) = error_code(e);
+        let (c, t) = errors::code_and_text(e);
         r.ack_error(ids::GROUP_TEXT_REQ, client_msg_id, c, t);
     }
 }

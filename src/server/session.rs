@@ -13,8 +13,8 @@ use tracing::{debug, info, warn};
 
 use super::hub::{ConnHandle, ConnShared};
 use super::outbox::Outbound;
-use super::sends::{self, error_code, Pipeline, Replies, NOT_LOGGED_IN_V2};
-use super::{wire, ServerCtx};
+use super::sends::{self, Pipeline, Replies, NOT_LOGGED_IN_V2};
+use super::{errors, wire, ServerCtx};
 use crate::core::model::{ConnId, GroupPatch, Seq};
 use crate::core::service::DeliveryOutcome;
 use crate::core::{ChatError, Me};
@@ -291,8 +291,11 @@ impl Session {
                 self.send(ids::REGISTER_RESP, &reply(3, "用户已存在")).await
             }
             Err(e) => {
-                self.send(ids::REGISTER_RESP, &reply(4, &format!("注册失败: {e}")))
-                    .await
+                self.send(
+                    ids::REGISTER_RESP,
+                    &reply(4, &format!("注册失败: {}", errors::text(&e))),
+                )
+                .await
             }
         }
     }
@@ -326,7 +329,7 @@ impl Session {
                 let (code, msg) = match &e {
                     ChatError::UnknownUser => (3, "用户不存在".to_string()),
                     ChatError::WrongPassword => (4, "密码错误".to_string()),
-                    other => (5, format!("登录失败: {other}")),
+                    other => (5, format!("登录失败: {}", errors::text(other))),
                 };
                 return self.send(ids::LOGIN_RESP, &reply(code, &msg)).await;
             }
@@ -606,13 +609,19 @@ impl Session {
                 {
                     Ok(g) => self.send(resp_id, &m::CreatedGroup::from(&g)).await,
                     Err(e @ ChatError::Invalid(_)) => {
-                        self.send(resp_id, &err_body(&format!("创建群组失败: {e}")))
-                            .await
+                        self.send(
+                            resp_id,
+                            &err_body(&format!("创建群组失败: {}", errors::text(&e))),
+                        )
+                        .await
                     }
                     Err(e) => {
                         self.send(
                             resp_id,
-                            &err_body(&format!("创建群组失败: failed to create group: {e}")),
+                            &err_body(&format!(
+                                "创建群组失败: failed to create group: {}",
+                                errors::text(&e)
+                            )),
                         )
                         .await
                     }
@@ -623,8 +632,11 @@ impl Session {
                 match core.join_group(&me, r.group_id).await {
                     Ok(()) => self.send(resp_id, &ok_body("成功加入群组")).await,
                     Err(e) => {
-                        self.send(resp_id, &err_body(&format!("加入群组失败: {e}")))
-                            .await
+                        self.send(
+                            resp_id,
+                            &err_body(&format!("加入群组失败: {}", errors::text(&e))),
+                        )
+                        .await
                     }
                 }
             }
@@ -640,8 +652,11 @@ impl Session {
                         .await
                     }
                     Err(e) => {
-                        self.send(resp_id, &err_body(&format!("退出群组失败: {e}")))
-                            .await
+                        self.send(
+                            resp_id,
+                            &err_body(&format!("退出群组失败: {}", errors::text(&e))),
+                        )
+                        .await
                     }
                 }
             }
@@ -668,8 +683,11 @@ impl Session {
                         self.send(resp_id, &err_body("您不是该群组的成员")).await
                     }
                     Err(e) => {
-                        self.send(resp_id, &err_body(&format!("获取群组成员失败: {e}")))
-                            .await
+                        self.send(
+                            resp_id,
+                            &err_body(&format!("获取群组成员失败: {}", errors::text(&e))),
+                        )
+                        .await
                     }
                 }
             }
@@ -688,8 +706,11 @@ impl Session {
                     self.send(resp_id, &m::MyGroupsResp { groups, total }).await
                 }
                 Err(e) => {
-                    self.send(resp_id, &err_body(&format!("获取群组列表失败: {e}")))
-                        .await
+                    self.send(
+                        resp_id,
+                        &err_body(&format!("获取群组列表失败: {}", errors::text(&e))),
+                    )
+                    .await
                 }
             },
             ids::UPDATE_GROUP_REQ => {
@@ -703,8 +724,11 @@ impl Session {
                 match core.update_group(&me, r.group_id, patch).await {
                     Ok(_) => self.send(resp_id, &ok_body("群组信息更新成功")).await,
                     Err(e) => {
-                        self.send(resp_id, &err_body(&format!("更新群组信息失败: {e}")))
-                            .await
+                        self.send(
+                            resp_id,
+                            &err_body(&format!("更新群组信息失败: {}", errors::text(&e))),
+                        )
+                        .await
                     }
                 }
             }
@@ -716,8 +740,11 @@ impl Session {
                 {
                     Ok(()) => self.send(resp_id, &ok_body("成员角色设置成功")).await,
                     Err(e) => {
-                        self.send(resp_id, &err_body(&format!("设置成员角色失败: {e}")))
-                            .await
+                        self.send(
+                            resp_id,
+                            &err_body(&format!("设置成员角色失败: {}", errors::text(&e))),
+                        )
+                        .await
                     }
                 }
             }
@@ -726,8 +753,11 @@ impl Session {
                 match core.remove_member(&me, r.group_id, r.target_user_id).await {
                     Ok(()) => self.send(resp_id, &ok_body("成员已从群组中移除")).await,
                     Err(e) => {
-                        self.send(resp_id, &err_body(&format!("移除成员失败: {e}")))
-                            .await
+                        self.send(
+                            resp_id,
+                            &err_body(&format!("移除成员失败: {}", errors::text(&e))),
+                        )
+                        .await
                     }
                 }
             }
@@ -739,8 +769,11 @@ impl Session {
                         self.send(resp_id, &err_body("您不是该群组的成员")).await
                     }
                     Err(e) => {
-                        self.send(resp_id, &err_body(&format!("获取群组详情失败: {e}")))
-                            .await
+                        self.send(
+                            resp_id,
+                            &err_body(&format!("获取群组详情失败: {}", errors::text(&e))),
+                        )
+                        .await
                     }
                 }
             }
@@ -775,8 +808,11 @@ impl Session {
                         self.send(resp_id, &err_body(&text)).await
                     }
                     Err(e) => {
-                        self.send(resp_id, &err_body(&format!("获取历史消息失败：{e}")))
-                            .await
+                        self.send(
+                            resp_id,
+                            &err_body(&format!("获取历史消息失败：{}", errors::text(&e))),
+                        )
+                        .await
                     }
                 }
             }
@@ -810,7 +846,7 @@ impl Session {
                         .send_error(
                             ids::SYNC_REQ,
                             code::MALFORMED,
-                            ChatError::BadCursor.to_string(),
+                            errors::text(&ChatError::BadCursor),
                         )
                         .await
                 }
@@ -839,7 +875,7 @@ impl Session {
                 .await
             }
             Err(e) => {
-                let (c, t) = error_code(&e);
+                let (c, t) = errors::code_and_text(&e);
                 self.send_error(ids::SYNC_REQ, c, t).await
             }
         }
