@@ -1,0 +1,252 @@
+//! NATS JetStream as the durable store and NATS as the cross-node bus.
+//!
+//! * **Message log**: one stream (file storage, replicas by config) with one subject per
+//!   conversation (`cz.log.p.<a>.<b>`, `cz.log.g.<group>`). A message's position is its stream
+//!   sequence. Every message carries the position of an earlier one of its conversation
+//!   (`prev`): history pages walk those links backwards, O(page) direct gets, because
+//!   JetStream cannot iterate backwards. A lone append is conditional
+//!   (`Nats-Expected-Last-Subject-Sequence`), so its `prev` is exactly the message before it.
+//!   Appends of this node to a conversation that already has one under way overlap instead
+//!   (published in order, acks awaited concurrently) and cannot be conditional: their `prev`
+//!   is the newest position known when they were published, and they say so (`gap`), so a
+//!   history walk fills the gap forward with `next_by_subj`. A conditional append never has
+//!   another one of its conversation published behind it on this node before it is done, so
+//!   its retry (after another node appended) cannot reorder this node's messages. Reads
+//!   forward (sync, backlog) use direct get `next_by_subj`, also O(page). Idempotent sends use
+//!   `Nats-Msg-Id` within the stream's duplicate window.
+//! * **Accounts, groups, memberships, counters, chat relations and delivery cursors**: KV
+//!   buckets. Uniqueness through `create` (fails if the key exists) and every change through
+//!   revision-checked `update`, so concurrent nodes never lose an update.
+//! * **Bus**: core NATS subjects `cz.node.<node>` (events for one node) and `cz.group.<group>`
+//!   (a node listens while it has a local online member). Not durable: the log is.
+//!
+//! Every error that is not a business answer maps to [`BackendError::Unavailable`].
+//!
+//! The files: this one connects and holds the connection ([`Nats`]); [`log`] is the message
+//! log (records, the two-phase append, reads by position); [`buckets`] the KV buckets; [`store`] the
+//! [`Store`] port on both; [`bus`] the [`Bus`] port on core NATS.
+
+mod buckets;
+mod bus;
+mod log;
+mod store;
+
+pub use bus::NatsBus;
+pub use store::NatsStore;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use tokio::task::JoinHandle;
+
+use crate::core::model::*;
+use crate::core::ports::*;
+use log::Appending;
+
+const BACKEND: &str = "nats";
+
+/// Any failure that is not a business answer: the caller may try again.
+fn unavailable(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable {
+        backend: BACKEND,
+        detail: e.to_string(),
+    }
+}
+
+/// Settings of the NATS backends (the composition root fills them from the `nats.*` keys).
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// Server URLs, comma separated.
+    pub url: String,
+    /// Name of the message log stream; KV buckets are named after it.
+    pub stream: String,
+    /// Replicas of the stream and buckets (1 or 3).
+    pub replicas: usize,
+    /// Messages older than this are removed from the log (0 = kept forever).
+    pub max_age: Duration,
+    /// Window in which a retried send with the same `client_msg_id` is recognised.
+    pub duplicate_window: Duration,
+    /// Time limit of each request to NATS.
+    pub request_timeout: Duration,
+}
+
+/// One NATS connection per node, shared by the store and the bus.
+pub struct Nats {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    log: stream::Stream,
+    log_prefix: String,
+    users: kv::Store,
+    groups: kv::Store,
+    meta: kv::Store,
+    /// Last known position per conversation subject (saves a read per append; a stale entry
+    /// costs one retry).
+    last_seq: Mutex<HashMap<String, Seq>>,
+    /// Appends under way per conversation subject (entries exist only while some are).
+    appending: Mutex<HashMap<String, Appending>>,
+    /// Group subscriptions of the bus: group → task reading it.
+    group_tasks: Mutex<HashMap<GroupId, JoinHandle<()>>>,
+    node_task: Mutex<Option<JoinHandle<()>>>,
+    inbound: Mutex<Option<Arc<dyn BusInbound>>>,
+}
+
+const LAST_SEQ_CACHE: usize = 100_000;
+
+/// How long a starting node waits for JetStream to create or open its log.
+const JETSTREAM_READY_WAIT: Duration = Duration::from_secs(30);
+pub(super) fn hex_key(s: &str) -> String {
+    hex::encode(s.to_lowercase())
+}
+impl Nats {
+    /// Connects (retrying in the background if the servers are not up yet) and creates or
+    /// updates the stream and buckets.
+    pub async fn connect(settings: &NatsSettings) -> Result<Arc<Nats>, BackendError> {
+        let urls: Vec<async_nats::ServerAddr> = settings
+            .url
+            .split(',')
+            .map(|u| u.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| unavailable(format!("bad nats.url {:?}: {e}", settings.url)))?;
+        let client = async_nats::ConnectOptions::new()
+            .name("chat-zinx")
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(settings.request_timeout))
+            .retry_on_initial_connect()
+            .connect(urls)
+            .await
+            .map_err(unavailable)?;
+        let js = jetstream::new(client.clone());
+        let log_prefix = "cz.log".to_string();
+        // A cluster that has just started has no JetStream leader for a moment (longer on a
+        // busy machine): wait for it instead of failing the node's start.
+        let deadline = tokio::time::Instant::now() + JETSTREAM_READY_WAIT;
+        let (log, [users, groups, meta]) = loop {
+            match Self::open_log(&js, settings, &log_prefix).await {
+                Ok(opened) => break opened,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "JetStream cannot create or open the message log yet (a new cluster may still be electing its leader); retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(Arc::new(Nats {
+            client,
+            js,
+            log,
+            log_prefix,
+            users,
+            groups,
+            meta,
+            last_seq: Mutex::new(HashMap::new()),
+            appending: Mutex::new(HashMap::new()),
+            group_tasks: Mutex::new(HashMap::new()),
+            node_task: Mutex::new(None),
+            inbound: Mutex::new(None),
+        }))
+    }
+
+    /// Creates or updates the message log stream and the KV buckets (users, groups, meta).
+    async fn open_log(
+        js: &jetstream::Context,
+        settings: &NatsSettings,
+        log_prefix: &str,
+    ) -> Result<(stream::Stream, [kv::Store; 3]), BackendError> {
+        let storage = stream::StorageType::File;
+        js.create_or_update_stream(stream::Config {
+            name: settings.stream.clone(),
+            subjects: vec![format!("{log_prefix}.>")],
+            storage,
+            num_replicas: settings.replicas,
+            max_age: settings.max_age,
+            duplicate_window: settings.duplicate_window,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(unavailable)?;
+        let log = js.get_stream(&settings.stream).await.map_err(unavailable)?;
+        let bucket = |suffix: &'static str| async move {
+            let name = format!("{}_{suffix}", settings.stream);
+            match js.get_key_value(name.clone()).await {
+                Ok(s) => Ok(s),
+                Err(_) => js
+                    .create_key_value(kv::Config {
+                        bucket: name,
+                        history: 1,
+                        storage,
+                        num_replicas: settings.replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(unavailable),
+            }
+        };
+        let stores = [
+            bucket("users").await?,
+            bucket("groups").await?,
+            bucket("meta").await?,
+        ];
+        Ok((log, stores))
+    }
+
+    /// Whether the connection to NATS is up (readiness).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub(super) fn subject(&self, conv: ConvId) -> String {
+        match conv {
+            ConvId::Direct(a, b) => format!("{}.p.{a}.{b}", self.log_prefix),
+            ConvId::Group(g) => format!("{}.g.{g}", self.log_prefix),
+        }
+    }
+
+    pub(super) fn cached_last(&self, subject: &str) -> Option<Seq> {
+        self.last_seq
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(subject)
+            .copied()
+    }
+
+    pub(super) fn remember_last(&self, subject: &str, seq: Option<Seq>) {
+        let mut m = self.last_seq.lock().unwrap_or_else(|e| e.into_inner());
+        match seq {
+            Some(s) => {
+                if m.len() >= LAST_SEQ_CACHE {
+                    m.clear();
+                }
+                // Acks of overlapping appends may be handled out of order: keep the newest.
+                let last = m.entry(subject.to_string()).or_insert(s);
+                *last = (*last).max(s);
+            }
+            None => {
+                m.remove(subject);
+            }
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for (_, t) in self
+            .group_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            t.abort();
+        }
+        if let Some(t) = self
+            .node_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            t.abort();
+        }
+    }
+}
