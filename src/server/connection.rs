@@ -27,9 +27,9 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::hub::ConnShared;
 use super::sends::Pipeline;
 use super::session::Session;
+use super::shared::ConnShared;
 use super::ServerCtx;
 use crate::core::model::Seq;
 use crate::core::service::DeliveryOutcome;

@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod probe;
 pub mod sends;
 pub mod session;
+pub mod shared;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};

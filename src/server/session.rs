@@ -11,9 +11,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use super::hub::{ConnHandle, ConnShared};
+use super::hub::ConnHandle;
 use super::outbox::Outbound;
 use super::sends::{self, Pipeline, Replies, NOT_LOGGED_IN_V2};
+use super::shared::ConnShared;
 use super::{errors, wire, ServerCtx};
 use crate::core::model::{ConnId, GroupPatch, Seq};
 use crate::core::service::DeliveryOutcome;
