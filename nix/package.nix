@@ -4,12 +4,24 @@
 let
   cargoToml = lib.importTOML ../Cargo.toml;
 
-  # Integration tests (tests/*.rs, one test binary each) that cannot run in the build sandbox,
+  # Integration tests (one test binary each) that cannot run in the build sandbox,
   # with the reason. The rest run in checkPhase.
-  testTargets = map (lib.removeSuffix ".rs") (builtins.attrNames (lib.filterAttrs
-    (name: kind: kind == "regular" && lib.hasSuffix ".rs" name)
-    (builtins.readDir ../tests)));
-  startsServers = target: lib.hasInfix "harness::" (builtins.readFile (../tests + "/${target}.rs"));
+  # A target is a file tests/NAME.rs or a directory tests/NAME/ with a main.rs (its modules
+  # beside it); directories without one (support/, http_client/) are shared modules.
+  testEntries = builtins.readDir ../tests;
+  testTargets =
+    map (lib.removeSuffix ".rs")
+      (builtins.attrNames (lib.filterAttrs
+        (name: kind: kind == "regular" && lib.hasSuffix ".rs" name)
+        testEntries))
+    ++ builtins.filter
+      (name: testEntries.${name} == "directory" && builtins.pathExists (../tests + "/${name}/main.rs"))
+      (builtins.attrNames testEntries);
+  testSource = target:
+    if builtins.pathExists (../tests + "/${target}.rs")
+    then ../tests + "/${target}.rs"
+    else ../tests + "/${target}/main.rs";
+  startsServers = target: lib.hasInfix "harness::" (builtins.readFile (testSource target));
   skippedTests =
     lib.genAttrs (builtins.filter startsServers testTargets)
       (_:

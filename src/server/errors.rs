@@ -74,7 +74,7 @@ mod tests {
     use super::*;
 
     /// The texts that carry a value; the others are pinned by the protocol tests
-    /// (tests/groups.rs, tests/errors.rs) through a real connection.
+    /// (tests/protocol/groups.rs, tests/protocol/errors.rs) through a real connection.
     #[test]
     fn texts_with_values() {
         assert_eq!(

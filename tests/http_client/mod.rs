@@ -1,5 +1,5 @@
 //! A minimal HTTP/1.1 client for the daemon's HTTP endpoint, and a strict check of the
-//! Prometheus text format (shared by tests/http.rs and tests/systemd.rs).
+//! Prometheus text format (shared by tests/protocol/http.rs and tests/systemd.rs).
 #![allow(dead_code)]
 
 use std::collections::HashSet;

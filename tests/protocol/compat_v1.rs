@@ -1,7 +1,7 @@
 //! The original client's frames (`docs/protocol.md` §13) against the daemon: every reply must
 //! carry the key set and value types the original client reads.
 
-mod support;
+use crate::support;
 
 use chat_zinx::protocol::ids;
 use serde_json::{json, Value};

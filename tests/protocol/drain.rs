@@ -1,7 +1,7 @@
 //! Draining on shutdown: v2 clients get a redirect, v1 clients a reason, then every
 //! connection is closed and nothing queued before the drain is lost.
 
-mod support;
+use crate::support;
 
 use chat_zinx::protocol::{ids, messages::code};
 use support::*;

@@ -1,7 +1,7 @@
 //! Delivery: offline backlog at login, several devices, the device limit, and the v2
 //! extensions (token login, acks, idempotent sends, sync).
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 

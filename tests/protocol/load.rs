@@ -1,6 +1,6 @@
 //! Many clients at once: nothing lost, order kept per conversation.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -1,7 +1,7 @@
 //! Groups: every group operation (215–235) and group text (310/311/312), success and error
 //! paths, with the exact reply bodies of `docs/protocol.md` §8.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! requests for every id, unknown ids, P2P and history errors, idle timeout, flood control,
 //! the slow-consumer policy and logout.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

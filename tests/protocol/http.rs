@@ -1,8 +1,8 @@
 //! The HTTP endpoint of a real node: /health, /ready, /metrics (Prometheus text whose counters
 //! move with real traffic over TCP), errors for other paths and methods.
 
-mod http_client;
-mod support;
+use crate::http_client;
+use crate::support;
 
 use std::net::SocketAddr;
 
