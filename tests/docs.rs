@@ -14,17 +14,162 @@ fn example_config_in_docs_is_the_one_the_code_validates() {
     chat_zinx::config::check_file(&path).expect("the example is valid");
 }
 
+/// The cells of the rows of the Markdown table whose header line is `header`.
+fn table_rows(doc: &str, file: &str, header: &str) -> Vec<Vec<String>> {
+    let start = doc
+        .find(&format!("\n{header}\n"))
+        .unwrap_or_else(|| panic!("{file} has no table with the header {header}"));
+    doc[start + 1..]
+        .lines()
+        .skip(2) // the header and the |---| line
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim()
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The code spans (`…`) of a cell.
+fn code_spans(cell: &str) -> Vec<&str> {
+    cell.split('`').skip(1).step_by(2).collect()
+}
+
+/// What the "applies" column says of a key of the table.
+fn applies(k: &chat_zinx::config::KeyInfo) -> &'static str {
+    match (k.reloadable, k.live.is_some()) {
+        (_, true) => "reload, live",
+        (true, false) => "reload",
+        (false, false) => "restart",
+    }
+}
+
+/// docs/configuration.md has one row per key of `config::KEYS`, in its order, with the key's
+/// environment variable, its default (read back through the daemon's own parsing) and when a
+/// changed value applies (`restart`, `reload`, `reload, live`) as the table declares it; its
+/// live-settings table lists the table's live keys.
 #[test]
-fn every_config_key_is_documented_with_its_variable() {
-    let doc = std::fs::read_to_string("docs/configuration.md").unwrap();
-    for k in chat_zinx::config::KEYS {
+fn every_config_key_is_documented_with_its_variable_default_and_when_it_applies() {
+    use chat_zinx::config::{env_var_name, live::live_keys, load_from, Config, KEYS};
+    const FILE: &str = "docs/configuration.md";
+    let doc = std::fs::read_to_string(FILE).unwrap();
+    for k in KEYS {
         assert!(
             doc.contains(&format!("`{}`", k.key)),
-            "docs/configuration.md lacks {}",
+            "{FILE} lacks {}",
             k.key
         );
-        let var = chat_zinx::config::env_var_name(k.key);
-        assert!(doc.contains(&var), "docs/configuration.md lacks {var}");
+        let var = env_var_name(k.key);
+        assert!(doc.contains(&var), "{FILE} lacks {var}");
+    }
+
+    let rows = table_rows(
+        &doc,
+        FILE,
+        "| key | environment | default | applies | meaning |",
+    );
+    let documented: Vec<String> = rows.iter().map(|r| r[0].replace('`', "")).collect();
+    let keys: Vec<&str> = KEYS.iter().map(|k| k.key).collect();
+    assert_eq!(
+        documented, keys,
+        "the key table of {FILE} has one row per key of config::KEYS (src/config/keys.rs), in \
+         its order"
+    );
+    let defaults = toml::Table::try_from(Config::default()).unwrap();
+    for (row, k) in rows.iter().zip(KEYS) {
+        assert_eq!(row.len(), 5, "{FILE}: the row of {} has not 5 cells", k.key);
+        let var = env_var_name(k.key);
+        assert_eq!(
+            row[1],
+            format!("`{var}`"),
+            "{FILE}: the variable of {}",
+            k.key
+        );
+        assert_eq!(
+            row[3],
+            applies(k),
+            "{FILE}: the row of {} says it applies on {:?}; config::KEYS says {:?}",
+            k.key,
+            row[3],
+            applies(k)
+        );
+        let (section, leaf) = k.key.split_once('.').unwrap();
+        match defaults[section].get(leaf) {
+            // The documented default, given to the daemon, is its built-in default.
+            Some(default) => {
+                let written = *code_spans(&row[2]).first().unwrap_or_else(|| {
+                    panic!("{FILE}: the default of {} is not written as `value`", k.key)
+                });
+                let set = load_from(None, [(var.clone(), written.to_string())])
+                    .unwrap_or_else(|e| panic!("{FILE}: the default of {}: {e}", k.key));
+                let set = toml::Table::try_from(set).unwrap();
+                assert_eq!(
+                    set[section].get(leaf),
+                    Some(default),
+                    "{FILE}: the default of {} is {written}, the daemon's is {default}",
+                    k.key
+                );
+            }
+            // Optional: the cell says what unset means.
+            None => assert!(!row[2].is_empty(), "{FILE}: {} has no default", k.key),
+        }
+    }
+
+    let live = table_rows(&doc, FILE, "| KV key | overrides | applies to |");
+    let documented: Vec<(String, String)> = live
+        .iter()
+        .map(|r| (r[0].replace('`', ""), r[1].replace('`', "")))
+        .collect();
+    let declared: Vec<(String, String)> = live_keys()
+        .map(|(info, k)| (k.key.to_string(), info.key.to_string()))
+        .collect();
+    assert_eq!(
+        documented, declared,
+        "the live settings of {FILE} are the `live` entries of config::KEYS, in its order"
+    );
+}
+
+/// The reload table of docs/operations.md says which keys a SIGHUP applies as the key table
+/// does (`section.*` stands for every key of the section).
+#[test]
+fn the_reload_table_of_operations_is_the_reloadable_keys() {
+    use chat_zinx::config::{KEYS, RELOADABLE_KEYS};
+    const FILE: &str = "docs/operations.md";
+    let doc = std::fs::read_to_string(FILE).unwrap();
+    let rows = table_rows(&doc, FILE, "| applied live | need a restart |");
+    assert_eq!(rows.len(), 1, "{FILE}: the reload table has one row");
+    let expand = |cell: &str| -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for span in code_spans(cell) {
+            let matching: Vec<&'static str> = match span.strip_suffix(".*") {
+                Some(section) => KEYS
+                    .iter()
+                    .map(|k| k.key)
+                    .filter(|k| k.split_once('.').is_some_and(|(s, _)| s == section))
+                    .collect(),
+                None => KEYS.iter().map(|k| k.key).filter(|k| *k == span).collect(),
+            };
+            assert!(!matching.is_empty(), "{FILE}: `{span}` names no key");
+            out.extend(matching);
+        }
+        out
+    };
+    let mut applied = expand(&rows[0][0]);
+    applied.sort_unstable();
+    let mut reloadable = RELOADABLE_KEYS.to_vec();
+    reloadable.sort_unstable();
+    assert_eq!(
+        applied, reloadable,
+        "{FILE}: the keys a reload applies are the `reloadable` entries of config::KEYS"
+    );
+    for key in expand(&rows[0][1]) {
+        assert!(
+            !RELOADABLE_KEYS.contains(&key),
+            "{FILE} says {key} needs a restart; config::KEYS marks it reloadable"
+        );
     }
 }
 

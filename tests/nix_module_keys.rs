@@ -10,6 +10,8 @@
 //!   (the module, the VM test, the images, the flake) must be a key of the daemon, and in the
 //!   module a typed option (so that its value is checked above). Other services' settings in
 //!   these files (NATS, Redis) are written as nested sets, which this scan leaves alone.
+//! * Every key of the daemon (`config::KEYS`) is either a typed option in nix/settings.toml or
+//!   listed in [`UNTYPED`] with the reason it has none, so that a new key is a decision.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -109,6 +111,40 @@ fn daemon_check(text: &str) -> Result<(), String> {
     }
 }
 
+/// The daemon's keys without a typed option in nix/settings.toml, and why. They can still be set
+/// in `settings` (untyped; the build-time `config --check` checks them) or in `environmentFile`.
+const UNTYPED: &[(&str, &str)] = &[
+    (
+        "server.state_dir",
+        "the module gives each instance its StateDirectory=, which the daemon uses when unset; \
+         the sandbox lets it write nowhere else",
+    ),
+    (
+        "consul.token",
+        "a secret: environmentFile (CHAT_ZINX_CONSUL__TOKEN), never the Nix store",
+    ),
+    ("protocol.write_queue", TUNING),
+    ("protocol.write_timeout", TUNING),
+    ("protocol.rate_per_sec", TUNING),
+    ("protocol.rate_burst", TUNING),
+    ("auth.hash_concurrency", TUNING),
+    ("offline.direct_backlog", TUNING),
+    ("nats.stream", TUNING),
+    ("nats.max_age", TUNING),
+    ("nats.duplicate_window", TUNING),
+    ("nats.request_timeout", TUNING),
+    ("redis.presence_ttl", TUNING),
+    ("redis.refresh_interval", TUNING),
+    ("redis.command_timeout", TUNING),
+    ("consul.check_ttl", TUNING),
+    ("consul.deregister_after", TUNING),
+    ("consul.kv_prefix", TUNING),
+    ("consul.request_timeout", TUNING),
+];
+
+/// The reason of most untyped keys.
+const TUNING: &str = "a tuning knob whose default suits a NixOS host; set it untyped if needed";
+
 fn known_keys() -> Vec<&'static str> {
     KEYS.iter().map(|k| k.key).collect()
 }
@@ -169,6 +205,29 @@ fn typed_options_are_well_formed() {
                 spec.ty
             );
         }
+    }
+}
+
+#[test]
+fn every_key_of_the_daemon_is_typed_or_untyped_for_a_reason() {
+    let typed: Vec<String> = specs().into_iter().map(|s| s.key).collect();
+    for (key, reason) in UNTYPED {
+        assert!(
+            known_keys().contains(key),
+            "UNTYPED lists {key}, which is not a key of the daemon: remove it"
+        );
+        assert!(
+            !typed.iter().any(|t| t == key),
+            "{key} is both a typed option in {SETTINGS} and listed in UNTYPED: remove one"
+        );
+        assert!(!reason.trim().is_empty(), "UNTYPED: {key} needs a reason");
+    }
+    for key in known_keys() {
+        assert!(
+            typed.iter().any(|t| t == key) || UNTYPED.iter().any(|(k, _)| *k == key),
+            "{key} (config::KEYS) has no typed option in {SETTINGS}: add `[{key}]` there, or \
+             add it to UNTYPED in tests/nix_module_keys.rs with the reason"
+        );
     }
 }
 

@@ -1,15 +1,19 @@
 //! Live settings: configuration keys that can change while a node runs, without a restart or
 //! a reload, read from a key-value source (Consul KV under `consul.kv_prefix` in a cluster).
 //!
-//! This module knows the keys, what each accepts and how a snapshot of the source folds into
-//! [`LiveSettings`]; where the snapshot comes from is the node's business (the Consul adapter
-//! watches the prefix and hands over raw key → value snapshots). The settings in force are
-//! the configured ones with the live ones on top (see `crate::node`).
+//! Each live key is declared on the configuration key it overrides, in the key table
+//! (`KeyInfo::live` in `super::KEYS`): its name and how its value is parsed. This module holds
+//! what they set ([`LiveSettings`]) and how a snapshot of the source folds into it; where the
+//! snapshot comes from is the node's business (the Consul adapter watches the prefix and hands
+//! over raw key → value snapshots). The settings in force are the configured ones with the live
+//! ones on top (see `crate::node`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tracing::warn;
+
+use super::keys::{KeyInfo, KEYS};
 
 /// Settings changed at run time through Consul KV. `None`: the configured value applies.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,110 +38,33 @@ pub struct LiveSettings {
     pub direct_backlog: Option<usize>,
 }
 
-/// One live setting: its KV key (under the prefix), what it accepts, and how it is set.
+/// One live setting, declared on the configuration key it overrides (`super::KeyInfo::live`,
+/// in `super::KEYS`).
+#[derive(Debug, Clone, Copy)]
 pub struct LiveKey {
+    /// Its key under `consul.kv_prefix`.
     pub key: &'static str,
-    /// The configuration key it overrides.
-    pub config_key: &'static str,
-    /// What a valid value looks like (follows "expected").
-    pub expected: &'static str,
-    apply: fn(&str, &mut LiveSettings) -> bool,
-    clear: fn(&mut LiveSettings),
+    /// Sets its field of [`LiveSettings`] from a value; false (nothing set) when invalid.
+    pub(super) apply: fn(&str, &mut LiveSettings) -> bool,
+    /// Unsets its field of [`LiveSettings`]: the configured value applies.
+    pub(super) clear: fn(&mut LiveSettings),
 }
 
-fn parse_min<T: std::str::FromStr + PartialOrd>(v: &str, min: T) -> Option<T> {
+pub(super) fn parse_min<T: std::str::FromStr + PartialOrd>(v: &str, min: T) -> Option<T> {
     v.parse::<T>().ok().filter(|x| *x >= min)
 }
 
-fn parse_duration(v: &str, min: Duration) -> Option<Duration> {
+pub(super) fn parse_duration(v: &str, min: Duration) -> Option<Duration> {
     humantime::parse_duration(v).ok().filter(|d| *d >= min)
 }
 
-macro_rules! live_key {
-    ($key:literal, $config:literal, $expected:literal, $field:ident, $parse:expr) => {
-        LiveKey {
-            key: $key,
-            config_key: $config,
-            expected: $expected,
-            apply: |v, s| match ($parse)(v) {
-                Some(x) => {
-                    s.$field = Some(x);
-                    true
-                }
-                None => false,
-            },
-            clear: |s| s.$field = None,
-        }
-    };
-}
-
-/// Every live setting, by KV key under `consul.kv_prefix`. Values are plain text: numbers as
+/// Every live setting, in [`KEYS`] order: the configuration key it overrides (whose `expected`
+/// says what the live value accepts too) and the live key. Values are plain text: numbers as
 /// digits, durations like `"90s"` or `"2m"`.
-pub const LIVE_KEYS: &[LiveKey] = &[
-    live_key!(
-        "rate_per_sec",
-        "protocol.rate_per_sec",
-        "an integer of at least 1 (frames per second)",
-        rate_per_sec,
-        |v: &str| parse_min::<u32>(v, 1)
-    ),
-    live_key!(
-        "rate_burst",
-        "protocol.rate_burst",
-        "an integer of at least 1 (frames)",
-        rate_burst,
-        |v: &str| parse_min::<u32>(v, 1)
-    ),
-    live_key!(
-        "max_body",
-        "protocol.max_body",
-        "an integer number of bytes between 64 and 16777216",
-        max_body,
-        |v: &str| parse_min::<usize>(v, super::MIN_MAX_BODY).filter(|n| *n <= super::MAX_MAX_BODY)
-    ),
-    live_key!(
-        "idle_timeout",
-        "protocol.idle_timeout",
-        "a duration of at least 1s such as \"180s\"",
-        idle_timeout,
-        |v: &str| parse_duration(v, Duration::from_secs(1))
-    ),
-    live_key!(
-        "write_timeout",
-        "protocol.write_timeout",
-        "a non-zero duration such as \"10s\"",
-        write_timeout,
-        |v: &str| parse_duration(v, Duration::from_millis(1))
-    ),
-    live_key!(
-        "max_connections",
-        "server.max_connections",
-        "an integer of at least 1",
-        max_connections,
-        |v: &str| parse_min::<u64>(v, 1)
-    ),
-    live_key!(
-        "max_devices",
-        "session.max_devices",
-        "an integer of at least 1",
-        max_devices,
-        |v: &str| parse_min::<usize>(v, 1)
-    ),
-    live_key!(
-        "group_backlog",
-        "offline.group_backlog",
-        "a non-negative integer number of messages",
-        group_backlog,
-        |v: &str| v.parse::<usize>().ok()
-    ),
-    live_key!(
-        "direct_backlog",
-        "offline.direct_backlog",
-        "a non-negative integer number of messages (0 = all)",
-        direct_backlog,
-        |v: &str| v.parse::<usize>().ok()
-    ),
-];
+pub fn live_keys() -> impl Iterator<Item = (&'static KeyInfo, &'static LiveKey)> {
+    KEYS.iter()
+        .filter_map(|k| k.live.as_ref().map(|live| (k, live)))
+}
 
 /// Folds key-value snapshots into [`LiveSettings`], remembering what was already reported.
 #[derive(Default)]
@@ -157,7 +84,7 @@ impl LiveState {
     /// key goes back to the configured value.
     pub fn apply(&mut self, snapshot: &BTreeMap<String, String>) -> Option<LiveSettings> {
         let mut next = self.current.clone();
-        for k in LIVE_KEYS {
+        for (info, k) in live_keys() {
             match snapshot.get(k.key) {
                 None => (k.clear)(&mut next),
                 Some(raw) => {
@@ -167,15 +94,15 @@ impl LiveState {
                             key = k.key,
                             value = raw.as_str(),
                             "ignoring the live setting {}: {raw:?} is not {} ({} keeps its previous value); fix the key in Consul KV",
-                            k.key, k.expected, k.config_key
+                            k.key, info.expected, info.key
                         );
                     }
                 }
             }
         }
         for (key, raw) in snapshot {
-            if !LIVE_KEYS.iter().any(|k| k.key == key) && self.seen.get(key) != Some(raw) {
-                let known: Vec<&str> = LIVE_KEYS.iter().map(|k| k.key).collect();
+            if !live_keys().any(|(_, k)| k.key == key) && self.seen.get(key) != Some(raw) {
+                let known: Vec<&str> = live_keys().map(|(_, k)| k.key).collect();
                 warn!(
                     key = key.as_str(),
                     value = raw.as_str(),
@@ -250,6 +177,47 @@ mod tests {
                 max_body: Some(64),
                 ..LiveSettings::default()
             })
+        );
+    }
+
+    /// The text of the default value of a configuration key, as a live value would be written.
+    fn default_text(key: &str) -> String {
+        let table = toml::Table::try_from(crate::config::Config::default()).unwrap();
+        let (section, leaf) = key.split_once('.').unwrap();
+        match &table[section][leaf] {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_live_key_accepts_its_configured_default_and_sets_its_own_field() {
+        let mut all = BTreeMap::new();
+        for (info, k) in live_keys() {
+            let text = default_text(info.key);
+            let mut one = LiveSettings::default();
+            assert!(
+                (k.apply)(&text, &mut one),
+                "the live setting {} rejects {text:?}, the default of {}",
+                k.key,
+                info.key
+            );
+            assert_ne!(one, LiveSettings::default(), "{} sets nothing", k.key);
+            (k.clear)(&mut one);
+            assert_eq!(
+                one,
+                LiveSettings::default(),
+                "{} clears another field",
+                k.key
+            );
+            all.insert(k.key.to_string(), text);
+        }
+        // Together they set every field: no field of LiveSettings lacks a key in the table.
+        let mut s = LiveState::default();
+        let got = s.apply(&all).unwrap();
+        assert!(
+            !format!("{got:?}").contains("None"),
+            "a field of LiveSettings has no live key in config::KEYS: {got:?}"
         );
     }
 }

@@ -39,7 +39,7 @@ use crate::server::probe::loop_probe;
 use crate::server::{accept_loop, ConnSettings, ServerCtx, CURSOR_FLUSH, TOMBSTONE_GRACE};
 use crate::telemetry::metrics::Metrics;
 
-pub use run::{run, RunOptions, RELOADABLE_KEYS, STOP_MARGIN};
+pub use run::{run, RunOptions, STOP_MARGIN};
 
 /// A running node.
 pub struct Node {

@@ -11,24 +11,8 @@ use tracing::{error, info, warn};
 
 use super::systemd::{ActivatedSockets, Notifier};
 use super::Node;
-use crate::config::Config;
+use crate::config::{Config, RELOADABLE_KEYS};
 use crate::server::bind;
-
-/// Keys a SIGHUP applies to the running node; a change to any other key needs a restart.
-pub const RELOADABLE_KEYS: &[&str] = &[
-    "server.max_connections",
-    "server.drain_window",
-    "protocol.max_body",
-    "protocol.idle_timeout",
-    "protocol.write_queue",
-    "protocol.write_timeout",
-    "protocol.rate_per_sec",
-    "protocol.rate_burst",
-    "session.max_devices",
-    "offline.group_backlog",
-    "offline.direct_backlog",
-    "log.level",
-];
 
 /// Time the shutdown may take beyond `server.drain_window` and `protocol.write_timeout` (the
 /// writers' last flush): leaving the registry, stopping the tasks. Past it the process exits

@@ -1,0 +1,156 @@
+//! The example configuration file (`docs/config.example.toml`).
+
+/// A config file setting every key, with a comment for each; it passes
+/// [`check_file`](super::check_file).
+/// Optional keys are set to examples (the comment tells what unset means); the others show
+/// their defaults.
+pub const EXAMPLE_TOML: &str = r#"# chat-zinx configuration.
+#
+# Layers, later ones win: built-in defaults < this file < environment variables.
+# The file is `chat-zinx --config PATH`, else /etc/chat-zinx/config.toml if it exists.
+# Every key can also be set as CHAT_ZINX_<SECTION>__<KEY>, e.g.
+#   CHAT_ZINX_SERVER__LISTEN=0.0.0.0:9000  CHAT_ZINX_PROTOCOL__IDLE_TIMEOUT=2m
+# An empty variable unsets an optional key. Unknown keys and variables are errors.
+# Check a file with `chat-zinx config --check FILE`.
+# Durations are written like "500ms", "10s", "3m", "1h 30m", "7days".
+
+[server]
+# Address of the chat (Zinx framing) listener: IP and port.
+listen = "0.0.0.0:9000"
+# Address of the HTTP listener (health, readiness, metrics): IP and port.
+http_listen = "127.0.0.1:9100"
+# Node id (letters, digits, '-', '_'; at most 64).
+# Unset = generated once and kept in state_dir/node_id.
+node_id = "node-1"
+# Directory for the node id and generated secrets.
+# Unset = $STATE_DIRECTORY (systemd) or ./state.
+state_dir = "/var/lib/chat-zinx"
+# host:port other nodes and redirected clients use to reach this node. Unset = listen.
+advertise_addr = "chat-1.example.com:9000"
+# Connections this node accepts; past it new connections are refused.
+max_connections = 100000
+# How long a graceful shutdown (SIGTERM) may take to drain the connections (1s to 1h).
+# Keep the unit's TimeoutStopSec above it (systemd/chat-zinx.service).
+drain_window = "10s"
+
+[protocol]
+# Largest inbound frame body in bytes (64 to 16777216).
+max_body = 8192
+# A connection with no inbound frame for this long is closed (at least 1s).
+idle_timeout = "3m"
+# Frames queued towards one connection before it counts as a slow consumer (at least 8).
+write_queue = 256
+# A connection whose socket accepts no bytes for this long is disconnected.
+write_timeout = "10s"
+# Sustained inbound frames per second per connection (token bucket rate, at least 1).
+rate_per_sec = 200
+# Inbound frame burst per connection (token bucket size, at least 1).
+rate_burst = 400
+
+[auth]
+# File holding the token signing secret.
+# Unset = state_dir/token_secret, generated once.
+token_secret_file = "/run/secrets/chat-zinx-token-secret"
+# Lifetime of login tokens (at least 1s).
+token_ttl = "7days"
+# Password hashes computed at once (each Argon2id hash takes ~19 MiB for tens of ms).
+hash_concurrency = 4
+
+[session]
+# Connections (devices) one user may have logged in at once, cluster-wide (at least 1).
+max_devices = 5
+
+[offline]
+# Group messages pushed per group at login (older ones stay in group history).
+group_backlog = 100
+# P2P messages pushed per conversation at login; 0 = all of them.
+direct_backlog = 0
+
+[log]
+# A tracing filter ("info", "info,chat_zinx=debug", ...); RUST_LOG overrides it.
+level = "info"
+# Where logs go: "auto" (journald when stderr is the journal, else stderr),
+# "journald", or "text" (stderr).
+format = "auto"
+
+[nats]
+# NATS server URL(s), comma separated. Unset = in-process bus and memory store.
+url = "nats://127.0.0.1:4222"
+# JetStream stream of the message log; the KV buckets are named <stream>_users, _groups, _meta.
+stream = "CHAT_ZINX"
+# Replicas of the stream and buckets: 1, or 3 on a NATS cluster.
+replicas = 1
+# Messages older than this leave the log; "0s" keeps them forever.
+max_age = "0s"
+# A retried send with the same client_msg_id is recognised within this window.
+duplicate_window = "10m"
+# Time limit of one request to NATS; past it the client gets a "try again" error.
+request_timeout = "5s"
+
+[redis]
+# Redis URL. Unset = in-process presence. Sentinel:
+#   redis-sentinel://s1:26379?sentinelServiceName=NAME&node=s2:26379
+# Cluster: redis-cluster://n1:6379?node=n2:6379 (TLS: rediss://, rediss-sentinel://, ...).
+url = "redis://127.0.0.1:6379"
+# A session counts this long after its node last wrote it (a dead node's vanish within it).
+presence_ttl = "30s"
+# How often a node rewrites its sessions in Redis (at most half of presence_ttl).
+refresh_interval = "10s"
+# Time limit of one call to Redis; past it the call fails and the chat goes on.
+command_timeout = "2s"
+
+[consul]
+# Consul HTTP address. Unset = no discovery (this node only).
+addr = "http://127.0.0.1:8500"
+# Consul ACL token (secret; prefer CHAT_ZINX_CONSUL__TOKEN over writing it here).
+token = "00000000-0000-0000-0000-000000000000"
+# Service name every node registers under (letters, digits, '-').
+service = "chat-zinx"
+# TTL of a node's health check, passed by the node every third of it (1s to 1h).
+# A node that stops passing leaves the healthy nodes after it.
+check_ttl = "15s"
+# Consul removes a node whose check has been critical for this long (at least 1m).
+deregister_after = "1m"
+# KV prefix of the live settings (rate_per_sec, rate_burst, max_devices, ...),
+# applied without restart; a removed key goes back to the value configured here.
+kv_prefix = "chat-zinx/settings/"
+# Time limit of one request to Consul (a blocking watch waits longer).
+request_timeout = "5s"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::file;
+    use crate::config::{check_file, Config, KEYS};
+
+    #[test]
+    fn example_toml_sets_every_key_and_shows_defaults() {
+        let f = file(EXAMPLE_TOML);
+        let c = check_file(f.path()).unwrap();
+        let table: toml::Table = toml::from_str(EXAMPLE_TOML).unwrap();
+        let mut example_keys = Vec::new();
+        for (section, keys) in &table {
+            for key in keys.as_table().unwrap().keys() {
+                example_keys.push(format!("{section}.{key}"));
+            }
+        }
+        let mut known: Vec<String> = KEYS.iter().map(|k| k.key.to_string()).collect();
+        example_keys.sort();
+        known.sort();
+        assert_eq!(example_keys, known);
+
+        // Every non-optional key shows its default.
+        let mut d = Config::default();
+        d.server.node_id = c.server.node_id.clone();
+        d.server.state_dir = c.server.state_dir.clone();
+        d.server.advertise_addr = c.server.advertise_addr.clone();
+        d.auth.token_secret_file = c.auth.token_secret_file.clone();
+        d.nats = c.nats.clone();
+        d.redis = c.redis.clone();
+        d.consul.addr = c.consul.addr.clone();
+        d.consul.token = c.consul.token.clone();
+        assert_eq!(c, d);
+        assert!(c.server.node_id.is_some() && c.consul.token.is_some());
+    }
+}
