@@ -5,6 +5,7 @@
 //! * [`Presence`]: which user is connected where, cluster-wide.
 //! * [`Bus`]: cross-node delivery of messages and control events.
 //! * [`Registry`]: the nodes of the cluster, their load and health.
+//! * [`Clock`]: the time ([`SystemClock`] when running, [`ManualClock`] in tests).
 //!
 //! The adapters in `crate::backend` implement them: in-process (the single-node default) and
 //! NATS JetStream, Redis and Consul (the cluster). The core depends on these traits only,
@@ -105,6 +106,90 @@ impl Drop for Placed {
         if let Some(f) = self.0.take() {
             f();
         }
+    }
+}
+
+/// The time, as the core reads it: every timestamp, token validity and cache age of the core
+/// comes from here, so that tests can move time instead of waiting for it.
+/// [`SystemClock`] is the real one; [`ManualClock`] moves only when told.
+pub trait Clock: Send + Sync + 'static {
+    /// Wall-clock time, Unix milliseconds (message and account timestamps, token validity).
+    fn now_ms(&self) -> UnixMs;
+    /// Monotonic time since an origin of the clock's own (ages of cached answers): never goes
+    /// back, whatever the wall clock does.
+    fn monotonic(&self) -> Duration;
+}
+
+/// The system's clocks: [`SystemTime`](std::time::SystemTime) and
+/// [`Instant`](std::time::Instant).
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: std::time::Instant,
+}
+
+impl SystemClock {
+    pub fn new() -> Self {
+        SystemClock {
+            origin: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> UnixMs {
+        now_ms()
+    }
+
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A clock that stands still until [`ManualClock::advance`] moves it (both its wall and its
+/// monotonic time, by the same amount). For tests.
+#[derive(Debug)]
+pub struct ManualClock {
+    wall_ms: std::sync::atomic::AtomicI64,
+    mono_ns: std::sync::atomic::AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock whose wall time is `start` (Unix ms) and monotonic time zero.
+    pub fn new(start: UnixMs) -> Self {
+        ManualClock {
+            wall_ms: start.into(),
+            mono_ns: 0.into(),
+        }
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.wall_ms.fetch_add(by.as_millis() as i64, SeqCst);
+        self.mono_ns.fetch_add(by.as_nanos() as u64, SeqCst);
+    }
+}
+
+impl Default for ManualClock {
+    /// Starts at 2023-11-14T22:13:20Z (1 700 000 000 000 ms).
+    fn default() -> Self {
+        Self::new(1_700_000_000_000)
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> UnixMs {
+        self.wall_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_nanos(self.mono_ns.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
 
