@@ -541,16 +541,15 @@ async fn the_device_limit_kicks_the_oldest_sessions() {
 }
 
 #[tokio::test]
-async fn the_oldest_session_is_the_one_opened_first_on_the_clock() {
+async fn the_oldest_session_is_the_oldest_on_the_clock_not_the_first_listed() {
     let w = world_with(Limits {
-        max_devices: 1,
+        max_devices: 2,
         ..limits()
     })
     .await;
     let alice = w.user("alice").await;
-    // A session on another node, opened after this node's first one.
     w.online(&alice, 1).await;
-    w.clock.advance(Duration::from_secs(1));
+    // Listed after conn 1, but opened a minute before it on another node.
     w.backends
         .presence
         .register(SessionInfo {
@@ -558,14 +557,18 @@ async fn the_oldest_session_is_the_one_opened_first_on_the_clock() {
             node_id: OTHER_NODE.into(),
             conn_id: 1,
             device: "phone".into(),
-            since: w.clock.now_ms() + 5_000,
+            since: w.clock.now_ms() - 60_000,
         })
         .await
         .unwrap();
-    w.clock.advance(Duration::from_secs(10));
+    w.clock.advance(Duration::from_secs(1));
     w.online(&alice, 2).await;
-    // Three sessions, limit one: this node's conn 1 (oldest) is kicked here; the other node's
-    // session is asked to close over the bus (the in-process bus cannot reach it).
+    // The other node's session is the one to close (asked over the bus, which in process
+    // cannot reach it); this node's connections stay.
+    assert_eq!(w.local.kicks(), vec![]);
+    w.clock.advance(Duration::from_secs(1));
+    w.online(&alice, 3).await;
+    // Now four sessions: the other node's and conn 1 are the two oldest.
     assert_eq!(
         w.local.kicks().iter().map(|k| k.1).collect::<Vec<_>>(),
         vec![1]

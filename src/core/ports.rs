@@ -549,3 +549,29 @@ impl Backends {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_advanced() {
+        let c = ManualClock::new(1_000);
+        assert_eq!((c.now_ms(), c.monotonic()), (1_000, Duration::ZERO));
+        assert_eq!(c.now_ms(), 1_000);
+        c.advance(Duration::from_millis(1_500));
+        assert_eq!(c.now_ms(), 2_500);
+        assert_eq!(c.monotonic(), Duration::from_millis(1_500));
+    }
+
+    #[test]
+    fn the_system_clock_reads_the_system_time() {
+        let c = SystemClock::new();
+        let before = now_ms();
+        let read = c.now_ms();
+        assert!(read >= before && read - before < 60_000, "{before} {read}");
+        let a = c.monotonic();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(c.monotonic() >= a + Duration::from_millis(2));
+    }
+}
