@@ -17,10 +17,11 @@
 //! keeps memory flat without an LRU's bookkeeping on the hot path.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::model::{GroupId, User, UserId};
+use super::ports::Clock;
 
 /// Entries per map before it is cleared.
 const DIRECTORY_CAP: usize = 200_000;
@@ -84,30 +85,40 @@ impl UserDirectory {
     }
 }
 
-/// Recent positive membership checks (see the module doc).
-#[derive(Default)]
+/// Recent positive membership checks (see the module doc), aged by the core's [`Clock`].
 pub struct MembershipCache {
-    checked: Mutex<HashMap<(UserId, GroupId), Instant>>,
+    clock: Arc<dyn Clock>,
+    /// When each check was made, on the clock's monotonic time.
+    checked: Mutex<HashMap<(UserId, GroupId), Duration>>,
 }
 
 impl MembershipCache {
-    fn checked(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, GroupId), Instant>> {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        MembershipCache {
+            clock,
+            checked: Mutex::default(),
+        }
+    }
+
+    fn checked(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, GroupId), Duration>> {
         self.checked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `user` was found to be a member of `group` less than the recheck interval ago.
     pub fn fresh(&self, user: UserId, group: GroupId) -> bool {
+        let now = self.clock.monotonic();
         self.checked()
             .get(&(user, group))
-            .is_some_and(|at| at.elapsed() < MEMBERSHIP_RECHECK)
+            .is_some_and(|at| now.saturating_sub(*at) < MEMBERSHIP_RECHECK)
     }
 
     pub fn confirmed(&self, user: UserId, group: GroupId) {
+        let now = self.clock.monotonic();
         let mut m = self.checked();
         if m.len() >= MEMBERSHIP_CAP {
             m.clear();
         }
-        m.insert((user, group), Instant::now());
+        m.insert((user, group), now);
     }
 
     /// The user left or was removed (known on this node): forget at once.
@@ -119,6 +130,7 @@ impl MembershipCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::ports::ManualClock;
 
     fn user(id: UserId, name: &str, uuid: &str) -> User {
         User {
@@ -158,12 +170,26 @@ mod tests {
 
     #[test]
     fn membership_is_fresh_until_forgotten() {
-        let c = MembershipCache::default();
+        let c = MembershipCache::new(Arc::new(ManualClock::default()));
         assert!(!c.fresh(1, 2));
         c.confirmed(1, 2);
         assert!(c.fresh(1, 2));
         assert!(!c.fresh(1, 3));
         c.forget(1, 2);
         assert!(!c.fresh(1, 2));
+    }
+
+    #[test]
+    fn membership_goes_stale_after_the_recheck_interval() {
+        let clock = Arc::new(ManualClock::default());
+        let c = MembershipCache::new(clock.clone());
+        c.confirmed(1, 2);
+        clock.advance(MEMBERSHIP_RECHECK - Duration::from_millis(1));
+        assert!(c.fresh(1, 2));
+        clock.advance(Duration::from_millis(1));
+        assert!(!c.fresh(1, 2));
+        // A new check starts a new interval.
+        c.confirmed(1, 2);
+        assert!(c.fresh(1, 2));
     }
 }

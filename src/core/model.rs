@@ -18,6 +18,9 @@ pub type UnixMs = i64;
 /// Identity of one connection on one node.
 pub type ConnId = u64;
 
+/// The system's wall clock. The core reads the time through its
+/// [`Clock`](super::ports::Clock) (this is [`SystemClock`](super::ports::SystemClock)'s);
+/// adapters and tools call it directly.
 pub fn now_ms() -> UnixMs {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

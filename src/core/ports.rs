@@ -5,6 +5,7 @@
 //! * [`Presence`]: which user is connected where, cluster-wide.
 //! * [`Bus`]: cross-node delivery of messages and control events.
 //! * [`Registry`]: the nodes of the cluster, their load and health.
+//! * [`Clock`]: the time ([`SystemClock`] when running, [`ManualClock`] in tests).
 //!
 //! The adapters in `crate::backend` implement them: in-process (the single-node default) and
 //! NATS JetStream, Redis and Consul (the cluster). The core depends on these traits only,
@@ -83,6 +84,90 @@ pub type BackendResult<T> = Result<T, BackendError>;
 /// [`Store::place`]): it resolves to the appended message once the append is durable, or to
 /// the reason it could not be made durable.
 pub type AppendAck = futures_util::future::BoxFuture<'static, BackendResult<Appended>>;
+
+/// The time, as the core reads it: every timestamp, token validity and cache age of the core
+/// comes from here, so that tests can move time instead of waiting for it.
+/// [`SystemClock`] is the real one; [`ManualClock`] moves only when told.
+pub trait Clock: Send + Sync + 'static {
+    /// Wall-clock time, Unix milliseconds (message and account timestamps, token validity).
+    fn now_ms(&self) -> UnixMs;
+    /// Monotonic time since an origin of the clock's own (ages of cached answers): never goes
+    /// back, whatever the wall clock does.
+    fn monotonic(&self) -> Duration;
+}
+
+/// The system's clocks: [`SystemTime`](std::time::SystemTime) and
+/// [`Instant`](std::time::Instant).
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: std::time::Instant,
+}
+
+impl SystemClock {
+    pub fn new() -> Self {
+        SystemClock {
+            origin: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> UnixMs {
+        now_ms()
+    }
+
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A clock that stands still until [`ManualClock::advance`] moves it (both its wall and its
+/// monotonic time, by the same amount). For tests.
+#[derive(Debug)]
+pub struct ManualClock {
+    wall_ms: std::sync::atomic::AtomicI64,
+    mono_ns: std::sync::atomic::AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock whose wall time is `start` (Unix ms) and monotonic time zero.
+    pub fn new(start: UnixMs) -> Self {
+        ManualClock {
+            wall_ms: start.into(),
+            mono_ns: 0.into(),
+        }
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.wall_ms.fetch_add(by.as_millis() as i64, SeqCst);
+        self.mono_ns.fetch_add(by.as_nanos() as u64, SeqCst);
+    }
+}
+
+impl Default for ManualClock {
+    /// Starts at 2023-11-14T22:13:20Z (1 700 000 000 000 ms).
+    fn default() -> Self {
+        Self::new(1_700_000_000_000)
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> UnixMs {
+        self.wall_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_nanos(self.mono_ns.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
 
 /// This node's connections, as the core sees them. Implemented by the server's hub; every
 /// method is synchronous and never blocks (pushes go into bounded per-connection queues).
@@ -434,5 +519,31 @@ impl Backends {
             bus: BackendStatus::of(bus),
             registry: BackendStatus::of(registry),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_advanced() {
+        let c = ManualClock::new(1_000);
+        assert_eq!((c.now_ms(), c.monotonic()), (1_000, Duration::ZERO));
+        assert_eq!(c.now_ms(), 1_000);
+        c.advance(Duration::from_millis(1_500));
+        assert_eq!(c.now_ms(), 2_500);
+        assert_eq!(c.monotonic(), Duration::from_millis(1_500));
+    }
+
+    #[test]
+    fn the_system_clock_reads_the_system_time() {
+        let c = SystemClock::new();
+        let before = now_ms();
+        let read = c.now_ms();
+        assert!(read >= before && read - before < 60_000, "{before} {read}");
+        let a = c.monotonic();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(c.monotonic() >= a + Duration::from_millis(2));
     }
 }

@@ -17,7 +17,7 @@ use super::auth::Auth;
 use super::directory::{is_uuid_shaped, MembershipCache, UserDirectory};
 use super::error::{ChatError, ChatResult};
 use super::model::*;
-use super::ports::{AppendAck, BackendError, Backends, BusEvent, LocalDelivery};
+use super::ports::{AppendAck, BackendError, Backends, BusEvent, Clock, LocalDelivery};
 
 /// Limits that can change while running (live settings).
 #[derive(Debug, Clone)]
@@ -167,6 +167,7 @@ pub struct ChatCore {
     limits: RwLock<Limits>,
     directory: UserDirectory,
     memberships: MembershipCache,
+    clock: Arc<dyn Clock>,
 }
 
 fn count_chars(s: &str) -> usize {
@@ -190,6 +191,7 @@ impl ChatCore {
         auth: Auth,
         local: Arc<dyn LocalDelivery>,
         limits: Limits,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         ChatCore {
             node_id,
@@ -198,8 +200,14 @@ impl ChatCore {
             local,
             limits: RwLock::new(limits),
             directory: UserDirectory::default(),
-            memberships: MembershipCache::default(),
+            memberships: MembershipCache::new(clock.clone()),
+            clock,
         }
+    }
+
+    /// The wall-clock time, Unix milliseconds, on the core's clock.
+    fn now_ms(&self) -> UnixMs {
+        self.clock.now_ms()
     }
 
     pub fn node_id(&self) -> &str {
@@ -257,7 +265,7 @@ impl ChatCore {
                 username: username.to_string(),
                 email: email.to_string(),
                 password_hash: hash,
-                created_at: now_ms(),
+                created_at: self.now_ms(),
             })
             .await?;
         Ok(user)
@@ -288,7 +296,7 @@ impl ChatCore {
     pub async fn login_token(&self, token: &str) -> ChatResult<LoginOk> {
         let claims = self
             .auth
-            .verify_token(token, now_ms() / 1000)
+            .verify_token(token, self.now_ms() / 1000)
             .map_err(|e| ChatError::BadToken(e.to_string()))?;
         let user = self
             .backends
@@ -301,7 +309,7 @@ impl ChatCore {
     }
 
     async fn finish_login(&self, user: User) -> ChatResult<LoginOk> {
-        let now = now_ms();
+        let now = self.now_ms();
         let previous = self.backends.store.record_login(user.id, now).await?;
         let token = self.auth.issue_token(&user, now / 1000);
         Ok(LoginOk {
@@ -321,7 +329,7 @@ impl ChatCore {
                 node_id: self.node_id.clone(),
                 conn_id: conn,
                 device: device.to_string(),
-                since: now_ms(),
+                since: self.now_ms(),
             })
             .await?;
         let max = self.limits().max_devices.max(1);
@@ -569,7 +577,7 @@ impl ChatCore {
                 sender_id: me.id,
                 sender_uuid: me.uuid.clone(),
                 sender_name: me.username.clone(),
-                timestamp: now_ms(),
+                timestamp: self.now_ms(),
                 body: MessageBody::Direct {
                     recipient_id: recipient,
                     to_user_id: input.to,
@@ -595,7 +603,7 @@ impl ChatCore {
             dedupe,
             route,
         } = prepared;
-        message.timestamp = now_ms();
+        message.timestamp = self.now_ms();
         let ack = self.backends.store.place(message, dedupe).await?;
         Ok(Placed { ack, route })
     }
@@ -760,7 +768,7 @@ impl ChatCore {
                 owner_id: me.id,
                 description: description.to_string(),
                 avatar: avatar.to_string(),
-                created_at: now_ms(),
+                created_at: self.now_ms(),
             })
             .await?;
         self.membership_changed(me.id, group.id, true).await;
@@ -830,7 +838,7 @@ impl ChatCore {
         match self
             .backends
             .store
-            .add_member(group, me.id, Role::Member, now_ms())
+            .add_member(group, me.id, Role::Member, self.now_ms())
             .await
         {
             Ok(_) => {}
@@ -1003,7 +1011,7 @@ impl ChatCore {
                 sender_id: me.id,
                 sender_uuid: me.uuid.clone(),
                 sender_name: me.username.clone(),
-                timestamp: now_ms(),
+                timestamp: self.now_ms(),
                 body: MessageBody::Group {
                     group_id: group,
                     content,

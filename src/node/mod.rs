@@ -32,6 +32,7 @@ use crate::config::live::{LiveSettings, LiveState};
 use crate::config::Config;
 use crate::core::auth::Auth;
 use crate::core::model::NodeInfo;
+use crate::core::ports::SystemClock;
 use crate::core::service::Limits;
 use crate::core::ChatCore;
 use crate::server::hub::Hub;
@@ -118,6 +119,7 @@ impl Node {
             auth,
             hub.clone(),
             wiring::limits(config),
+            Arc::new(SystemClock::new()),
         ));
         // Inbound bus events go through the core, which applies the delivery rules and hands
         // pushes to the hub.
