@@ -123,10 +123,19 @@ impl Nats {
         // busy machine): wait for it instead of failing the node's start.
         let deadline = tokio::time::Instant::now() + JETSTREAM_READY_WAIT;
         let (log, [users, groups, meta]) = loop {
-            match Self::open_log(&js, settings, &log_prefix).await {
+            let opened = match Self::open_log(&js, settings, &log_prefix).await {
+                // Created is not yet serving: a replicated stream or bucket answers reads
+                // only once its own leader is elected, and a node that reported ready before
+                // that answered its first requests "no responders".
+                Ok(opened) => Self::answering(&opened.0, &opened.1, &log_prefix)
+                    .await
+                    .map(|()| opened),
+                Err(e) => Err(e),
+            };
+            match opened {
                 Ok(opened) => break opened,
                 Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "JetStream cannot create or open the message log yet (a new cluster may still be electing its leader); retrying");
+                    tracing::warn!(error = %e, "JetStream cannot create, open or read the message log and buckets yet (a new cluster may still be electing its leaders); retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => return Err(e),
@@ -146,6 +155,34 @@ impl Nats {
             node_task: Mutex::new(None),
             inbound: Mutex::new(None),
         }))
+    }
+
+    /// Whether the log and every bucket answer a read (of something that does not exist:
+    /// "not found" is an answer, "no responders" is not).
+    async fn answering(
+        log: &stream::Stream,
+        buckets: &[kv::Store; 3],
+        log_prefix: &str,
+    ) -> Result<(), BackendError> {
+        match log
+            .direct_get_last_for_subject(format!("{log_prefix}.ready-probe"))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(unavailable(format!(
+                    "the message log does not answer yet: {e}"
+                )))
+            }
+        }
+        for bucket in buckets {
+            bucket
+                .get("ready-probe")
+                .await
+                .map_err(|e| unavailable(format!("a KV bucket does not answer yet: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Creates or updates the message log stream and the KV buckets (users, groups, meta).
