@@ -22,9 +22,9 @@
 //!
 //! Every error that is not a business answer maps to [`BackendError::Unavailable`].
 //!
-//! The files: this one connects and holds the connection ([`Nats`]); [`log`] is the message
-//! log (records, the two-phase append, reads by position); [`buckets`] the KV buckets; [`store`] the
-//! [`Store`] port on both; [`bus`] the [`Bus`] port on core NATS.
+//! The files: this one connects and holds the connection ([`Nats`]); `log` is the message
+//! log (records, the two-phase append, reads by position); `buckets` the KV buckets; `store` the
+//! [`Store`] port on both; `bus` the [`Bus`] port on core NATS.
 
 mod buckets;
 mod bus;

@@ -1,0 +1,90 @@
+//! Accounts: registration, password and token login.
+
+use super::*;
+use crate::core::error::{ChatError, ChatResult};
+use crate::core::model::*;
+
+impl ChatCore {
+    /// Registers a user. Empty fields are the protocol layer's business (they have their own
+    /// reply); here the limits of `docs/protocol.md` §12.1 apply.
+    pub async fn register(&self, username: &str, password: &str, email: &str) -> ChatResult<User> {
+        check_len("username", username, 1, 50)?;
+        if password.len() < 6 || password.len() > 128 {
+            return Err(ChatError::Invalid(format!(
+                "password must be 6 to 128 bytes (got {})",
+                password.len()
+            )));
+        }
+        check_len("email", email, 3, 100)?;
+        if !email.contains('@') {
+            return Err(ChatError::Invalid("email must contain an @".into()));
+        }
+        let store = &self.backends.store;
+        if store.user_by_name(username).await?.is_some() {
+            return Err(ChatError::UsernameTaken);
+        }
+        let hash = self
+            .auth
+            .hash_password(password.to_string())
+            .await
+            .map_err(|e| ChatError::Internal(e.to_string()))?;
+        let user = store
+            .create_user(NewUser {
+                uuid: uuid::Uuid::new_v4().to_string(),
+                username: username.to_string(),
+                email: email.to_string(),
+                password_hash: hash,
+                created_at: self.now_ms(),
+            })
+            .await?;
+        Ok(user)
+    }
+
+    pub async fn login_password(&self, username: &str, password: &str) -> ChatResult<LoginOk> {
+        let user = self
+            .backends
+            .store
+            .user_by_name(username)
+            .await?
+            .ok_or(ChatError::UnknownUser)?;
+        // A password longer than any we accept cannot match: refuse before hashing it.
+        if password.len() > 128 {
+            return Err(ChatError::WrongPassword);
+        }
+        let ok = self
+            .auth
+            .verify_password(password.to_string(), user.password_hash.clone())
+            .await
+            .map_err(|e| ChatError::Internal(e.to_string()))?;
+        if !ok {
+            return Err(ChatError::WrongPassword);
+        }
+        self.finish_login(user).await
+    }
+
+    pub async fn login_token(&self, token: &str) -> ChatResult<LoginOk> {
+        let claims = self
+            .auth
+            .verify_token(token, self.now_ms() / 1000)
+            .map_err(|e| ChatError::BadToken(e.to_string()))?;
+        let user = self
+            .backends
+            .store
+            .user_by_id(claims.id)
+            .await?
+            .filter(|u| u.uuid == claims.user_uuid)
+            .ok_or(ChatError::UnknownUser)?;
+        self.finish_login(user).await
+    }
+
+    pub(in crate::core) async fn finish_login(&self, user: User) -> ChatResult<LoginOk> {
+        let now = self.now_ms();
+        let previous = self.backends.store.record_login(user.id, now).await?;
+        let token = self.auth.issue_token(&user, now / 1000);
+        Ok(LoginOk {
+            previous_login: previous.unwrap_or(user.created_at),
+            user,
+            token,
+        })
+    }
+}

@@ -1,0 +1,287 @@
+//! Sending, in three steps so that a connection can pipeline its sends: prepare (checks, the
+//! recipient), place (the two-phase append) and deliver (local pushes, then the other nodes).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::*;
+use crate::core::directory::is_uuid_shaped;
+use crate::core::error::{ChatError, ChatResult};
+use crate::core::model::*;
+use crate::core::ports::BusEvent;
+
+impl ChatCore {
+    /// Resolves a recipient the way the original does: uuid, then username, then numeric id.
+    /// Positive answers come from the node's [`UserDirectory`] when it has them; a miss
+    /// falls through to the store in the same order, so the order of precedence holds.
+    pub async fn resolve_user_id(&self, who: &str) -> ChatResult<Option<UserId>> {
+        if is_uuid_shaped(who) {
+            if let Some(id) = self.lookup_uuid(who).await? {
+                return Ok(Some(id));
+            }
+        }
+        if let Some(id) = self.lookup_name(who).await? {
+            return Ok(Some(id));
+        }
+        if let Ok(id) = who.parse::<u32>() {
+            let id = id as UserId;
+            if self.directory.knows_id(id) {
+                return Ok(Some(id));
+            }
+            if let Some(u) = self.backends.store.user_by_id(id).await? {
+                self.directory.learn(&u);
+                return Ok(Some(u.id));
+            }
+        }
+        Ok(None)
+    }
+
+    pub(in crate::core) async fn lookup_uuid(&self, uuid: &str) -> ChatResult<Option<UserId>> {
+        if let Some(id) = self.directory.by_uuid(uuid) {
+            return Ok(Some(id));
+        }
+        let found = self.backends.store.user_by_uuid(uuid).await?;
+        Ok(found.map(|u| {
+            self.directory.learn(&u);
+            u.id
+        }))
+    }
+
+    pub(in crate::core) async fn lookup_name(&self, name: &str) -> ChatResult<Option<UserId>> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        if let Some(id) = self.directory.by_name(name) {
+            return Ok(Some(id));
+        }
+        let found = self.backends.store.user_by_name(name).await?;
+        Ok(found.map(|u| {
+            self.directory.learn(&u);
+            u.id
+        }))
+    }
+
+    pub(in crate::core) fn check_client_msg_id(id: &str) -> ChatResult<()> {
+        if count_chars(id) > MAX_CLIENT_MSG_ID {
+            return Err(ChatError::Invalid(format!(
+                "client_msg_id must be at most {MAX_CLIENT_MSG_ID} characters"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(in crate::core) fn dedupe_key(me: &Me, client_msg_id: &str) -> Option<DedupeKey> {
+        (!client_msg_id.is_empty()).then(|| DedupeKey {
+            sender_id: me.id,
+            client_msg_id: client_msg_id.to_string(),
+        })
+    }
+
+    /// Checks a direct message and resolves its recipient (first step of a send).
+    pub async fn prepare_direct(
+        &self,
+        me: &Me,
+        origin: ConnId,
+        input: DirectInput,
+    ) -> ChatResult<Prepared> {
+        Self::check_client_msg_id(&input.client_msg_id)?;
+        if input.to.is_empty() {
+            return Err(ChatError::Invalid("to_user_id must not be empty".into()));
+        }
+        let recipient = self
+            .resolve_user_id(&input.to)
+            .await?
+            .ok_or_else(|| ChatError::NoSuchTarget(input.to.clone()))?;
+        // Messages to oneself reach every own connection, the sending one included (as the
+        // original); otherwise the sender's other devices get a copy.
+        let route = if recipient == me.id {
+            Route::Direct {
+                users: vec![me.id],
+                skip: None,
+            }
+        } else {
+            Route::Direct {
+                users: vec![recipient, me.id],
+                skip: Some(origin),
+            }
+        };
+        Ok(Prepared {
+            dedupe: Self::dedupe_key(me, &input.client_msg_id),
+            message: NewMessage {
+                msg_id: uuid::Uuid::new_v4().to_string(),
+                conv: ConvId::direct(me.id, recipient),
+                sender_id: me.id,
+                sender_uuid: me.uuid.clone(),
+                sender_name: me.username.clone(),
+                timestamp: self.now_ms(),
+                body: MessageBody::Direct {
+                    recipient_id: recipient,
+                    to_user_id: input.to,
+                    content: input.content,
+                    msg_type: input.msg_type,
+                    sent_at: input.sent_at,
+                },
+            },
+            route,
+        })
+    }
+
+    /// Appends a prepared message to the log (second step of a send), in two phases: this
+    /// returns once the message's place in the log is fixed ([`Store::place`]), and
+    /// [`Placed::committed`] waits until it is durable. A connection starts its next append
+    /// only once this returns, so its appends overlap and are still logged in its order.
+    /// The message's time is the time of the append, not of the check.
+    ///
+    /// [`Store::place`]: crate::core::ports::Store::place
+    pub async fn place(&self, prepared: Prepared) -> ChatResult<Placed> {
+        let Prepared {
+            mut message,
+            dedupe,
+            route,
+        } = prepared;
+        message.timestamp = self.now_ms();
+        let ack = self.backends.store.place(message, dedupe).await?;
+        Ok(Placed { ack, route })
+    }
+
+    /// Last step of a send, first half: pushes an appended message to this node's
+    /// connections, then finds which other nodes need it (presence, for a direct message).
+    /// `None` for a retry (a duplicate is not pushed again). Sends of one connection may do
+    /// this concurrently; their [`Self::publish`] calls are what they issue in order, so that
+    /// pushes on other nodes keep the send order.
+    pub async fn deliver_locally(&self, committed: &Committed) -> Option<Routed> {
+        if committed.appended.duplicate {
+            return None;
+        }
+        let message = Arc::new(committed.appended.message.clone());
+        let remote = match &committed.route {
+            Route::Direct { users, skip } => {
+                for user in self.local.deliver_direct(&message, users, *skip) {
+                    self.mark_undelivered(user, message.seq).await;
+                }
+                Remote::Nodes(self.remote_nodes(&message, users).await)
+            }
+            Route::Group { group, skip } => {
+                for user in self.local.deliver_group(&message, Some(*skip)) {
+                    self.mark_undelivered(user, message.seq).await;
+                }
+                Remote::Group(*group)
+            }
+        };
+        Some(Routed { message, remote })
+    }
+
+    /// The other nodes where `users` have connections, with those users.
+    pub(in crate::core) async fn remote_nodes(
+        &self,
+        message: &StoredMessage,
+        users: &[UserId],
+    ) -> Vec<(String, Vec<UserId>)> {
+        let sessions = match self.backends.presence.sessions(users).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Presence is not on the durable path: the message is stored and reaches the
+                // other nodes' users at their next login or sync.
+                warn!(msg_id = %message.msg_id, error = %e, "presence unavailable: remote live delivery skipped");
+                return Vec::new();
+            }
+        };
+        let mut by_node: HashMap<String, BTreeSet<UserId>> = HashMap::new();
+        for (user, list) in sessions {
+            for s in list {
+                if s.node_id != self.node_id {
+                    by_node.entry(s.node_id).or_default().insert(user);
+                }
+            }
+        }
+        by_node
+            .into_iter()
+            .map(|(node, users)| (node, users.into_iter().collect()))
+            .collect()
+    }
+
+    /// Last step of a send, second half: hands the message to the other nodes over the bus.
+    /// A publish that fails is recorded as undelivered for the users it was for.
+    pub async fn publish(&self, routed: Routed) {
+        let Routed { message, remote } = routed;
+        match remote {
+            Remote::Nodes(nodes) => {
+                for (node, users) in nodes {
+                    let event = BusEvent::Direct {
+                        message: message.clone(),
+                        users: users.clone(),
+                    };
+                    if let Err(e) = self.backends.bus.publish_node(&node, event).await {
+                        warn!(msg_id = %message.msg_id, node = %node, error = %e, "cross-node delivery failed; recipients get it at their next sync");
+                        for u in users {
+                            self.mark_undelivered(u, message.seq).await;
+                        }
+                    }
+                }
+            }
+            Remote::Group(group) => {
+                let event = BusEvent::Group {
+                    message: message.clone(),
+                    origin_node: self.node_id.clone(),
+                };
+                if let Err(e) = self.backends.bus.publish_group(group, event).await {
+                    warn!(msg_id = %message.msg_id, group, error = %e, "group publish failed; remote members get it at their next sync");
+                    self.mark_remote_members_undelivered(group, &message).await;
+                }
+            }
+        }
+    }
+
+    /// Checks a group message and that its sender is a member (first step of a send).
+    pub async fn prepare_group(
+        &self,
+        me: &Me,
+        origin: ConnId,
+        group: GroupId,
+        content: String,
+        client_msg_id: &str,
+    ) -> ChatResult<Prepared> {
+        Self::check_client_msg_id(client_msg_id)?;
+        self.check_member(me, group).await?;
+        Ok(Prepared {
+            dedupe: Self::dedupe_key(me, client_msg_id),
+            message: NewMessage {
+                msg_id: uuid::Uuid::new_v4().to_string(),
+                conv: ConvId::Group(group),
+                sender_id: me.id,
+                sender_uuid: me.uuid.clone(),
+                sender_name: me.username.clone(),
+                timestamp: self.now_ms(),
+                body: MessageBody::Group {
+                    group_id: group,
+                    content,
+                },
+            },
+            route: Route::Group {
+                group,
+                skip: origin,
+            },
+        })
+    }
+
+    pub(in crate::core) async fn mark_remote_members_undelivered(
+        &self,
+        group: GroupId,
+        message: &StoredMessage,
+    ) {
+        let Ok(members) = self.backends.store.members(group).await else {
+            return;
+        };
+        let ids: Vec<UserId> = members.iter().map(|m| m.user_id).collect();
+        let Ok(sessions) = self.backends.presence.sessions(&ids).await else {
+            return;
+        };
+        for (user, list) in sessions {
+            if list.iter().any(|s| s.node_id != self.node_id) {
+                self.mark_undelivered(user, message.seq).await;
+            }
+        }
+    }
+}
