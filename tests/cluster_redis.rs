@@ -252,36 +252,50 @@ async fn metrics_count_backend_calls_and_cross_node_deliveries() {
     let mut bob = b.user("bob").await;
     alice.msg("bob", "counted").await;
     assert_eq!(bob.expect(ids::TEXT_MSG).await["content"], "counted");
-    let r = tokio::task::spawn_blocking(move || http_client::get(http, "/metrics"))
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
-    let scrape = http_client::parse(&r.body);
-    let value = |name: &str, labels: &[(&str, &str)]| {
-        http_client::value(&scrape, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}"))
-    };
-    assert!(
-        value(
+    // A call is counted when it returns, which may be just after bob has the message (the
+    // hand-over to node b returns after b got it): scrape until every count shows, with a
+    // generous deadline that only guards against a hang.
+    let wanted: [(&str, &[(&str, &str)]); 3] = [
+        (
             "chat_zinx_backend_calls_total",
             &[
                 ("backend", "jetstream"),
                 ("op", "publish"),
-                ("outcome", "ok")
-            ]
-        ) >= 1.0
-    );
-    assert!(
-        value(
+                ("outcome", "ok"),
+            ],
+        ),
+        (
             "chat_zinx_backend_calls_total",
-            &[("backend", "redis"), ("op", "sessions"), ("outcome", "ok")]
-        ) >= 1.0
-    );
-    assert!(
-        value(
+            &[("backend", "redis"), ("op", "sessions"), ("outcome", "ok")],
+        ),
+        (
             "chat_zinx_cross_node_deliveries_total",
-            &[("outcome", "ok")]
-        ) >= 1.0
-    );
+            &[("outcome", "ok")],
+        ),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = tokio::task::spawn_blocking(move || http_client::get(http, "/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let scrape = http_client::parse(&r.body);
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|(name, labels)| {
+                http_client::value(&scrape, name, labels).is_none_or(|v| v < 1.0)
+            })
+            .map(|(name, labels)| format!("{name} {labels:?}"))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     a.stop().await;
     b.stop().await;
 }
