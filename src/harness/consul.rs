@@ -84,24 +84,22 @@ impl ConsulAgent {
         loopback(self.http_port)
     }
 
-    pub fn stop(&mut self) {
-        self.process.stop();
-    }
-
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// Starts it again on the same ports (empty: dev mode keeps nothing) and waits for a leader.
-    pub async fn restart(&mut self) {
-        self.process.restart().await;
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
-    }
-
     pub fn process(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
+}
+
+/// Stop, kill, restart (on the same ports, then ready again), `is_running`, `pid` and
+/// `log_tail` are the process's own: see [`ServerProcess`].
+impl std::ops::Deref for ConsulAgent {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for ConsulAgent {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
         &mut self.process
     }
 }

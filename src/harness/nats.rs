@@ -144,28 +144,6 @@ impl NatsServer {
         self.dir.path()
     }
 
-    /// The process id while it runs (the bench measures its CPU).
-    pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
-    }
-
-    pub fn stop(&mut self) {
-        self.process.stop();
-    }
-
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// Starts it again on the same ports with the same JetStream store, and waits until ready.
-    pub async fn restart(&mut self) {
-        self.process.restart().await;
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
-    }
-
     pub fn process(&mut self) -> &mut ServerProcess {
         &mut self.process
     }
@@ -228,5 +206,20 @@ impl NatsCluster {
     /// One node, e.g. to stop and restart it.
     pub fn node(&mut self, i: usize) -> &mut NatsServer {
         &mut self.nodes[i]
+    }
+}
+
+/// Stop, kill, restart (on the same ports, then ready again), `is_running`, `pid` and
+/// `log_tail` are the process's own: see [`ServerProcess`].
+impl std::ops::Deref for NatsServer {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for NatsServer {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.process
     }
 }

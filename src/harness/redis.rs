@@ -94,31 +94,22 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// The process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
-    }
-
-    /// Graceful stop (SIGTERM, then SIGKILL after [`super::STOP_GRACE`]).
-    pub fn stop(&mut self) {
-        self.process.stop();
-    }
-
-    /// SIGKILL: the server dies like in a crash.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// Starts it again on the same port, empty (no persistence), and waits for `PING`.
-    pub async fn restart(&mut self) {
-        self.process.restart().await;
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
-    }
-
     pub fn process(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
+}
+
+/// Stop, kill, restart (on the same ports, then ready again), `is_running`, `pid` and
+/// `log_tail` are the process's own: see [`ServerProcess`].
+impl std::ops::Deref for RedisServer {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for RedisServer {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
         &mut self.process
     }
 }
