@@ -51,6 +51,27 @@ async fn nats_store(server: &NatsServer) -> Arc<dyn Store> {
 /// A store on `url` whose log stream (and the buckets named after it) is `stream`, with
 /// `replicas` copies of each.
 async fn nats_store_on(url: &str, stream: &str, replicas: usize) -> Arc<dyn Store> {
+    let conn = try_nats_store_on(url, stream, replicas).await;
+    conn.expect("connects to the test nats-server")
+}
+
+/// A store on every server of `cluster` with three replicas; a failure to connect shows
+/// each server's view of the cluster and the end of its log.
+async fn nats_store_in(cluster: &NatsCluster, stream: &str) -> Arc<dyn Store> {
+    match try_nats_store_on(&cluster.urls(), stream, 3).await {
+        Ok(store) => store,
+        Err(e) => panic!(
+            "connects to the test cluster: {e}\n{}",
+            cluster.diagnostics().await
+        ),
+    }
+}
+
+async fn try_nats_store_on(
+    url: &str,
+    stream: &str,
+    replicas: usize,
+) -> Result<Arc<dyn Store>, BackendError> {
     let conn = Nats::connect(&NatsSettings {
         url: url.into(),
         stream: stream.into(),
@@ -61,9 +82,8 @@ async fn nats_store_on(url: &str, stream: &str, replicas: usize) -> Arc<dyn Stor
         // the whole suite: generous, so that a loaded machine is not taken for a fault.
         request_timeout: std::time::Duration::from_secs(if replicas > 1 { 20 } else { 5 }),
     })
-    .await
-    .expect("connects to the test nats-server");
-    Arc::new(NatsStore(conn))
+    .await?;
+    Ok(Arc::new(NatsStore(conn)))
 }
 
 /// Two stores ("nodes") on a 3-server cluster, sharing one log with three replicas: the
@@ -332,17 +352,16 @@ conformance!(accounts, groups, log_and_history, dedupe, cursors);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_contract_holds_on_three_replicas() {
     let cluster = NatsCluster::start().await;
-    let url = cluster.urls();
     let first = cluster.nodes()[0].url();
-    accounts(nats_store_on(&url, "C_ACCOUNTS", 3).await).await;
+    accounts(nats_store_in(&cluster, "C_ACCOUNTS").await).await;
     drop_log(&first, "C_ACCOUNTS").await;
-    groups(nats_store_on(&url, "C_GROUPS", 3).await).await;
+    groups(nats_store_in(&cluster, "C_GROUPS").await).await;
     drop_log(&first, "C_GROUPS").await;
-    log_and_history(nats_store_on(&url, "C_LOG", 3).await).await;
+    log_and_history(nats_store_in(&cluster, "C_LOG").await).await;
     drop_log(&first, "C_LOG").await;
-    dedupe(nats_store_on(&url, "C_DEDUPE", 3).await).await;
+    dedupe(nats_store_in(&cluster, "C_DEDUPE").await).await;
     drop_log(&first, "C_DEDUPE").await;
-    cursors(nats_store_on(&url, "C_CURSORS", 3).await).await;
+    cursors(nats_store_in(&cluster, "C_CURSORS").await).await;
 }
 
 /// Deletes a store's log stream (through the server at `url`), so that the next store on the same servers starts with an

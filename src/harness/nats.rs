@@ -89,7 +89,8 @@ impl NatsServer {
                 .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
                 .collect();
             conf.push_str(&format!(
-                "cluster {{\n  name: \"cz-test\"\n  listen: \"127.0.0.1:{route_port}\"\n  routes: [{}]\n}}\n",
+                "cluster {{\n  name: \"cz-test-{}\"\n  listen: \"127.0.0.1:{route_port}\"\n  routes: [{}]\n}}\n",
+                all[0],
                 routes.join(", ")
             ));
         }
@@ -105,7 +106,7 @@ impl NatsServer {
             Probe::Nats {
                 client: client_port,
                 monitor: monitor_port,
-                js_only: cluster.is_none(),
+                cluster_size: cluster.map(|(_, all)| all.len()),
             },
         );
         Ok(NatsServer {
@@ -149,8 +150,11 @@ impl NatsServer {
     }
 }
 
-/// Three `nats-server`s routed into one JetStream cluster (`cz-test`), ready once every node
-/// passes the full `/healthz` (a meta leader is elected and known).
+/// Three `nats-server`s routed into one JetStream cluster, ready once every node passes the
+/// full `/healthz` (a meta leader is elected and known) and the leader sees both followers
+/// current. The cluster and its servers are named after the first route port: tests run
+/// clusters side by side, and two clusters of one name whose routes met (a port reused
+/// between finding it free and binding it) would merge, peers of one name being one peer.
 pub struct NatsCluster {
     nodes: Vec<NatsServer>,
 }
@@ -174,7 +178,7 @@ impl NatsCluster {
                     .map(|i| {
                         NatsServer::configure(
                             &program,
-                            &format!("cz-n{}", i + 1),
+                            &format!("cz-{}-n{}", routes[0], i + 1),
                             ServerDir::new(None, "cz-nats-")?,
                             ports[2 * i],
                             ports[2 * i + 1],
@@ -201,6 +205,25 @@ impl NatsCluster {
 
     pub fn nodes(&self) -> &[NatsServer] {
         &self.nodes
+    }
+
+    /// Each node's `/jsz` meta group and the end of its log, for a test's failure message.
+    pub async fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let jsz = match super::http_get(node.monitor_addr(), "/jsz").await {
+                Ok((_, body)) => serde_json::from_str::<serde_json::Value>(&body)
+                    .map(|v| v["meta_cluster"].to_string())
+                    .unwrap_or(body),
+                Err(e) => format!("no /jsz: {e}"),
+            };
+            out.push_str(&format!(
+                "--- {}\n/jsz meta_cluster: {jsz}\n{}\n",
+                node.url(),
+                node.log_tail()
+            ));
+        }
+        out
     }
 
     /// One node, e.g. to stop and restart it.

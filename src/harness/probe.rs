@@ -84,12 +84,16 @@ pub async fn nats_info(addr: SocketAddr) -> io::Result<String> {
 /// How a server shows it is ready.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Probe {
-    /// INFO on the client port, then `/healthz` on the monitoring port (`js_only`:
-    /// `?js-enabled-only=true`, else the full check, which needs a JetStream meta leader).
+    /// INFO on the client port, then `/healthz` on the monitoring port. A single server
+    /// (`cluster_size: None`) needs only JetStream enabled (`?js-enabled-only=true`); a
+    /// cluster member needs the full check (a JetStream meta leader) and, in `/jsz`, a meta
+    /// group of `cluster_size` servers whose leader sees every follower current. Without
+    /// that last part a leader that had just been elected answered an R3 stream creation
+    /// with "no suitable peers for placement".
     Nats {
         client: u16,
         monitor: u16,
-        js_only: bool,
+        cluster_size: Option<usize>,
     },
     /// `PING` answered with `+PONG`.
     Redis { port: u16 },
@@ -103,18 +107,23 @@ impl Probe {
             Probe::Nats {
                 client,
                 monitor,
-                js_only,
+                cluster_size,
             } => {
                 let info = nats_info(loopback(client)).await;
                 if !info.is_ok_and(|l| l.starts_with("INFO ")) {
                     return false;
                 }
-                let path = if js_only {
-                    "/healthz?js-enabled-only=true"
-                } else {
-                    "/healthz"
+                let Some(size) = cluster_size else {
+                    let path = "/healthz?js-enabled-only=true";
+                    return matches!(http_get(loopback(monitor), path).await, Ok((200, _)));
                 };
-                matches!(http_get(loopback(monitor), path).await, Ok((200, _)))
+                if !matches!(http_get(loopback(monitor), "/healthz").await, Ok((200, _))) {
+                    return false;
+                }
+                match http_get(loopback(monitor), "/jsz").await {
+                    Ok((200, body)) => meta_group_complete(&body, size),
+                    _ => false,
+                }
             }
             Probe::Redis { port } => redis_command(loopback(port), "PING")
                 .await
@@ -124,5 +133,56 @@ impl Probe {
                 _ => false,
             },
         }
+    }
+}
+
+/// Whether a `/jsz` answer shows a JetStream meta group of `size` servers with a leader and,
+/// when the answering server is that leader, every follower current.
+fn meta_group_complete(jsz: &str, size: usize) -> bool {
+    let Ok(jsz) = serde_json::from_str::<serde_json::Value>(jsz) else {
+        return false;
+    };
+    let meta = &jsz["meta_cluster"];
+    let leader = meta["leader"].as_str().unwrap_or_default();
+    if leader.is_empty() || meta["cluster_size"].as_u64() != Some(size as u64) {
+        return false;
+    }
+    if jsz["server_name"].as_str() != Some(leader) {
+        return true;
+    }
+    let followers = meta["replicas"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    followers.len() + 1 == size && followers.iter().all(|f| f["current"] == true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::meta_group_complete;
+
+    #[test]
+    fn a_meta_group_is_complete_when_its_leader_sees_every_follower_current() {
+        let jsz = |me: &str, leader: &str, size: u64, current: [bool; 2]| {
+            serde_json::json!({
+                "server_name": me,
+                "meta_cluster": {
+                    "leader": leader,
+                    "cluster_size": size,
+                    "replicas": [
+                        {"name": "b", "current": current[0]},
+                        {"name": "c", "current": current[1]},
+                    ],
+                },
+            })
+            .to_string()
+        };
+        assert!(meta_group_complete(&jsz("a", "a", 3, [true, true]), 3));
+        assert!(!meta_group_complete(&jsz("a", "a", 3, [true, false]), 3));
+        assert!(!meta_group_complete(&jsz("a", "a", 2, [true, true]), 3));
+        assert!(!meta_group_complete(&jsz("a", "", 3, [true, true]), 3));
+        // A follower knows the leader; the leader's own answer covers the followers.
+        assert!(meta_group_complete(&jsz("b", "a", 3, [false, false]), 3));
+        assert!(!meta_group_complete("not json", 3));
     }
 }
