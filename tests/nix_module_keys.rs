@@ -133,6 +133,7 @@ const UNTYPED: &[(&str, &str)] = &[
     ("nats.max_age", TUNING),
     ("nats.duplicate_window", TUNING),
     ("nats.request_timeout", TUNING),
+    ("nats.reconnect_wait", TUNING),
     ("redis.presence_ttl", TUNING),
     ("redis.refresh_interval", TUNING),
     ("redis.command_timeout", TUNING),

@@ -81,6 +81,7 @@ async fn try_nats_store_on(
         // A replicated write waits for a quorum of three servers that share two cores with
         // the whole suite: generous, so that a loaded machine is not taken for a fault.
         request_timeout: std::time::Duration::from_secs(if replicas > 1 { 20 } else { 5 }),
+        reconnect_wait: std::time::Duration::from_millis(250),
     })
     .await?;
     Ok(Arc::new(NatsStore(conn)))

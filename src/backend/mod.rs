@@ -5,12 +5,15 @@
 //! * [`nats`]: the message log, accounts and groups on NATS JetStream; the bus on core NATS.
 //! * [`redis`]: presence on Redis.
 //! * [`consul`]: the node registry (and the source of live settings) on Consul.
+//! * [`link`]: a client's connection state from its own events, and the fail-fast guard of
+//!   the calls made through it.
 //!
 //! Each adapter takes its own small settings struct; the node's composition root
 //! (`crate::node::wiring`) builds them from the configuration. Adapters depend on the core,
 //! never the other way round.
 
 pub mod consul;
+pub mod link;
 pub mod memory;
 pub mod nats;
 pub mod redis;

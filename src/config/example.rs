@@ -86,6 +86,9 @@ max_age = "0s"
 duplicate_window = "10m"
 # Time limit of one request to NATS; past it the client gets a "try again" error.
 request_timeout = "5s"
+# While the NATS connection is down, a request waits this long for it to come back, then
+# the client gets a "try again" error.
+reconnect_wait = "250ms"
 
 [redis]
 # Redis URL. Unset = in-process presence. Sentinel:

@@ -214,6 +214,12 @@ pub const KEYS: &[KeyInfo] = &[
         live: None,
     },
     KeyInfo {
+        key: "nats.reconnect_wait",
+        expected: "a duration from 0s to the request timeout such as \"250ms\"",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
         key: "redis.url",
         expected: "a redis://, rediss://, redis-sentinel://, redis-cluster:// or redis+unix:// URL \
                    such as \"redis://127.0.0.1:6379\"",

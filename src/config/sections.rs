@@ -127,6 +127,10 @@ pub struct NatsConfig {
     /// Time limit of one request to NATS; past it the client gets a "try again" error.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// While the NATS connection is down, a request waits this long for it to come back,
+    /// then the client gets a "try again" error (instead of waiting out `request_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_wait: Duration,
 }
 
 impl Default for NatsConfig {
@@ -138,6 +142,7 @@ impl Default for NatsConfig {
             max_age: Duration::ZERO,
             duplicate_window: Duration::from_secs(600),
             request_timeout: Duration::from_secs(5),
+            reconnect_wait: Duration::from_millis(250),
         }
     }
 }

@@ -99,6 +99,10 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
         c.nats.request_timeout >= Duration::from_millis(100),
     );
     check(
+        "nats.reconnect_wait",
+        c.nats.reconnect_wait <= c.nats.request_timeout,
+    );
+    check(
         "redis.url",
         c.redis.url.as_deref().is_none_or(valid_redis_url),
     );

@@ -21,10 +21,11 @@
 //!   client timeout, well under [`BACKEND_DEADLINE`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::NodeState;
+use crate::backend::link::Link;
 use crate::core::ports::BackendsHealth;
 use crate::server::probe::LoopProbe;
 
@@ -38,16 +39,35 @@ pub const BACKEND_DEADLINE: Duration = Duration::from_secs(10);
 pub struct HealthState {
     accept: LoopProbe,
     stopping: AtomicBool,
-    last: Mutex<Option<(Instant, BackendsHealth)>>,
+    /// The backend clients' connections: a change makes the last check stale at once and
+    /// wakes the supervisor, so readiness follows a loss or a recovery within a moment.
+    links: Vec<Arc<Link>>,
+    /// The last backend check: when, at which [`Self::links_version`], and its answer.
+    last: Mutex<Option<(Instant, u64, BackendsHealth)>>,
 }
 
 impl HealthState {
-    pub fn new(accept: LoopProbe) -> Self {
+    pub fn new(accept: LoopProbe, links: Vec<Arc<Link>>) -> Self {
         HealthState {
             accept,
             stopping: AtomicBool::new(false),
+            links,
             last: Mutex::new(None),
         }
+    }
+
+    /// Changes with every change of any link.
+    pub fn links_version(&self) -> u64 {
+        self.links.iter().map(|l| l.version()).sum()
+    }
+
+    /// Returns at the next change of any link (never, without links).
+    pub async fn links_changed(&self) {
+        if self.links.is_empty() {
+            return std::future::pending().await;
+        }
+        let changes = self.links.iter().map(|l| Box::pin(l.changed()));
+        futures_util::future::select_all(changes).await;
     }
 
     /// From now on the node reports not ready (it is shutting down).
@@ -59,11 +79,13 @@ impl HealthState {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// The result of the last backend health check, if one ran within `max_age`.
+    /// The result of the last backend health check, if one ran within `max_age` and no link
+    /// changed since.
     pub fn last_backends_within(&self, max_age: Duration) -> Option<BackendsHealth> {
+        let version = self.links_version();
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         match &*last {
-            Some((at, h)) if at.elapsed() <= max_age => Some(h.clone()),
+            Some((at, v, h)) if at.elapsed() <= max_age && *v == version => Some(h.clone()),
             _ => None,
         }
     }
@@ -133,12 +155,13 @@ pub async fn check_recent(state: &NodeState, max_age: Duration) -> Health {
 /// Checks the accept loop and the backends (at once, each bounded) and remembers the backends'
 /// answer for `/metrics` and `/ready`.
 pub async fn check(state: &NodeState) -> Health {
+    let version = state.health.links_version();
     let (accepting, backends) = tokio::join!(
         state.health.accept.check(PROBE_DEADLINE),
         state.ctx.core.backends().health(BACKEND_DEADLINE),
     );
     *state.health.last.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some((Instant::now(), backends.clone()));
+        Some((Instant::now(), version, backends.clone()));
     Health {
         accepting,
         stopping: state.health.is_stopping(),

@@ -110,7 +110,7 @@ impl Node {
 
         // First, so that the backends can count into it (`Metrics::observe_backend_call`).
         let metrics = Metrics::default();
-        let backends = wiring::backends(config, &node_id, &metrics).await?;
+        let (backends, links) = wiring::backends(config, &node_id, &metrics).await?;
 
         let hub = Arc::new(Hub::new(TOMBSTONE_GRACE));
         let core = Arc::new(ChatCore::new(
@@ -154,7 +154,7 @@ impl Node {
         ));
         let state = Arc::new(NodeState {
             ctx: ctx.clone(),
-            health: health::HealthState::new(accept_probe),
+            health: health::HealthState::new(accept_probe, links),
             layers: Mutex::new(SettingsLayers::default()),
         });
         state.set_configured(config);

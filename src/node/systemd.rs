@@ -243,11 +243,18 @@ pub async fn supervise(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_ready = true;
     let mut was_alive = true;
+    let mut seen_links = state.health.links_version();
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
+        // A link that changed during the last check is checked again at once.
+        if state.health.links_version() == seen_links {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                // A backend connection was lost or is back: report it now, not at the next tick.
+                _ = state.health.links_changed() => {}
+            }
         }
+        seen_links = state.health.links_version();
         let h = health::check(&state).await;
         if shutdown.is_cancelled() {
             break;

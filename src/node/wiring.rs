@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::backend::link::{Guarded, Link};
 use crate::backend::{consul, memory, nats, redis};
 use crate::config::{Config, ConsulConfig, RedisConfig};
-use crate::core::ports::Backends;
+use crate::core::ports::{Backends, Bus, Store};
 use crate::core::service::Limits;
 use crate::server::ConnSettings;
 use crate::telemetry::instrument::{instrument, Cluster};
@@ -16,13 +17,15 @@ use crate::telemetry::metrics::Metrics;
 
 /// The backends the configuration asks for: NATS JetStream for store and bus when `nats.url`
 /// is set, Redis presence when `redis.url` is, the Consul registry when `consul.addr` is; the
-/// in-process adapters otherwise. The cluster adapters' calls are counted in `metrics`.
+/// in-process adapters otherwise. The cluster adapters' calls are counted in `metrics`, and the
+/// NATS ones fail fast while its connection is down (its [`Link`], returned for readiness).
 pub async fn backends(
     config: &Config,
     node_id: &str,
     metrics: &Metrics,
-) -> anyhow::Result<Backends> {
+) -> anyhow::Result<(Backends, Vec<Arc<Link>>)> {
     let mut backends = memory::backends();
+    let mut links = Vec::new();
     if let Some(url) = &config.redis.url {
         let presence = redis::RedisPresence::connect(url, node_id, presence_options(&config.redis))
             .await
@@ -53,12 +56,17 @@ pub async fn backends(
                 max_age: n.max_age,
                 duplicate_window: n.duplicate_window,
                 request_timeout: n.request_timeout,
+                reconnect_wait: n.reconnect_wait,
             };
             let conn = nats::Nats::connect(&settings)
                 .await
                 .with_context(|| format!("cannot set up NATS JetStream at {url} (nats.url): is nats-server running with JetStream enabled (-js)?"))?;
-            backends.store = Arc::new(nats::NatsStore(conn.clone()));
-            backends.bus = Arc::new(nats::NatsBus(conn));
+            let link = conn.link();
+            let store: Arc<dyn Store> = Arc::new(nats::NatsStore(conn.clone()));
+            let bus: Arc<dyn Bus> = Arc::new(nats::NatsBus(conn));
+            backends.store = Arc::new(Guarded::new(store, link.clone()));
+            backends.bus = Arc::new(Guarded::new(bus, link.clone()));
+            links.push(link);
             tracing::info!(node_id, url = %url, stream = %n.stream, "message log and accounts on NATS JetStream");
         }
     }
@@ -73,7 +81,7 @@ pub async fn backends(
         redis: config.redis.url.is_some(),
         consul: config.consul.addr.is_some(),
     };
-    Ok(instrument(backends, metrics, cluster))
+    Ok((instrument(backends, metrics, cluster), links))
 }
 
 /// The settings of Redis presence from `[redis]`.

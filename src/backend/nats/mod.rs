@@ -41,6 +41,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use tokio::task::JoinHandle;
 
+use super::link::Link;
 use crate::core::model::*;
 use crate::core::ports::*;
 use log::Appending;
@@ -70,6 +71,9 @@ pub struct NatsSettings {
     pub duplicate_window: Duration,
     /// Time limit of each request to NATS.
     pub request_timeout: Duration,
+    /// How long a request made while the connection is down waits for it to come back
+    /// before it is answered "try again" (see [`crate::backend::link`]).
+    pub reconnect_wait: Duration,
 }
 
 /// One NATS connection per node, shared by the store and the bus.
@@ -90,9 +94,15 @@ pub struct Nats {
     group_tasks: Mutex<HashMap<GroupId, JoinHandle<()>>>,
     node_task: Mutex<Option<JoinHandle<()>>>,
     inbound: Mutex<Option<Arc<dyn BusInbound>>>,
+    /// The connection as the client's events report it.
+    link: Arc<Link>,
 }
 
 const LAST_SEQ_CACHE: usize = 100_000;
+
+/// The reconnect back-off grows by this per attempt up to [`RECONNECT_DELAY`].
+const RECONNECT_STEP: Duration = Duration::from_millis(50);
+const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
 /// How long a starting node waits for JetStream to create or open its log.
 const JETSTREAM_READY_WAIT: Duration = Duration::from_secs(30);
@@ -109,10 +119,29 @@ impl Nats {
             .map(|u| u.trim().parse())
             .collect::<Result<_, _>>()
             .map_err(|e| unavailable(format!("bad nats.url {:?}: {e}", settings.url)))?;
+        let link = Link::new(BACKEND, settings.reconnect_wait);
+        let events = link.clone();
         let client = async_nats::ConnectOptions::new()
             .name("chat-zinx")
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(settings.request_timeout))
+            .event_callback(move |event| {
+                let link = events.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => link.set(true),
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            link.set(false)
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            // Retry often: a node is ready again as soon as its connection is (the default
+            // backs off to 4 s). An attempt on a loopback or LAN address costs next to nothing.
+            .reconnect_delay_callback(|attempts| {
+                RECONNECT_DELAY.min(RECONNECT_STEP * attempts as u32)
+            })
             .retry_on_initial_connect()
             .connect(urls)
             .await
@@ -133,7 +162,13 @@ impl Nats {
                 Err(e) => Err(e),
             };
             match opened {
-                Ok(opened) => break opened,
+                Ok(opened) => {
+                    // The event may have come before the callback's task ran.
+                    if client.connection_state() == async_nats::connection::State::Connected {
+                        link.set(true);
+                    }
+                    break opened;
+                }
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "JetStream cannot create, open or read the message log and buckets yet (a new cluster may still be electing its leaders); retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -154,7 +189,13 @@ impl Nats {
             group_tasks: Mutex::new(HashMap::new()),
             node_task: Mutex::new(None),
             inbound: Mutex::new(None),
+            link,
         }))
+    }
+
+    /// The connection as the client's events report it (readiness and fail-fast follow it).
+    pub fn link(&self) -> Arc<Link> {
+        self.link.clone()
     }
 
     /// Whether the log and every bucket answer a read (of something that does not exist:

@@ -72,6 +72,7 @@ impl Bench {
             max_age: Duration::ZERO,
             duplicate_window: Duration::from_secs(600),
             request_timeout: Duration::from_secs(10),
+            reconnect_wait: Duration::from_millis(250),
         };
         let conn = Nats::connect(&settings)
             .await
