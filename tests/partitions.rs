@@ -12,7 +12,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat_zinx::harness::{NatsServer, TcpProxy};
+use chat_zinx::harness::{redis_command, NatsServer, RedisServer, TcpProxy};
 use chat_zinx::protocol::{ids, messages::code};
 use serde_json::{json, Value};
 use support::*;
@@ -150,4 +150,64 @@ async fn a_nats_cut_is_answered_try_again_at_once_and_readiness_follows_the_conn
         assert!(contents.contains(&m.as_str()), "{m} lost: {history}");
     }
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_a_node_cannot_reach_redis_cross_node_pushes_go_on_and_presence_comes_back_on_the_heal(
+) {
+    let nats = NatsServer::start().await;
+    let redis = RedisServer::start().await;
+    let proxy = TcpProxy::start(redis.addr());
+    let node_on = |redis_url: String| {
+        let nats_url = nats.url();
+        TestServer::with(move |c| {
+            c.nats.url = Some(nats_url);
+            c.redis.url = Some(redis_url);
+        })
+    };
+    let a = node_on(format!("redis://{}", proxy.addr())).await;
+    let b = node_on(redis.url()).await;
+    let mut alice = a.user_v2("alice").await;
+    let mut bob = b.user_v2("bob").await;
+    let ack = send_text(&mut alice, "bob", "before", "r-0").await;
+    assert_eq!(ack["code"], 0, "{ack}");
+    assert_eq!(bob.expect(ids::TEXT_MSG).await["content"], "before");
+
+    // Node a loses Redis, and Redis loses what it held (a restart without persistence).
+    proxy.cut().await;
+    let flushed = redis_command(redis.addr(), "FLUSHALL").await.unwrap();
+    assert_eq!(flushed, "+OK");
+    for i in 0..5 {
+        let content = format!("during-{i}");
+        let ack = send_text(&mut alice, "bob", &content, &format!("r-d{i}")).await;
+        assert_eq!(ack["code"], 0, "a send does not need presence: {ack}");
+        assert_eq!(
+            bob.expect(ids::TEXT_MSG).await["content"],
+            content,
+            "pushed live across nodes although node a cannot reach presence"
+        );
+    }
+
+    // On the heal node a writes alice's session again, without waiting for its refresh
+    // (10 s): node b then finds her and pushes to her live.
+    proxy.heal();
+    let key = format!("HLEN cz:p:{{{}}}", alice.id());
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        if redis_command(redis.addr(), &key).await.unwrap() == ":1" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's session is not back in Redis {PROMPTLY:?} after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ack = send_text(&mut bob, "alice", "after", "r-a").await;
+    assert_eq!(ack["code"], 0, "{ack}");
+    assert_eq!(alice.expect(ids::TEXT_MSG).await["content"], "after");
+    alice.assert_quiet().await;
+    bob.assert_quiet().await;
+    a.stop().await;
+    b.stop().await;
 }

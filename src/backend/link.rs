@@ -255,6 +255,9 @@ impl Bus for Guarded<dyn Bus> {
     async fn publish_group(&self, group: GroupId, event: BusEvent) -> BackendResult<()> {
         g!(self, self.inner.publish_group(group, event))
     }
+    async fn publish_all(&self, event: BusEvent) -> BackendResult<()> {
+        g!(self, self.inner.publish_all(event))
+    }
     async fn subscribe_group(&self, group: GroupId) -> BackendResult<()> {
         g!(self, self.inner.subscribe_group(group))
     }

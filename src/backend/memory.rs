@@ -467,6 +467,15 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
+    /// This node is the whole cluster.
+    async fn publish_all(&self, event: BusEvent) -> BackendResult<()> {
+        let inbound = lock(&self.inner).inbound.clone();
+        if let Some(inbound) = inbound {
+            inbound.deliver(event).await;
+        }
+        Ok(())
+    }
+
     async fn publish_group(&self, group: GroupId, event: BusEvent) -> BackendResult<()> {
         let inbound = {
             let s = lock(&self.inner);

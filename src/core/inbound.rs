@@ -28,6 +28,18 @@ impl BusInbound for ChatCore {
                     self.mark_undelivered(user, message.seq).await;
                 }
             }
+            BusEvent::DirectAnywhere {
+                message,
+                users,
+                origin_node,
+            } => {
+                if origin_node == self.node_id() {
+                    return;
+                }
+                for user in local.deliver_direct(&message, &users, None) {
+                    self.mark_undelivered(user, message.seq).await;
+                }
+            }
             BusEvent::Group {
                 message,
                 origin_node,

@@ -340,6 +340,15 @@ pub enum BusEvent {
         message: Arc<StoredMessage>,
         users: Vec<UserId>,
     },
+    /// A stored direct message for whichever of `users` have connections on the receiving
+    /// node, sent to every node (see [`Bus::publish_all`]) because presence could not say
+    /// where they are. A node where none of them is connected ignores it (that is not a
+    /// miss); the origin has already delivered it locally and ignores its own event.
+    DirectAnywhere {
+        message: Arc<StoredMessage>,
+        users: Vec<UserId>,
+        origin_node: String,
+    },
     /// A stored group message for every local connection of a member of the group. The node
     /// that published it has already delivered it locally and ignores its own event.
     Group {
@@ -374,6 +383,8 @@ pub trait Bus: Send + Sync + 'static {
     async fn attach(&self, node_id: &str, inbound: Arc<dyn BusInbound>) -> BackendResult<()>;
     async fn publish_node(&self, node_id: &str, event: BusEvent) -> BackendResult<()>;
     async fn publish_group(&self, group: GroupId, event: BusEvent) -> BackendResult<()>;
+    /// To every node of the cluster, this one included.
+    async fn publish_all(&self, event: BusEvent) -> BackendResult<()>;
     /// This node has a local member of `group` online (again): receive its messages.
     async fn subscribe_group(&self, group: GroupId) -> BackendResult<()>;
     /// No local member of `group` is online any more.

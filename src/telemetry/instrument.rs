@@ -279,6 +279,17 @@ impl Bus for Timed<dyn Bus> {
         }
         result
     }
+    async fn publish_all(&self, event: BusEvent) -> BackendResult<()> {
+        let carries_message = matches!(event, BusEvent::DirectAnywhere { .. });
+        let result = t!(self, "publish_all", self.inner.publish_all(event));
+        if carries_message {
+            self.metrics.cross_node_delivery(result.is_ok());
+        }
+        if result.is_ok() {
+            self.metrics.bus_published();
+        }
+        result
+    }
     async fn publish_group(&self, group: GroupId, event: BusEvent) -> BackendResult<()> {
         let result = t!(
             self,

@@ -1,5 +1,6 @@
 //! The [`Bus`] port on core NATS: `cz.node.<node>` carries the events for one node,
-//! `cz.group.<group>` a group's messages (a node listens while it has a local online member).
+//! `cz.nodes` the events for every node, `cz.group.<group>` a group's messages (a node listens
+//! while it has a local online member).
 //! Not durable: the log is.
 
 use std::sync::Arc;
@@ -21,12 +22,18 @@ fn node_subject(node: &str) -> String {
     format!("cz.node.{node}")
 }
 
+/// Every node listens here.
+const ALL_NODES_SUBJECT: &str = "cz.nodes";
+
 fn group_subject(group: GroupId) -> String {
     format!("cz.group.{group}")
 }
 
 /// Reads one subscription and hands its events to the node, until the subscription ends.
-async fn pump(mut sub: async_nats::Subscriber, inbound: Arc<dyn BusInbound>) {
+async fn pump(
+    mut sub: impl futures_util::Stream<Item = async_nats::Message> + Unpin,
+    inbound: Arc<dyn BusInbound>,
+) {
     while let Some(msg) = sub.next().await {
         match serde_json::from_slice::<BusEvent>(&msg.payload) {
             Ok(event) => inbound.deliver(event).await,
@@ -39,14 +46,17 @@ async fn pump(mut sub: async_nats::Subscriber, inbound: Arc<dyn BusInbound>) {
 #[async_trait]
 impl Bus for NatsBus {
     async fn attach(&self, node_id: &str, inbound: Arc<dyn BusInbound>) -> BackendResult<()> {
-        let sub = self
-            .0
-            .client
+        let client = &self.0.client;
+        let mine = client
             .subscribe(node_subject(node_id))
             .await
             .map_err(unavailable)?;
+        let all = client
+            .subscribe(ALL_NODES_SUBJECT)
+            .await
+            .map_err(unavailable)?;
         *self.0.inbound.lock().unwrap_or_else(|e| e.into_inner()) = Some(inbound.clone());
-        let task = tokio::spawn(pump(sub, inbound));
+        let task = tokio::spawn(pump(futures_util::stream::select(mine, all), inbound));
         if let Some(old) = self
             .0
             .node_task
@@ -64,6 +74,15 @@ impl Bus for NatsBus {
         self.0
             .client
             .publish(node_subject(node_id), payload)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn publish_all(&self, event: BusEvent) -> BackendResult<()> {
+        let payload = Bytes::from(serde_json::to_vec(&event).expect("serialises"));
+        self.0
+            .client
+            .publish(ALL_NODES_SUBJECT, payload)
             .await
             .map_err(unavailable)
     }

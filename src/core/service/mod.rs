@@ -133,6 +133,8 @@ pub struct Routed {
 enum Remote {
     /// Nodes with connections of the users, and those users.
     Nodes(Vec<(String, Vec<UserId>)>),
+    /// Every node: presence could not say where the users are connected.
+    Everywhere(Vec<UserId>),
     /// The group's subject (every node with a local member listens).
     Group(GroupId),
 }

@@ -4,13 +4,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::*;
 use crate::core::directory::is_uuid_shaped;
 use crate::core::error::{ChatError, ChatResult};
 use crate::core::model::*;
-use crate::core::ports::BusEvent;
+use crate::core::ports::{BackendResult, BusEvent};
 
 impl ChatCore {
     /// Resolves a recipient the way the original does: uuid, then username, then numeric id.
@@ -161,7 +161,7 @@ impl ChatCore {
                 for user in self.local.deliver_direct(&message, users, *skip) {
                     self.mark_undelivered(user, message.seq).await;
                 }
-                Remote::Nodes(self.remote_nodes(&message, users).await)
+                self.remote_for(&message, users).await
             }
             Route::Group { group, skip } => {
                 for user in self.local.deliver_group(&message, Some(*skip)) {
@@ -173,21 +173,23 @@ impl ChatCore {
         Some(Routed { message, remote })
     }
 
-    /// The other nodes where `users` have connections, with those users.
-    pub(in crate::core) async fn remote_nodes(
-        &self,
-        message: &StoredMessage,
-        users: &[UserId],
-    ) -> Vec<(String, Vec<UserId>)> {
-        let sessions = match self.backends.presence.sessions(users).await {
-            Ok(s) => s,
+    /// Where a direct message for `users` goes besides this node: the other nodes where they
+    /// have connections, or, when presence cannot say (Redis down), every node. Sending to
+    /// every node costs one bus message per node and a local lookup on each for as long as
+    /// presence is down, and keeps live delivery going meanwhile.
+    async fn remote_for(&self, message: &StoredMessage, users: &[UserId]) -> Remote {
+        match self.remote_nodes(users).await {
+            Ok(nodes) => Remote::Nodes(nodes),
             Err(e) => {
-                // Presence is not on the durable path: the message is stored and reaches the
-                // other nodes' users at their next login or sync.
-                warn!(msg_id = %message.msg_id, error = %e, "presence unavailable: remote live delivery skipped");
-                return Vec::new();
+                debug!(msg_id = %message.msg_id, error = %e, "presence unavailable: the message goes to every node");
+                Remote::Everywhere(users.to_vec())
             }
-        };
+        }
+    }
+
+    /// The other nodes where `users` have connections, with those users.
+    async fn remote_nodes(&self, users: &[UserId]) -> BackendResult<Vec<(String, Vec<UserId>)>> {
+        let sessions = self.backends.presence.sessions(users).await?;
         let mut by_node: HashMap<String, BTreeSet<UserId>> = HashMap::new();
         for (user, list) in sessions {
             for s in list {
@@ -196,10 +198,10 @@ impl ChatCore {
                 }
             }
         }
-        by_node
+        Ok(by_node
             .into_iter()
             .map(|(node, users)| (node, users.into_iter().collect()))
-            .collect()
+            .collect())
     }
 
     /// Last step of a send, second half: hands the message to the other nodes over the bus.
@@ -218,6 +220,21 @@ impl ChatCore {
                         for u in users {
                             self.mark_undelivered(u, message.seq).await;
                         }
+                    }
+                }
+            }
+            Remote::Everywhere(users) => {
+                let event = BusEvent::DirectAnywhere {
+                    message: message.clone(),
+                    users: users.clone(),
+                    origin_node: self.node_id.clone(),
+                };
+                if let Err(e) = self.backends.bus.publish_all(event).await {
+                    warn!(msg_id = %message.msg_id, error = %e, "cross-node delivery failed; recipients get it at their next sync");
+                    // Where they are is unknown: a mark for a user who is not online costs
+                    // only that the next backlog lists a message it would list anyway.
+                    for u in users {
+                        self.mark_undelivered(u, message.seq).await;
                     }
                 }
             }
