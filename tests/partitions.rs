@@ -12,7 +12,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat_zinx::harness::{redis_command, NatsServer, RedisServer, TcpProxy};
+use chat_zinx::harness::{http_get, redis_command, ConsulAgent, NatsServer, RedisServer, TcpProxy};
 use chat_zinx::protocol::{ids, messages::code};
 use serde_json::{json, Value};
 use support::*;
@@ -210,4 +210,88 @@ async fn while_a_node_cannot_reach_redis_cross_node_pushes_go_on_and_presence_co
     bob.assert_quiet().await;
     a.stop().await;
     b.stop().await;
+}
+
+/// Whether Consul lists `node_id` as a passing instance of the chat service.
+async fn consul_lists(consul: &ConsulAgent, node_id: &str) -> bool {
+    match http_get(consul.addr(), "/v1/health/service/chat-zinx?passing=true").await {
+        Ok((200, body)) => serde_json::from_str::<Vec<Value>>(&body)
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s["Service"]["ID"] == node_id),
+        _ => false,
+    }
+}
+
+async fn until_consul_lists(consul: &ConsulAgent, node_id: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !consul_lists(consul, node_id).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consul does not list {node_id} as passing after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consul_cut_does_not_stop_the_chat_and_the_node_registers_again_on_the_heal() {
+    let consul = ConsulAgent::start().await;
+    let proxy = TcpProxy::start(consul.addr());
+    let addr = proxy.addr().to_string();
+    let node = TestServer::with(move |c| {
+        c.consul.addr = Some(addr);
+        c.consul.check_ttl = Duration::from_secs(3);
+    })
+    .await;
+    let http = node
+        .node()
+        .serve_http(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let node_id = node.node().node_id().to_string();
+    until_consul_lists(&consul, &node_id, WAIT).await;
+    let mut alice = node.user_v2("alice").await;
+    let mut bob = node.user_v2("bob").await;
+
+    // Cut, and Consul forgets the node (an agent restarted without its data).
+    proxy.cut().await;
+    let path = format!("/v1/agent/service/deregister/{node_id}");
+    let consul_addr = consul.addr();
+    let r = tokio::task::spawn_blocking(move || http_client::request(consul_addr, "PUT", &path))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    for i in 0..3 {
+        let content = format!("during-{i}");
+        let ack = tokio::time::timeout(
+            PROMPTLY,
+            send_text(&mut alice, "bob", &content, &format!("c-{i}")),
+        )
+        .await
+        .expect("a send does not wait for Consul");
+        assert_eq!(ack["code"], 0, "{ack}");
+        assert_eq!(bob.expect(ids::TEXT_MSG).await["content"], content);
+    }
+    let ready = tokio::task::spawn_blocking(move || http_client::get(http, "/ready"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status, 200,
+        "the registry does not gate readiness: {}",
+        ready.body
+    );
+
+    proxy.heal();
+    // A TTL pass refused for an unknown check makes the node register again (passes every
+    // check_ttl / 3 = 1 s).
+    until_consul_lists(&consul, &node_id, Duration::from_secs(15)).await;
+    bob.send(ids::HISTORY_REQ, json!({"target_username": "alice"}))
+        .await;
+    let history = bob.expect(ids::HISTORY_RESP).await;
+    assert_eq!(
+        history["data"].as_array().map(Vec::len),
+        Some(3),
+        "{history}"
+    );
+    node.stop().await;
 }
