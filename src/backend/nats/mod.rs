@@ -100,6 +100,10 @@ pub struct Nats {
 
 const LAST_SEQ_CACHE: usize = 100_000;
 
+/// How often the client pings the server; a silent connection is dropped after two pings
+/// without an answer, so within about three intervals.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The reconnect back-off grows by this per attempt up to [`RECONNECT_DELAY`].
 const RECONNECT_STEP: Duration = Duration::from_millis(50);
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
@@ -142,6 +146,9 @@ impl Nats {
             .reconnect_delay_callback(|attempts| {
                 RECONNECT_DELAY.min(RECONNECT_STEP * attempts as u32)
             })
+            // A connection that went silent (no reset: a black-holed route) shows as lost
+            // after two unanswered pings (the default interval is a minute).
+            .ping_interval(PING_INTERVAL)
             .retry_on_initial_connect()
             .connect(urls)
             .await
