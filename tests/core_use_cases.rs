@@ -650,12 +650,35 @@ async fn a_direct_message_is_stored_then_pushed_to_the_recipient_and_the_senders
 }
 
 #[tokio::test]
-async fn the_recipient_is_found_by_uuid_then_name_then_number() {
+async fn the_recipient_is_found_by_uuid_then_number_then_name() {
     let w = world().await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
-    // A user whose name is another user's number.
-    let named_like_an_id = w.user(&alice.id.to_string()).await;
+    // A new name cannot be another user's number...
+    assert!(matches!(
+        w.core.register(&alice.id.to_string(), PASSWORD, "x@example.org").await,
+        Err(ChatError::Invalid(why)) if why.contains("all digits")
+    ));
+    // ...but one stored before that rule still exists: the store takes it as it is.
+    let legacy = |name: String| NewUser {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        username: name,
+        email: "old@example.org".into(),
+        password_hash: "unused".into(),
+        created_at: 0,
+    };
+    let named_like_an_id = w
+        .backends
+        .store
+        .create_user(legacy(alice.id.to_string()))
+        .await
+        .unwrap();
+    let named_like_no_id = w
+        .backends
+        .store
+        .create_user(legacy("4000000".into()))
+        .await
+        .unwrap();
 
     let to = |who: &str| text(who, "x", "");
     let by_uuid = w.send(&alice, 1, to(&bob.uuid.to_uppercase())).await;
@@ -668,11 +691,18 @@ async fn the_recipient_is_found_by_uuid_then_name_then_number() {
         by_number.appended.message.conv,
         ConvId::direct(alice.id, bob.id)
     );
-    // The name wins over the number.
-    let by_name = w.send(&bob, 1, to(&alice.id.to_string())).await;
+    // The number wins over the name: a name cannot shadow another user's id.
+    let by_number = w.send(&bob, 1, to(&alice.id.to_string())).await;
+    assert_eq!(
+        by_number.appended.message.conv,
+        ConvId::direct(bob.id, alice.id)
+    );
+    assert_ne!(named_like_an_id.id, alice.id);
+    // An all-digit name that is nobody's id is still found by name.
+    let by_name = w.send(&bob, 1, to("4000000")).await;
     assert_eq!(
         by_name.appended.message.conv,
-        ConvId::direct(bob.id, named_like_an_id.id)
+        ConvId::direct(bob.id, named_like_no_id.id)
     );
     // The recipient is echoed as written.
     match &by_uuid.appended.message.body {

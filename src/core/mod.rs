@@ -11,6 +11,7 @@ pub mod directory;
 pub mod error;
 pub mod inbound;
 pub mod model;
+pub mod names;
 pub mod ports;
 pub mod service;
 

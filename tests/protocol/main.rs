@@ -16,3 +16,4 @@ mod errors;
 mod groups;
 mod http;
 mod load;
+mod names;

@@ -3,12 +3,14 @@
 use super::*;
 use crate::core::error::{ChatError, ChatResult};
 use crate::core::model::*;
+use crate::core::names::{check_new_name, normalize, NameKind};
 
 impl ChatCore {
     /// Registers a user. Empty fields are the protocol layer's business (they have their own
     /// reply); here the limits of `docs/protocol.md` §12.1 apply.
     pub async fn register(&self, username: &str, password: &str, email: &str) -> ChatResult<User> {
         check_len("username", username, 1, 50)?;
+        let username = &check_new_name(NameKind::User, "username", username)?;
         if password.len() < 6 || password.len() > 128 {
             return Err(ChatError::Invalid(format!(
                 "password must be 6 to 128 bytes (got {})",
@@ -42,8 +44,6 @@ impl ChatCore {
 
     pub async fn login_password(&self, username: &str, password: &str) -> ChatResult<LoginOk> {
         let user = self
-            .backends
-            .store
             .user_by_name(username)
             .await?
             .ok_or(ChatError::UnknownUser)?;
@@ -86,5 +86,19 @@ impl ChatCore {
             user,
             token,
         })
+    }
+
+    /// The user named `name`: in its stored form (NFC, how names are stored since the name
+    /// rules), else as written (a name stored before them).
+    pub(in crate::core) async fn user_by_name(&self, name: &str) -> ChatResult<Option<User>> {
+        let store = &self.backends.store;
+        let normal = normalize(name);
+        if let Some(u) = store.user_by_name(&normal).await? {
+            return Ok(Some(u));
+        }
+        if normal != name {
+            return Ok(store.user_by_name(name).await?);
+        }
+        Ok(None)
     }
 }

@@ -8,24 +8,31 @@ use tracing::warn;
 use super::*;
 use crate::core::error::{ChatError, ChatResult};
 use crate::core::model::*;
+use crate::core::names::{check_new_name, NameKind};
 use crate::core::ports::{BackendError, BusEvent};
 
 impl ChatCore {
+    /// Checks the fields of a new or changed group; returns the name's stored form (NFC,
+    /// see [`crate::core::names`]).
     pub(in crate::core) fn check_group_fields(
         name: Option<&str>,
         description: Option<&str>,
         avatar: Option<&str>,
-    ) -> ChatResult<()> {
-        if let Some(name) = name {
-            check_len("group name", name, 2, 100)?;
-        }
+    ) -> ChatResult<Option<String>> {
+        let name = match name {
+            Some(name) => {
+                check_len("group name", name, 2, 100)?;
+                Some(check_new_name(NameKind::Group, "group name", name)?)
+            }
+            None => None,
+        };
         if let Some(d) = description {
             check_len("description", d, 0, 500)?;
         }
         if let Some(a) = avatar {
             check_len("avatar", a, 0, 255)?;
         }
-        Ok(())
+        Ok(name)
     }
 
     pub async fn create_group(
@@ -35,12 +42,13 @@ impl ChatCore {
         description: &str,
         avatar: &str,
     ) -> ChatResult<Group> {
-        Self::check_group_fields(Some(name), Some(description), Some(avatar))?;
+        let name = Self::check_group_fields(Some(name), Some(description), Some(avatar))?
+            .unwrap_or_default();
         let (group, _) = self
             .backends
             .store
             .create_group(NewGroup {
-                name: name.to_string(),
+                name,
                 owner_id: me.id,
                 description: description.to_string(),
                 avatar: avatar.to_string(),
@@ -212,11 +220,12 @@ impl ChatCore {
         if patch.name.is_none() && patch.description.is_none() && patch.avatar.is_none() {
             return Err(ChatError::NoUpdates);
         }
-        Self::check_group_fields(
+        let name = Self::check_group_fields(
             patch.name.as_deref(),
             patch.description.as_deref(),
             patch.avatar.as_deref(),
         )?;
+        let patch = GroupPatch { name, ..patch };
         Ok(self.backends.store.update_group(group, patch).await?)
     }
 

@@ -13,29 +13,32 @@ use crate::core::model::*;
 use crate::core::ports::{BackendResult, BusEvent};
 
 impl ChatCore {
-    /// Resolves a recipient the way the original does: uuid, then username, then numeric id.
-    /// Positive answers come from the node's [`UserDirectory`] when it has them; a miss
-    /// falls through to the store in the same order, so the order of precedence holds.
+    /// Resolves a recipient: a UUID-shaped target as a UUID, an all-digit one as a numeric id,
+    /// then either as a username. (The original tried the username before the numeric id; a
+    /// name could then shadow another user's id. New names can be neither all digits nor
+    /// UUID-shaped, see [`crate::core::names`], and ids go first so that a name stored
+    /// before that rule cannot shadow one either.) Positive answers come from the node's
+    /// [`UserDirectory`] when it has them; a miss falls through to the store in the same
+    /// order, so the order of precedence holds.
     pub async fn resolve_user_id(&self, who: &str) -> ChatResult<Option<UserId>> {
         if is_uuid_shaped(who) {
             if let Some(id) = self.lookup_uuid(who).await? {
                 return Ok(Some(id));
             }
         }
-        if let Some(id) = self.lookup_name(who).await? {
-            return Ok(Some(id));
-        }
-        if let Ok(id) = who.parse::<u32>() {
-            let id = id as UserId;
-            if self.directory.knows_id(id) {
-                return Ok(Some(id));
+        if who.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(id) = who.parse::<u32>() {
+                let id = id as UserId;
+                if self.directory.knows_id(id) {
+                    return Ok(Some(id));
+                }
+                if let Some(u) = self.backends.store.user_by_id(id).await? {
+                    self.directory.learn(&u);
+                    return Ok(Some(u.id));
+                }
             }
-            if let Some(u) = self.backends.store.user_by_id(id).await? {
-                self.directory.learn(&u);
-                return Ok(Some(u.id));
-            }
         }
-        Ok(None)
+        self.lookup_name(who).await
     }
 
     pub(in crate::core) async fn lookup_uuid(&self, uuid: &str) -> ChatResult<Option<UserId>> {
@@ -56,7 +59,7 @@ impl ChatCore {
         if let Some(id) = self.directory.by_name(name) {
             return Ok(Some(id));
         }
-        let found = self.backends.store.user_by_name(name).await?;
+        let found = self.user_by_name(name).await?;
         Ok(found.map(|u| {
             self.directory.learn(&u);
             u.id

@@ -1,0 +1,97 @@
+//! Names that could impersonate another user are refused (hostile clients, docs/protocol.md
+//! §12.1 and §7.1.1).
+
+use serde_json::json;
+
+use crate::support::*;
+use chat_zinx::protocol::ids;
+
+#[tokio::test]
+async fn a_username_that_reads_as_an_id_or_hides_characters_is_refused() {
+    let server = TestServer::start().await;
+    let mut victim = server.user("victim").await;
+    let victim_id = victim.id();
+    let mut attacker = server.client().await;
+    for (name, rule) in [
+        (victim_id.to_string(), "all digits"),
+        ("11111111-2222-4333-8444-555555555555".into(), "UUID"),
+        (" ".into(), "empty"),
+        (" victim".into(), "whitespace"),
+        ("vic\u{200b}tim".into(), "control, format or invisible"),
+        ("victim\u{202e}".into(), "control, format or invisible"),
+        ("\u{1b}[2Jvictim".into(), "control, format or invisible"),
+        ("vic\ntim".into(), "control, format or invisible"),
+    ] {
+        attacker
+            .send(
+                ids::REGISTER_REQ,
+                json!({"username": name, "password": PASSWORD, "email": "a@b.c"}),
+            )
+            .await;
+        let r = attacker.expect(ids::REGISTER_RESP).await;
+        assert_eq!(r["code"], 4, "{name:?}: {r}");
+        assert!(r["msg"].as_str().unwrap().contains(rule), "{name:?}: {r}");
+    }
+
+    // Two spellings of one name (NFC) are one name.
+    let mut zoe = server.client().await;
+    zoe.register("Zo\u{eb}").await;
+    attacker
+        .send(
+            ids::REGISTER_REQ,
+            json!({"username": "Zoe\u{308}", "password": PASSWORD, "email": "a@b.c"}),
+        )
+        .await;
+    assert_eq!(attacker.expect(ids::REGISTER_RESP).await["code"], 3);
+    // And either spelling logs in.
+    zoe.send(
+        ids::LOGIN_REQ,
+        json!({"username": "Zoe\u{308}", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(zoe.expect(ids::LOGIN_RESP).await["code"], 0);
+
+    // A message to the victim's id reaches the victim.
+    let mut sender = server.user("sender").await;
+    sender
+        .send(
+            ids::TEXT_MSG,
+            json!({"to_user_id": victim_id.to_string(), "content": "for you"}),
+        )
+        .await;
+    assert_eq!(victim.expect(ids::TEXT_MSG).await["content"], "for you");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_name_with_hidden_characters_is_refused() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    for name in ["crabs\u{200d}", " crabs", "cr\u{7}abs"] {
+        alice
+            .send(ids::CREATE_GROUP_REQ, json!({"name": name}))
+            .await;
+        let r = alice.expect(ids::CREATE_GROUP_RESP).await;
+        assert!(
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("group name")),
+            "{name:?}: {r}"
+        );
+    }
+    let gid = alice.create_group("2024").await;
+    alice
+        .send(
+            ids::UPDATE_GROUP_REQ,
+            json!({"group_id": gid, "name": "new\u{202e}name"}),
+        )
+        .await;
+    let r = alice.expect(ids::UPDATE_GROUP_RESP).await;
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("group name")),
+        "{r}"
+    );
+    server.stop().await;
+}
