@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{ConsulSettings, BACKEND};
+use crate::core::error::chain;
 use crate::core::ports::{BackendError, BackendResult};
 
 /// Least time between the starts of two blocking queries of one watcher, so that a query that
@@ -49,21 +50,6 @@ impl From<ConsulError> for BackendError {
             detail: e.to_string(),
         }
     }
-}
-
-/// The full chain of an error's causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let part = c.to_string();
-        if !s.contains(&part) {
-            s.push_str(": ");
-            s.push_str(&part);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// An answer of Consul.
