@@ -45,10 +45,7 @@ pub enum ConsulError {
 
 impl From<ConsulError> for BackendError {
     fn from(e: ConsulError) -> Self {
-        BackendError::Unavailable {
-            backend: BACKEND,
-            detail: e.to_string(),
-        }
+        BackendError::unavailable_from(BACKEND, e)
     }
 }
 
@@ -75,9 +72,9 @@ impl ConsulClient {
             .connect_timeout(settings.request_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| BackendError::Unavailable {
-                backend: BACKEND,
-                detail: format!("cannot set up the HTTP client: {}", chain(&e)),
+            .map_err(|e| {
+                let detail = format!("cannot set up the HTTP client: {}", chain(&e));
+                BackendError::unavailable_with_source(BACKEND, detail, e)
             })?;
         Ok(ConsulClient {
             http,
