@@ -107,7 +107,8 @@ where
     match rt.block_on(f()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chat-zinx: {e:#}");
+            // The chain of causes, each said once (a backend error repeats its source's text).
+            eprintln!("chat-zinx: {}", chat_zinx::core::error::chain(&*e));
             ExitCode::FAILURE
         }
     }

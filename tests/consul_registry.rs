@@ -143,7 +143,9 @@ async fn stop_tasks(tasks: TaskTracker, shutdown: CancellationToken) {
 
 fn assert_unavailable<T: std::fmt::Debug>(what: &str, r: Result<T, BackendError>) {
     match r {
-        Err(BackendError::Unavailable { backend, detail }) => {
+        Err(BackendError::Unavailable {
+            backend, detail, ..
+        }) => {
             assert_eq!(backend, "consul", "{what}: {detail}");
             assert!(!detail.is_empty());
         }

@@ -66,7 +66,9 @@ async fn assert_unavailable<T: std::fmt::Debug>(
         .await
         .unwrap_or_else(|_| panic!("{what} hung with redis down"));
     match result {
-        Err(BackendError::Unavailable { backend, detail }) => {
+        Err(BackendError::Unavailable {
+            backend, detail, ..
+        }) => {
             assert_eq!(backend, "redis", "{what}: {detail}");
         }
         other => panic!("{what}: expected Unavailable, got {other:?}"),

@@ -99,13 +99,13 @@ impl Link {
         if !*rx.borrow_and_update() {
             let back = tokio::time::timeout(self.reconnect_wait, rx.wait_for(|up| *up)).await;
             if !matches!(back, Ok(Ok(_))) {
-                return Err(BackendError::Unavailable {
-                    backend: self.backend,
-                    detail: format!(
+                return Err(BackendError::unavailable(
+                    self.backend,
+                    format!(
                         "not connected (no connection within {:?}); reconnecting",
                         self.reconnect_wait
                     ),
-                });
+                ));
             }
         }
         tokio::select! {
@@ -113,11 +113,10 @@ impl Link {
             // at the same moment.
             biased;
             result = call => result,
-            _ = rx.wait_for(|up| !*up) => Err(BackendError::Unavailable {
-                backend: self.backend,
-                detail: "the connection was lost during the request; its outcome is unknown"
-                    .into(),
-            }),
+            _ = rx.wait_for(|up| !*up) => Err(BackendError::unavailable(
+                self.backend,
+                "the connection was lost during the request; its outcome is unknown",
+            )),
         }
     }
 }

@@ -454,10 +454,10 @@ impl Bus for MemoryBus {
         let inbound = {
             let s = lock(&self.inner);
             if s.node_id != node_id {
-                return Err(BackendError::Unavailable {
-                    backend: "in-process bus",
-                    detail: format!("node {node_id} is not this node and there is no cluster bus"),
-                });
+                return Err(BackendError::unavailable(
+                    "in-process bus",
+                    format!("node {node_id} is not this node and there is no cluster bus"),
+                ));
             }
             s.inbound.clone()
         };

@@ -164,15 +164,12 @@ const SCHEMES: &[&str] = &[
 ];
 
 /// Why a URL cannot be used; the message says what a valid one looks like.
-fn bad_url(shown: &str, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Unavailable {
-        backend: BACKEND,
-        detail: format!(
-            "cannot use redis.url {shown}: {e}; expected redis://host:port, rediss://, \
-             redis-sentinel://host:26379?sentinelServiceName=NAME, redis-cluster://host:port?node=host2:port \
-             or redis+unix:///path"
-        ),
-    }
+fn bad_url(shown: &str, why: impl std::fmt::Display) -> String {
+    format!(
+        "cannot use redis.url {shown}: {why}; expected redis://host:port, rediss://, \
+         redis-sentinel://host:26379?sentinelServiceName=NAME, redis-cluster://host:port?node=host2:port \
+         or redis+unix:///path"
+    )
 }
 
 /// `redis://:secret@host` → `redis://:***@host`, for messages and logs.
@@ -199,13 +196,17 @@ pub fn parse_url(url: &str) -> Result<FredConfig, BackendError> {
     let shown = redact(url);
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     if !scheme.is_some_and(|s| SCHEMES.contains(&s.as_str())) {
-        return Err(bad_url(&shown, "unknown scheme"));
+        return Err(BackendError::unavailable(
+            BACKEND,
+            bad_url(&shown, "unknown scheme"),
+        ));
     }
     let normalized = match url.strip_prefix("unix://") {
         Some(path) => format!("redis+unix://{path}"),
         None => url.to_string(),
     };
-    let mut config = FredConfig::from_url(&normalized).map_err(|e| bad_url(&shown, e))?;
+    let mut config = FredConfig::from_url(&normalized)
+        .map_err(|e| BackendError::unavailable_with_source(BACKEND, bad_url(&shown, &e), e))?;
     // Run the reconnect policy for the first connection too: `connect` bounds the wait itself.
     config.fail_fast = false;
     Ok(config)
@@ -253,23 +254,26 @@ impl RedisPresence {
                 },
                 ..Default::default()
             });
-        let client = builder.build().map_err(|e| bad_url(&shown_url, e))?;
+        let client = builder.build().map_err(|e| {
+            BackendError::unavailable_with_source(BACKEND, bad_url(&shown_url, &e), e)
+        })?;
         let handle = client.connect();
         let wait = options.command_timeout.max(Duration::from_secs(1));
         let first = tokio::time::timeout(wait, client.wait_for_connect()).await;
         let failure = match first {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!("no connection within {wait:?}")),
+            Ok(Err(e)) => Some((e.to_string(), Some(e))),
+            Err(_) => Some((format!("no connection within {wait:?}"), None)),
         };
-        if let Some(why) = failure {
+        if let Some((why, source)) = failure {
             // Never connected: ending the connection task ends the client.
             handle.abort();
-            return Err(BackendError::Unavailable {
-                backend: BACKEND,
-                detail: format!(
-                    "cannot connect to redis at {shown_url}: {why}; check redis.url and that Redis is running and reachable"
-                ),
+            let detail = format!(
+                "cannot connect to redis at {shown_url}: {why}; check redis.url and that Redis is running and reachable"
+            );
+            return Err(match source {
+                Some(e) => BackendError::unavailable_with_source(BACKEND, detail, e),
+                None => BackendError::unavailable(BACKEND, detail),
             });
         }
         info!(url = %shown_url, node_id, "connected to redis for presence");
@@ -532,21 +536,19 @@ impl RedisPresence {
     fn ensure_connected(&self) -> BackendResult<()> {
         match self.client.state() {
             ClientState::Connected => Ok(()),
-            state => Err(BackendError::Unavailable {
-                backend: BACKEND,
-                detail: format!(
+            state => Err(BackendError::unavailable(
+                BACKEND,
+                format!(
                     "not connected to {} ({state:?}; reconnecting in the background)",
                     self.shown_url
                 ),
-            }),
+            )),
         }
     }
 
     fn error(&self, e: FredError) -> BackendError {
-        BackendError::Unavailable {
-            backend: BACKEND,
-            detail: format!("{} at {}", e, self.shown_url),
-        }
+        let detail = format!("{} at {}", e, self.shown_url);
+        BackendError::unavailable_with_source(BACKEND, detail, e)
     }
 
     /// Sends a pipeline (one round trip) within the `command_timeout` limit: one answer per
@@ -569,13 +571,13 @@ impl RedisPresence {
         match tokio::time::timeout(self.options.command_timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.error(e)),
-            Err(_) => Err(BackendError::Unavailable {
-                backend: BACKEND,
-                detail: format!(
+            Err(_) => Err(BackendError::unavailable(
+                BACKEND,
+                format!(
                     "no answer from {} within {:?}",
                     self.shown_url, self.options.command_timeout
                 ),
-            }),
+            )),
         }
     }
 }

@@ -83,3 +83,56 @@ impl From<BackendError> for ChatError {
 }
 
 pub type ChatResult<T> = Result<T, ChatError>;
+
+/// An error and its causes as one line, `a: b: c`, for a person to read. A cause whose text
+/// is already in the line is left out: an error may repeat its source's text in its own (as
+/// [`BackendError::Unavailable`] does, so that its one-line `Display` says everything), and a
+/// printer of the whole chain would otherwise say it twice.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let part = c.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection refused")]
+    struct Refused;
+
+    /// Repeats its source's text in its own, as `BackendError::Unavailable` does.
+    #[derive(Debug, thiserror::Error)]
+    #[error("redis is unavailable: {0}")]
+    struct Repeats(#[source] Refused);
+
+    /// Says only what it adds; the source says the rest.
+    #[derive(Debug, thiserror::Error)]
+    #[error("no connection")]
+    struct Adds(#[source] Refused);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot start")]
+    struct Start(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let e = Start(Box::new(Repeats(Refused)));
+        assert_eq!(
+            chain(&e),
+            "cannot start: redis is unavailable: connection refused"
+        );
+        let e = Start(Box::new(Adds(Refused)));
+        assert_eq!(chain(&e), "cannot start: no connection: connection refused");
+        assert_eq!(chain(&Refused), "connection refused");
+    }
+}

@@ -23,20 +23,102 @@ use async_trait::async_trait;
 use super::model::*;
 
 /// Why a backend call failed.
-#[derive(Debug, Clone, thiserror::Error)]
+///
+/// `Display` and [`Error`](std::error::Error) are written by hand rather than derived: the
+/// source of [`Unavailable`](BackendError::Unavailable) is kept in an [`Arc`] (see
+/// [`ErrorSource`]) and [`source()`](std::error::Error::source) must hand out the error inside
+/// it, not the `Arc`, or `downcast_ref` on the source would never match the adapter's type.
+#[derive(Debug, Clone)]
 pub enum BackendError {
     /// The backend did not answer or answered with an error: the operation may be retried.
-    #[error("{backend} is unavailable: {detail}")]
+    /// Shown as `{backend} is unavailable: {detail}`.
+    ///
+    /// Build it with [`BackendError::unavailable`], [`BackendError::unavailable_from`] or
+    /// [`BackendError::unavailable_with_source`].
     Unavailable {
+        /// The backend's name as users read it (`nats`, `redis`, `consul`, ...).
         backend: &'static str,
+        /// The whole reason, for a person: it already includes the text of `source`, so that
+        /// the one line of `Display` (in logs, in `/ready`, in a client's "try again") says
+        /// everything. Whoever prints a whole chain of causes should leave out a cause whose
+        /// text is already there, as [`crate::core::error::chain`] does.
         detail: String,
+        /// The adapter's own error, when there was one (the client library's, a decoder's):
+        /// for code that looks at the cause, through [`source()`](std::error::Error::source).
+        source: Option<ErrorSource>,
     },
     /// A uniqueness rule refused the write.
-    #[error("{0} already exists")]
     Conflict(Unique),
     /// The entity the write refers to does not exist.
-    #[error("{0} not found")]
     NotFound(Missing),
+}
+
+/// The cause kept in [`BackendError::Unavailable`]. An [`Arc`], not a `Box`, so that
+/// [`BackendError`] stays [`Clone`] (a clone shares the cause; errors are never changed after
+/// they are made, so sharing is sound); `Send + Sync + 'static` so that it crosses tasks and
+/// can be downcast.
+pub type ErrorSource = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+impl BackendError {
+    /// `backend` could not answer, for a reason this code found itself (no error to keep).
+    pub fn unavailable(backend: &'static str, detail: impl Into<String>) -> BackendError {
+        BackendError::Unavailable {
+            backend,
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// `backend` could not answer because of `source`: its text is the detail and the error
+    /// itself is kept as the source.
+    pub fn unavailable_from<E>(backend: &'static str, source: E) -> BackendError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let detail = source.to_string();
+        BackendError::unavailable_with_source(backend, detail, source)
+    }
+
+    /// `backend` could not answer because of `source`, in the words of `detail` (which should
+    /// include the source's text: see the `detail` of [`BackendError::Unavailable`]).
+    pub fn unavailable_with_source<E>(
+        backend: &'static str,
+        detail: impl Into<String>,
+        source: E,
+    ) -> BackendError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        BackendError::Unavailable {
+            backend,
+            detail: detail.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::Unavailable {
+                backend, detail, ..
+            } => write!(f, "{backend} is unavailable: {detail}"),
+            BackendError::Conflict(what) => write!(f, "{what} already exists"),
+            BackendError::NotFound(what) => write!(f, "{what} not found"),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BackendError::Unavailable {
+                source: Some(source),
+                ..
+            } => Some(&**source),
+            _ => None,
+        }
+    }
 }
 
 /// What a uniqueness rule of the store protects (see [`BackendError::Conflict`]).
@@ -536,6 +618,64 @@ impl Backends {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error as _;
+
+    /// An adapter's own error, as a client library would return it.
+    #[derive(Debug)]
+    struct Refused;
+
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection refused")
+        }
+    }
+
+    impl std::error::Error for Refused {}
+
+    #[test]
+    fn backend_errors_read_as_before() {
+        let cases = [
+            (
+                BackendError::unavailable("redis", "no answer within 2s"),
+                "redis is unavailable: no answer within 2s",
+            ),
+            (
+                BackendError::unavailable_from("nats", Refused),
+                "nats is unavailable: connection refused",
+            ),
+            (
+                BackendError::unavailable_with_source(
+                    "consul",
+                    "GET /x: connection refused",
+                    Refused,
+                ),
+                "consul is unavailable: GET /x: connection refused",
+            ),
+            (
+                BackendError::Conflict(Unique::GroupName),
+                "group name already exists",
+            ),
+            (BackendError::NotFound(Missing::User), "user not found"),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn an_unavailable_backend_keeps_its_cause_as_the_source() {
+        let e = BackendError::unavailable_from("nats", Refused);
+        let source = e.source().expect("the cause is kept");
+        assert!(source.downcast_ref::<Refused>().is_some(), "{source:?}");
+        // A clone shares the cause.
+        let copy = e.clone();
+        assert!(copy.source().is_some_and(|s| s.is::<Refused>()));
+        // Only the reasons this code found itself have none.
+        assert!(BackendError::unavailable("nats", "not attached")
+            .source()
+            .is_none());
+        assert!(BackendError::NotFound(Missing::Group).source().is_none());
+    }
 
     #[test]
     fn a_manual_clock_moves_only_when_advanced() {

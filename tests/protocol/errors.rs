@@ -21,13 +21,38 @@ async fn ask(c: &mut Client, id: u32, body: Value, resp: u32) -> Value {
     c.expect(resp).await
 }
 
+/// One row of a table of requests: what it checks, the request's id and body (the bytes
+/// sent), and the reply expected: its id and whole body.
+type Row<'a> = (&'a str, u32, String, u32, Value);
+
+/// Sends the requests of `rows` from `c` in order and checks each whole reply; a failure
+/// names the row.
+async fn check_rows(c: &mut Client, rows: &[Row<'_>]) {
+    for (what, id, body, resp, expected) in rows {
+        c.send_body(*id, body.as_bytes()).await;
+        assert_eq!(
+            c.expect(*resp).await,
+            *expected,
+            "{what} (id {id}, body {body})"
+        );
+    }
+}
+
 /// Asserts a 99 body with `code` (and a text), with `ref` only when `reference` is given.
 fn assert_error(e: &Value, code: u32, reference: Option<u32>) {
-    assert_eq!(e["code"], code, "{e}");
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+    assert_error_of("", e, code, reference);
+}
+
+/// [`assert_error`], naming `what` (a row of a table) on failure.
+fn assert_error_of(what: &str, e: &Value, code: u32, reference: Option<u32>) {
+    assert_eq!(e["code"], code, "{what}{e}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}{e}"
+    );
     match reference {
-        Some(r) => assert_eq!(e["ref"], r, "{e}"),
-        None => assert!(e.get("ref").is_none(), "v1 errors carry no ref: {e}"),
+        Some(r) => assert_eq!(e["ref"], r, "{what}{e}"),
+        None => assert!(e.get("ref").is_none(), "{what}v1 errors carry no ref: {e}"),
     }
 }
 
@@ -114,20 +139,23 @@ async fn oversized_frame_body_is_never_stored() {
     alice.until_closed().await;
 
     bob.assert_quiet().await;
-    assert_eq!(
-        ask(
-            &mut bob,
+    let rows: &[Row] = &[
+        (
+            "no history with alice",
             ids::HISTORY_REQ,
-            history_req("alice", 0),
-            ids::HISTORY_RESP
-        )
-        .await,
-        json!({"code": 0, "message": "成功"})
-    );
-    assert_eq!(
-        ask(&mut bob, ids::RELATIONS_REQ, json!({}), ids::RELATIONS_RESP).await,
-        json!({"code": 0, "message": "成功", "data": []})
-    );
+            history_req("alice", 0).to_string(),
+            ids::HISTORY_RESP,
+            json!({"code": 0, "message": "成功"}),
+        ),
+        (
+            "no conversation at all",
+            ids::RELATIONS_REQ,
+            json!({}).to_string(),
+            ids::RELATIONS_RESP,
+            json!({"code": 0, "message": "成功", "data": []}),
+        ),
+    ];
+    check_rows(&mut bob, rows).await;
     // And at alice's next login nothing is pending either way.
     let mut alice = server.client().await;
     alice.login("alice").await;
@@ -479,26 +507,32 @@ async fn requests_needing_login_are_refused_before_login() {
     )
     .await;
     assert_error(&c.expect(ids::ERROR).await, code::NOT_LOGGED_IN, None);
-    assert_eq!(
-        ask(
-            &mut c,
+    let no_session = json!({"code": 1, "message": "用户未登录或会话无效"});
+    let rows: &[Row] = &[
+        (
+            "history",
             ids::HISTORY_REQ,
-            history_req("owner", 10),
-            ids::HISTORY_RESP
-        )
-        .await,
-        json!({"code": 1, "message": "用户未登录或会话无效"})
-    );
-    // Login is checked before the body is parsed.
-    c.send_body(ids::HISTORY_REQ, b"{").await;
-    assert_eq!(
-        c.expect(ids::HISTORY_RESP).await,
-        json!({"code": 1, "message": "用户未登录或会话无效"})
-    );
-    assert_eq!(
-        ask(&mut c, ids::RELATIONS_REQ, json!({}), ids::RELATIONS_RESP).await,
-        json!({"code": 1, "message": "未登录用户", "data": null})
-    );
+            history_req("owner", 10).to_string(),
+            ids::HISTORY_RESP,
+            no_session.clone(),
+        ),
+        // Login is checked before the body is parsed.
+        (
+            "history, malformed",
+            ids::HISTORY_REQ,
+            "{".to_string(),
+            ids::HISTORY_RESP,
+            no_session,
+        ),
+        (
+            "relations",
+            ids::RELATIONS_REQ,
+            json!({}).to_string(),
+            ids::RELATIONS_RESP,
+            json!({"code": 1, "message": "未登录用户", "data": null}),
+        ),
+    ];
+    check_rows(&mut c, rows).await;
     for id in GROUP_REQUESTS {
         for body in [
             json!({"group_id": gid, "name": "nn-name", "target_user_id": 1, "new_role": "admin"})
@@ -633,12 +667,19 @@ async fn unknown_ids_get_error_12_with_ref_on_a_v2_connection() {
 async fn direct_message_to_an_unknown_recipient_is_refused_with_code_3() {
     let server = TestServer::start().await;
     let mut alice = server.user("alice").await;
-    alice.msg("nobody", "hello?").await;
-    assert_error(&alice.expect(ids::ERROR).await, code::NOT_FOUND, None);
-    alice.msg("00000000-0000-4000-8000-000000000000", "x").await;
-    assert_error(&alice.expect(ids::ERROR).await, code::NOT_FOUND, None);
-    alice.msg("4242", "x").await;
-    assert_error(&alice.expect(ids::ERROR).await, code::NOT_FOUND, None);
+    for (what, to, content) in [
+        ("an unknown username: ", "nobody", "hello?"),
+        (
+            "an unknown uuid: ",
+            "00000000-0000-4000-8000-000000000000",
+            "x",
+        ),
+        ("an unknown numeric id: ", "4242", "x"),
+    ] {
+        alice.msg(to, content).await;
+        let e = alice.expect(ids::ERROR).await;
+        assert_error_of(what, &e, code::NOT_FOUND, None);
+    }
     alice.assert_quiet().await;
 
     let mut carol = server.user_v2("carol").await;
@@ -896,30 +937,26 @@ async fn relations_list_the_peers_after_a_message() {
     }
     alice.msg("bob", "hi").await;
     bob.expect(ids::TEXT_MSG).await;
-    assert_eq!(
-        ask(
+    let (alice_id, bob_id) = (alice.id().to_string(), bob.id().to_string());
+    for (what, c, expected) in [
+        (
+            "the sender has the recipient",
             &mut alice,
-            ids::RELATIONS_REQ,
-            json!({}),
-            ids::RELATIONS_RESP
-        )
-        .await,
-        json!({"code": 0, "message": "成功", "data": [bob.id().to_string()]})
-    );
-    assert_eq!(
-        ask(&mut bob, ids::RELATIONS_REQ, json!({}), ids::RELATIONS_RESP).await,
-        json!({"code": 0, "message": "成功", "data": [alice.id().to_string()]})
-    );
-    assert_eq!(
-        ask(
-            &mut carol,
-            ids::RELATIONS_REQ,
-            json!({}),
-            ids::RELATIONS_RESP
-        )
-        .await,
-        empty
-    );
+            json!({"code": 0, "message": "成功", "data": [bob_id]}),
+        ),
+        (
+            "the recipient has the sender",
+            &mut bob,
+            json!({"code": 0, "message": "成功", "data": [alice_id]}),
+        ),
+        ("a third user has nobody", &mut carol, empty),
+    ] {
+        assert_eq!(
+            ask(c, ids::RELATIONS_REQ, json!({}), ids::RELATIONS_RESP).await,
+            expected,
+            "{what}"
+        );
+    }
     // A second peer, and oneself.
     carol.msg("alice", "yo").await;
     alice.expect(ids::TEXT_MSG).await;
@@ -1225,26 +1262,23 @@ async fn logout_keeps_the_connection_open_and_stops_pushes() {
     bob.assert_quiet().await;
 
     // Requests needing login answer not-logged-in.
-    assert_eq!(
-        ask(
-            &mut bob,
+    let rows: &[Row] = &[
+        (
+            "history",
             ids::HISTORY_REQ,
-            history_req("alice", 0),
-            ids::HISTORY_RESP
-        )
-        .await,
-        json!({"code": 1, "message": "用户未登录或会话无效"})
-    );
-    assert_eq!(
-        ask(
-            &mut bob,
+            history_req("alice", 0).to_string(),
+            ids::HISTORY_RESP,
+            json!({"code": 1, "message": "用户未登录或会话无效"}),
+        ),
+        (
+            "group details",
             ids::GROUP_DETAILS_REQ,
-            json!({ "group_id": gid }),
-            ids::GROUP_DETAILS_RESP
-        )
-        .await,
-        json!({"error": "用户未登录"})
-    );
+            json!({ "group_id": gid }).to_string(),
+            ids::GROUP_DETAILS_RESP,
+            json!({"error": "用户未登录"}),
+        ),
+    ];
+    check_rows(&mut bob, rows).await;
     bob.msg("alice", "anyone?").await;
     assert_error(&bob.expect(ids::ERROR).await, code::NOT_LOGGED_IN, None);
     assert_eq!(

@@ -69,6 +69,26 @@ fn err(text: &str) -> Value {
     json!({ "error": text })
 }
 
+/// One row of a table of requests: what it checks, who sends it (a username), the body of the
+/// request, and the whole reply expected.
+type Row<'a> = (&'a str, &'a str, Value, Value);
+
+/// Sends the requests of `rows` (message id `id`) in order, each from the client logged in as
+/// the row's user, and checks each whole reply; a failure names the row.
+async fn check_rows(clients: &mut [&mut Client], id: u32, rows: &[Row<'_>]) {
+    for (what, from, body, expected) in rows {
+        let c = clients
+            .iter_mut()
+            .find(|c| c.user.as_ref().is_some_and(|u| u["username"] == *from))
+            .unwrap_or_else(|| panic!("{what}: no client is logged in as {from}"));
+        assert_eq!(
+            req(c, id, body.clone()).await,
+            *expected,
+            "{what} ({from} sends {body})"
+        );
+    }
+}
+
 fn error_text(v: &Value) -> &str {
     v["error"]
         .as_str()
@@ -215,15 +235,22 @@ async fn join_group_errors() {
         err("加入群组失败: group not found")
     );
     bob.join_group(gid).await;
-    assert_eq!(
-        req(&mut bob, ids::JOIN_GROUP_REQ, json!({ "group_id": gid })).await,
-        err("加入群组失败: user already in this group")
-    );
-    // The owner is a member too.
-    assert_eq!(
-        req(&mut alice, ids::JOIN_GROUP_REQ, json!({ "group_id": gid })).await,
-        err("加入群组失败: user already in this group")
-    );
+    let already = err("加入群组失败: user already in this group");
+    let rows: &[Row] = &[
+        (
+            "a member joins again",
+            "bob",
+            json!({ "group_id": gid }),
+            already.clone(),
+        ),
+        (
+            "the owner is a member too",
+            "alice",
+            json!({ "group_id": gid }),
+            already,
+        ),
+    ];
+    check_rows(&mut [&mut alice, &mut bob], ids::JOIN_GROUP_REQ, rows).await;
     assert_eq!(details(&mut alice, gid).await["member_count"], 2);
     server.stop().await;
 }
@@ -261,18 +288,27 @@ async fn leave_group_errors() {
     let mut alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
     let gid = alice.create_group("g1").await;
-    assert_eq!(
-        req(&mut alice, ids::LEAVE_GROUP_REQ, json!({ "group_id": gid })).await,
-        err("退出群组失败: group owner cannot leave the group directly, please transfer ownership first")
-    );
-    assert_eq!(
-        req(&mut bob, ids::LEAVE_GROUP_REQ, json!({ "group_id": gid })).await,
-        err("退出群组失败: user is not a member of this group")
-    );
-    assert_eq!(
-        req(&mut bob, ids::LEAVE_GROUP_REQ, json!({"group_id": 424_242})).await,
-        err("退出群组失败: group not found")
-    );
+    let rows: &[Row] = &[
+        (
+            "the owner cannot leave",
+            "alice",
+            json!({ "group_id": gid }),
+            err("退出群组失败: group owner cannot leave the group directly, please transfer ownership first"),
+        ),
+        (
+            "a non-member cannot leave",
+            "bob",
+            json!({ "group_id": gid }),
+            err("退出群组失败: user is not a member of this group"),
+        ),
+        (
+            "an unknown group",
+            "bob",
+            json!({"group_id": 424_242}),
+            err("退出群组失败: group not found"),
+        ),
+    ];
+    check_rows(&mut [&mut alice, &mut bob], ids::LEAVE_GROUP_REQ, rows).await;
     // The owner is still there.
     let d = details(&mut alice, gid).await;
     assert_eq!(
@@ -396,12 +432,28 @@ async fn group_members_requires_membership() {
     let mut alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
     let gid = alice.create_group("g1").await;
-    assert_eq!(members(&mut bob, gid).await, err("您不是该群组的成员"));
-    assert_eq!(members(&mut bob, 987_654).await, err("您不是该群组的成员"));
-    assert_eq!(
-        members(&mut alice, 987_654).await,
-        err("您不是该群组的成员")
-    );
+    let not_member = err("您不是该群组的成员");
+    let rows: &[Row] = &[
+        (
+            "a non-member",
+            "bob",
+            json!({ "group_id": gid }),
+            not_member.clone(),
+        ),
+        (
+            "an unknown group",
+            "bob",
+            json!({"group_id": 987_654}),
+            not_member.clone(),
+        ),
+        (
+            "an unknown group, asked by an owner of another",
+            "alice",
+            json!({"group_id": 987_654}),
+            not_member,
+        ),
+    ];
+    check_rows(&mut [&mut alice, &mut bob], ids::GROUP_MEMBERS_REQ, rows).await;
     server.stop().await;
 }
 
@@ -490,8 +542,22 @@ async fn group_details_shape_and_membership_check() {
         "{d}"
     );
 
-    assert_eq!(details(&mut bob, gid).await, err("您不是该群组的成员"));
-    assert_eq!(details(&mut bob, 55_555).await, err("您不是该群组的成员"));
+    let not_member = err("您不是该群组的成员");
+    let rows: &[Row] = &[
+        (
+            "a non-member",
+            "bob",
+            json!({ "group_id": gid }),
+            not_member.clone(),
+        ),
+        (
+            "an unknown group",
+            "bob",
+            json!({"group_id": 55_555}),
+            not_member,
+        ),
+    ];
+    check_rows(&mut [&mut bob], ids::GROUP_DETAILS_REQ, rows).await;
     bob.join_group(gid).await;
     assert_eq!(details(&mut bob, gid).await["member_count"], 2);
     server.stop().await;
@@ -574,58 +640,54 @@ async fn update_group_errors() {
     let denied = err(
         "更新群组信息失败: permission denied: only group owner and admins can update group info",
     );
-    // Plain member, and a non-member; permission is checked before "no updates".
-    assert_eq!(
-        req(
-            &mut bob,
-            ids::UPDATE_GROUP_REQ,
-            json!({"group_id": gid, "name": "x-by-bob"})
-        )
-        .await,
-        denied
-    );
-    assert_eq!(
-        req(&mut bob, ids::UPDATE_GROUP_REQ, json!({ "group_id": gid })).await,
-        denied
-    );
-    assert_eq!(
-        req(
-            &mut carol,
-            ids::UPDATE_GROUP_REQ,
-            json!({"group_id": gid, "description": "c"})
-        )
-        .await,
-        denied
-    );
-    // No fields (or only empty ones).
-    assert_eq!(
-        req(
-            &mut alice,
-            ids::UPDATE_GROUP_REQ,
-            json!({ "group_id": gid })
-        )
-        .await,
-        err("更新群组信息失败: no updates provided")
-    );
-    assert_eq!(
-        req(
-            &mut alice,
-            ids::UPDATE_GROUP_REQ,
-            json!({"group_id": gid, "name": "", "description": "", "avatar": ""})
-        )
-        .await,
-        err("更新群组信息失败: no updates provided")
-    );
-    // Unknown group comes first, even for a non-member.
-    assert_eq!(
-        req(
-            &mut carol,
-            ids::UPDATE_GROUP_REQ,
-            json!({"group_id": 777_777, "name": "zz"})
-        )
-        .await,
-        err("更新群组信息失败: group not found")
-    );
+    let no_updates = err("更新群组信息失败: no updates provided");
+    let rows: &[Row] = &[
+        // Plain member, and a non-member; permission is checked before "no updates".
+        (
+            "a plain member",
+            "bob",
+            json!({"group_id": gid, "name": "x-by-bob"}),
+            denied.clone(),
+        ),
+        (
+            "a plain member, with no fields",
+            "bob",
+            json!({ "group_id": gid }),
+            denied.clone(),
+        ),
+        (
+            "a non-member",
+            "carol",
+            json!({"group_id": gid, "description": "c"}),
+            denied,
+        ),
+        // No fields (or only empty ones).
+        (
+            "no fields",
+            "alice",
+            json!({ "group_id": gid }),
+            no_updates.clone(),
+        ),
+        (
+            "only empty fields",
+            "alice",
+            json!({"group_id": gid, "name": "", "description": "", "avatar": ""}),
+            no_updates,
+        ),
+        // Unknown group comes first, even for a non-member.
+        (
+            "an unknown group, for a non-member",
+            "carol",
+            json!({"group_id": 777_777, "name": "zz"}),
+            err("更新群组信息失败: group not found"),
+        ),
+    ];
+    check_rows(
+        &mut [&mut alice, &mut bob, &mut carol],
+        ids::UPDATE_GROUP_REQ,
+        rows,
+    )
+    .await;
     // Name conflict with another group, case-insensitively; limits.
     for body in [
         json!({"group_id": gid, "name": "taken"}),
@@ -701,87 +763,116 @@ async fn set_member_role_errors_in_the_original_order() {
     )
     .await;
     let set = |gid: u64, target: u64, role: &str| json!({"group_id": gid, "target_user_id": target, "new_role": role});
-    // 1. group not found (before anything else, even for a non-owner and a bad role).
-    let bob_id = bob.id();
-    assert_eq!(
-        req(&mut bob, ids::SET_ROLE_REQ, set(31_337, dave.id(), "boss")).await,
-        err("设置成员角色失败: group not found")
-    );
-    assert_eq!(
-        req(&mut alice, ids::SET_ROLE_REQ, set(31_337, bob_id, "admin")).await,
-        err("设置成员角色失败: group not found")
-    );
-    let denied = "permission denied: only group owner can change member roles";
-    // 2. permission denied: an admin, a plain member (even with bad arguments).
-    for (admin, body) in [
-        (true, set(gid, bob.id(), "admin")),
-        (false, set(gid, dave.id(), "boss")),
-        (false, set(gid, alice.id(), "member")),
-    ] {
-        let c = if admin { &mut carol } else { &mut bob };
-        assert_eq!(
-            req(c, ids::SET_ROLE_REQ, body.clone()).await,
-            err(&format!("设置成员角色失败: {denied}")),
-            "{body}"
-        );
-    }
-    assert_eq!(
-        req(
-            &mut carol,
-            ids::SET_ROLE_REQ,
-            set(gid, alice.id(), "member")
-        )
-        .await,
-        err(&format!("设置成员角色失败: {denied}"))
-    );
-    let cases: Vec<(Value, &str)> = vec![
+    let failed = |why: &str| err(&format!("设置成员角色失败: {why}"));
+    let (alice_id, bob_id, dave_id) = (alice.id(), bob.id(), dave.id());
+    let not_found = failed("group not found");
+    let denied = failed("permission denied: only group owner can change member roles");
+    let not_member = failed("target user is not a member of this group");
+    let owner_role = failed("cannot change role of the group owner");
+    let bad_role = failed("invalid role: must be 'admin' or 'member'");
+    let rows: &[Row] = &[
+        // 1. group not found (before anything else, even for a non-owner and a bad role).
+        (
+            "an unknown group, for a non-owner and a bad role",
+            "bob",
+            set(31_337, dave_id, "boss"),
+            not_found.clone(),
+        ),
+        (
+            "an unknown group, for the owner of another",
+            "alice",
+            set(31_337, bob_id, "admin"),
+            not_found,
+        ),
+        // 2. permission denied: an admin, a plain member (even with bad arguments).
+        (
+            "an admin",
+            "carol",
+            set(gid, bob_id, "admin"),
+            denied.clone(),
+        ),
+        (
+            "a plain member, for a non-member and a bad role",
+            "bob",
+            set(gid, dave_id, "boss"),
+            denied.clone(),
+        ),
+        (
+            "a plain member, for the owner",
+            "bob",
+            set(gid, alice_id, "member"),
+            denied.clone(),
+        ),
+        (
+            "an admin, for the owner",
+            "carol",
+            set(gid, alice_id, "member"),
+            denied,
+        ),
         // 3. target not a member (before the role is checked).
         (
-            set(gid, dave.id(), "admin"),
-            "target user is not a member of this group",
+            "a non-member target",
+            "alice",
+            set(gid, dave_id, "admin"),
+            not_member.clone(),
         ),
         (
-            set(gid, dave.id(), "boss"),
-            "target user is not a member of this group",
+            "a non-member target and a bad role",
+            "alice",
+            set(gid, dave_id, "boss"),
+            not_member.clone(),
         ),
         (
+            "an unknown target",
+            "alice",
             set(gid, 999_999, "admin"),
-            "target user is not a member of this group",
+            not_member,
         ),
         // 4. the owner's role (before the role is checked).
         (
-            set(gid, alice.id(), "member"),
-            "cannot change role of the group owner",
+            "the owner's role",
+            "alice",
+            set(gid, alice_id, "member"),
+            owner_role.clone(),
         ),
         (
-            set(gid, alice.id(), "boss"),
-            "cannot change role of the group owner",
+            "the owner's role, to a bad role",
+            "alice",
+            set(gid, alice_id, "boss"),
+            owner_role,
         ),
         // 5. invalid role.
         (
-            set(gid, bob.id(), "boss"),
-            "invalid role: must be 'admin' or 'member'",
+            "role boss",
+            "alice",
+            set(gid, bob_id, "boss"),
+            bad_role.clone(),
         ),
         (
-            set(gid, bob.id(), "owner"),
-            "invalid role: must be 'admin' or 'member'",
+            "role owner",
+            "alice",
+            set(gid, bob_id, "owner"),
+            bad_role.clone(),
         ),
         (
-            set(gid, bob.id(), ""),
-            "invalid role: must be 'admin' or 'member'",
+            "an empty role",
+            "alice",
+            set(gid, bob_id, ""),
+            bad_role.clone(),
         ),
         (
-            set(gid, bob.id(), "Admin"),
-            "invalid role: must be 'admin' or 'member'",
+            "role Admin (case matters)",
+            "alice",
+            set(gid, bob_id, "Admin"),
+            bad_role,
         ),
     ];
-    for (body, text) in cases {
-        assert_eq!(
-            req(&mut alice, ids::SET_ROLE_REQ, body.clone()).await,
-            err(&format!("设置成员角色失败: {text}")),
-            "{body}"
-        );
-    }
+    check_rows(
+        &mut [&mut alice, &mut bob, &mut carol],
+        ids::SET_ROLE_REQ,
+        rows,
+    )
+    .await;
     // Nothing changed.
     let r = members(&mut alice, gid).await;
     assert_eq!(member_of(&r, alice.id())["role"], "owner");
@@ -867,23 +958,24 @@ async fn remove_member_by_admin_only_removes_plain_members() {
     let remove = |target: u64| json!({"group_id": gid, "target_user_id": target});
     let no_admins =
         err("移除成员失败: permission denied: admins cannot remove other admins or the owner");
-    assert_eq!(
-        req(&mut bob, ids::REMOVE_MEMBER_REQ, remove(carol.id())).await,
-        no_admins
-    );
-    assert_eq!(
-        req(&mut bob, ids::REMOVE_MEMBER_REQ, remove(alice.id())).await,
-        no_admins
-    );
-    // An admin removing itself hits the same rule (the non-owner path comes first).
-    assert_eq!(
-        req(&mut bob, ids::REMOVE_MEMBER_REQ, remove(bob_id)).await,
-        no_admins
-    );
-    assert_eq!(
-        req(&mut bob, ids::REMOVE_MEMBER_REQ, remove(dave.id())).await,
-        json!({"message": "成员已从群组中移除"})
-    );
+    let rows: &[Row] = &[
+        (
+            "another admin",
+            "bob",
+            remove(carol.id()),
+            no_admins.clone(),
+        ),
+        ("the owner", "bob", remove(alice.id()), no_admins.clone()),
+        // An admin removing itself hits the same rule (the non-owner path comes first).
+        ("itself", "bob", remove(bob_id), no_admins),
+        (
+            "a plain member",
+            "bob",
+            remove(dave.id()),
+            json!({"message": "成员已从群组中移除"}),
+        ),
+    ];
+    check_rows(&mut [&mut bob], ids::REMOVE_MEMBER_REQ, rows).await;
     assert_eq!(details(&mut alice, gid).await["member_count"], 3);
     // Dave is gone now: the admin path reports the target as not a member.
     assert_eq!(
@@ -907,32 +999,40 @@ async fn remove_member_errors() {
     let remove = |target: u64| json!({"group_id": gid, "target_user_id": target});
     let not_admin =
         err("移除成员失败: permission denied: only group owner and admins can remove members");
-    assert_eq!(
-        req(&mut bob, ids::REMOVE_MEMBER_REQ, remove(carol.id())).await,
-        not_admin
-    );
-    assert_eq!(
-        req(&mut bob, ids::REMOVE_MEMBER_REQ, remove(alice.id())).await,
-        not_admin
-    );
-    // A non-member is no admin either.
-    assert_eq!(
-        req(&mut eve, ids::REMOVE_MEMBER_REQ, remove(bob_id)).await,
-        not_admin
-    );
-    assert_eq!(
-        req(&mut alice, ids::REMOVE_MEMBER_REQ, remove(alice_id)).await,
-        err("移除成员失败: cannot remove yourself from group, use leave group instead")
-    );
-    assert_eq!(
-        req(
-            &mut bob,
-            ids::REMOVE_MEMBER_REQ,
-            json!({"group_id": 8_888_888, "target_user_id": carol.id()})
-        )
-        .await,
-        err("移除成员失败: group not found")
-    );
+    let rows: &[Row] = &[
+        (
+            "a plain member, of a member",
+            "bob",
+            remove(carol.id()),
+            not_admin.clone(),
+        ),
+        (
+            "a plain member, of the owner",
+            "bob",
+            remove(alice_id),
+            not_admin.clone(),
+        ),
+        // A non-member is no admin either.
+        ("a non-member", "eve", remove(bob_id), not_admin),
+        (
+            "the owner, of itself",
+            "alice",
+            remove(alice_id),
+            err("移除成员失败: cannot remove yourself from group, use leave group instead"),
+        ),
+        (
+            "an unknown group",
+            "bob",
+            json!({"group_id": 8_888_888, "target_user_id": carol.id()}),
+            err("移除成员失败: group not found"),
+        ),
+    ];
+    check_rows(
+        &mut [&mut alice, &mut bob, &mut eve],
+        ids::REMOVE_MEMBER_REQ,
+        rows,
+    )
+    .await;
     assert_eq!(details(&mut alice, gid).await["member_count"], 3);
     carol.assert_quiet().await;
     server.stop().await;
@@ -1317,25 +1417,27 @@ async fn group_history_errors() {
     let mut bob = server.user("bob").await;
     let gid = alice.create_group("g1").await;
     alice.group_msg(gid, "secret").await;
-    assert_eq!(
-        req(&mut bob, ids::GROUP_HISTORY_REQ, json!({ "group_id": gid })).await,
-        err(&format!(
-            "获取历史消息失败：user {} is not a member of group {gid}",
-            bob.id()
-        ))
-    );
-    assert_eq!(
-        req(
-            &mut alice,
-            ids::GROUP_HISTORY_REQ,
-            json!({"group_id": 4_040_404})
-        )
-        .await,
-        err(&format!(
-            "获取历史消息失败：user {} is not a member of group 4040404",
-            alice.id()
-        ))
-    );
+    let rows: &[Row] = &[
+        (
+            "a non-member",
+            "bob",
+            json!({ "group_id": gid }),
+            err(&format!(
+                "获取历史消息失败：user {} is not a member of group {gid}",
+                bob.id()
+            )),
+        ),
+        (
+            "an unknown group",
+            "alice",
+            json!({"group_id": 4_040_404}),
+            err(&format!(
+                "获取历史消息失败：user {} is not a member of group 4040404",
+                alice.id()
+            )),
+        ),
+    ];
+    check_rows(&mut [&mut alice, &mut bob], ids::GROUP_HISTORY_REQ, rows).await;
     for body in [
         &b""[..],
         b"{",

@@ -48,6 +48,16 @@ fn v(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     http_client::value(s, name, labels).unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
 }
 
+/// One row of a table of samples: the metric's name, its labels and the value expected.
+type Sample<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
+/// Checks every sample of `rows` in the scrape `s` (taken `when`); a failure names the row.
+fn check_samples(when: &str, s: &prometheus_parse::Scrape, rows: &[Sample<'_>]) {
+    for (name, labels, expected) in rows {
+        assert_eq!(v(s, name, labels), *expected, "{name} {labels:?} {when}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_ready_answer_and_ready_turns_503_when_stopping() {
     let (server, http) = start().await;
@@ -99,31 +109,22 @@ async fn unknown_paths_and_methods_are_refused_with_a_hint() {
 async fn metrics_parse_and_move_with_traffic() {
     let (server, http) = start().await;
     let before = metrics(http).await;
-    assert_eq!(v(&before, "chat_zinx_connections", &[]), 0.0);
-    assert_eq!(
-        v(&before, "chat_zinx_logins_total", &[("outcome", "ok")]),
-        0.0
-    );
-    assert_eq!(
-        v(
-            &before,
+    let rows: &[Sample] = &[
+        ("chat_zinx_connections", &[], 0.0),
+        ("chat_zinx_logins_total", &[("outcome", "ok")], 0.0),
+        (
             "chat_zinx_cross_node_deliveries_total",
-            &[("outcome", "ok")]
+            &[("outcome", "ok")],
+            0.0,
         ),
-        0.0
-    );
-    assert_eq!(
-        v(
-            &before,
+        (
             "chat_zinx_node_info",
-            &[("node_id", server.node().node_id())]
+            &[("node_id", server.node().node_id())],
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        v(&before, "chat_zinx_backend_up", &[("backend", "store")]),
-        1.0
-    );
+        ("chat_zinx_backend_up", &[("backend", "store")], 1.0),
+    ];
+    check_samples("before any traffic", &before, rows);
 
     let mut alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
@@ -142,27 +143,21 @@ async fn metrics_parse_and_move_with_traffic() {
     alice.assert_quiet().await;
 
     let after = metrics(http).await;
-    assert_eq!(v(&after, "chat_zinx_connections", &[]), 3.0);
-    assert_eq!(v(&after, "chat_zinx_logged_in_connections", &[]), 2.0);
-    assert_eq!(v(&after, "chat_zinx_users", &[]), 2.0);
-    assert_eq!(v(&after, "chat_zinx_connections_accepted_total", &[]), 3.0);
-    assert_eq!(v(&after, "chat_zinx_registrations_total", &[]), 2.0);
-    assert_eq!(
-        v(&after, "chat_zinx_logins_total", &[("outcome", "ok")]),
-        2.0
-    );
-    assert_eq!(
-        v(&after, "chat_zinx_logins_total", &[("outcome", "failed")]),
-        1.0
-    );
-    assert_eq!(
-        v(
-            &after,
+    let rows: &[Sample] = &[
+        ("chat_zinx_connections", &[], 3.0),
+        ("chat_zinx_logged_in_connections", &[], 2.0),
+        ("chat_zinx_users", &[], 2.0),
+        ("chat_zinx_connections_accepted_total", &[], 3.0),
+        ("chat_zinx_registrations_total", &[], 2.0),
+        ("chat_zinx_logins_total", &[("outcome", "ok")], 2.0),
+        ("chat_zinx_logins_total", &[("outcome", "failed")], 1.0),
+        (
             "chat_zinx_messages_total",
-            &[("kind", "direct"), ("outcome", "stored")]
+            &[("kind", "direct"), ("outcome", "stored")],
+            1.0,
         ),
-        1.0
-    );
+    ];
+    check_samples("after the traffic", &after, rows);
     assert!(v(&after, "chat_zinx_pushes_total", &[]) >= 1.0);
     assert!(v(&after, "chat_zinx_delivery_latency_seconds_count", &[]) >= 1.0);
     assert!(

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{ConsulSettings, BACKEND};
+use crate::core::error::chain;
 use crate::core::ports::{BackendError, BackendResult};
 
 /// Least time between the starts of two blocking queries of one watcher, so that a query that
@@ -44,26 +45,8 @@ pub enum ConsulError {
 
 impl From<ConsulError> for BackendError {
     fn from(e: ConsulError) -> Self {
-        BackendError::Unavailable {
-            backend: BACKEND,
-            detail: e.to_string(),
-        }
+        BackendError::unavailable_from(BACKEND, e)
     }
-}
-
-/// The full chain of an error's causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let part = c.to_string();
-        if !s.contains(&part) {
-            s.push_str(": ");
-            s.push_str(&part);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// An answer of Consul.
@@ -89,9 +72,9 @@ impl ConsulClient {
             .connect_timeout(settings.request_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| BackendError::Unavailable {
-                backend: BACKEND,
-                detail: format!("cannot set up the HTTP client: {}", chain(&e)),
+            .map_err(|e| {
+                let detail = format!("cannot set up the HTTP client: {}", chain(&e));
+                BackendError::unavailable_with_source(BACKEND, detail, e)
             })?;
         Ok(ConsulClient {
             http,

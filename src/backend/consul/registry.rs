@@ -48,8 +48,8 @@ struct NodeCache {
     nodes: Vec<NodeInfo>,
     /// Whether Consul answered at least once.
     loaded: bool,
-    /// Since when the watcher has not reached Consul, and why.
-    failing: Option<(Instant, String)>,
+    /// Since when the watcher has not reached Consul, and why (the last failure).
+    failing: Option<(Instant, ConsulError)>,
 }
 
 /// The cluster registry on Consul (see the module documentation).
@@ -106,12 +106,14 @@ fn join_host_port(host: &str, port: u16) -> String {
 /// unspecified IP (`0.0.0.0`, `::`) becomes an empty address, which Consul fills in with the
 /// agent's node address.
 fn split_advertise(addr: &str) -> BackendResult<(String, u16)> {
-    let bad = || BackendError::Unavailable {
-        backend: BACKEND,
-        detail: format!(
-            "the advertise address {addr:?} is not host:port: set server.advertise_addr to the \
-             address other nodes reach this one at"
-        ),
+    let bad = || {
+        BackendError::unavailable(
+            BACKEND,
+            format!(
+                "the advertise address {addr:?} is not host:port: set server.advertise_addr to \
+                 the address other nodes reach this one at"
+            ),
+        )
     };
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
@@ -336,7 +338,7 @@ impl ConsulRegistry {
                     {
                         let mut cache = lock(&self.cache);
                         let since = cache.failing.as_ref().map_or_else(Instant::now, |f| f.0);
-                        cache.failing = Some((since, e.to_string()));
+                        cache.failing = Some((since, e.clone()));
                     }
                     if !pause(outage.failed(&e), shutdown).await {
                         return;
@@ -429,20 +431,21 @@ impl Registry for ConsulRegistry {
         let cache = lock(&self.cache);
         if let Some((since, why)) = &cache.failing {
             if since.elapsed() > self.check_ttl || !cache.loaded {
-                return Err(BackendError::Unavailable {
-                    backend: BACKEND,
-                    detail: format!(
+                return Err(BackendError::unavailable_with_source(
+                    BACKEND,
+                    format!(
                         "the node list is out of date: Consul has not answered for {:?} ({why})",
                         since.elapsed()
                     ),
-                });
+                    why.clone(),
+                ));
             }
         }
         if !cache.loaded {
-            return Err(BackendError::Unavailable {
-                backend: BACKEND,
-                detail: "the node list has not been read from Consul yet; try again shortly".into(),
-            });
+            return Err(BackendError::unavailable(
+                BACKEND,
+                "the node list has not been read from Consul yet; try again shortly",
+            ));
         }
         Ok(cache.nodes.clone())
     }

@@ -6,7 +6,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{unavailable, Nats};
+use super::{unavailable, unavailable_because, unavailable_with, Nats};
 use crate::core::model::*;
 use crate::core::ports::*;
 
@@ -17,8 +17,9 @@ impl Nats {
     ) -> BackendResult<Option<(T, u64)>> {
         match store.entry(key).await.map_err(unavailable)? {
             Some(e) if e.operation == kv::Operation::Put => {
-                let v = serde_json::from_slice(&e.value)
-                    .map_err(|err| unavailable(format!("corrupt value at {key}: {err}")))?;
+                let v = serde_json::from_slice(&e.value).map_err(|err| {
+                    unavailable_with(format!("corrupt value at {key}: {err}"), err)
+                })?;
                 Ok(Some((v, e.revision)))
             }
             _ => Ok(None),
@@ -80,7 +81,7 @@ impl Nats {
                 return Ok(new);
             }
         }
-        Err(unavailable(format!("too much contention on {key}")))
+        Err(unavailable_because(format!("too much contention on {key}")))
     }
 
     pub(super) async fn next_counter(&self, name: &str) -> BackendResult<u64> {

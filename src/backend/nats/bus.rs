@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::{unavailable, Nats};
+use super::{unavailable, unavailable_because, Nats};
 use crate::core::model::*;
 use crate::core::ports::*;
 
@@ -103,7 +103,7 @@ impl Bus for NatsBus {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| unavailable("the bus is not attached yet"))?;
+            .ok_or_else(|| unavailable_because("the bus is not attached yet"))?;
         let sub = self
             .0
             .client
@@ -127,7 +127,7 @@ impl Bus for NatsBus {
         if self.0.is_connected() {
             Ok(())
         } else {
-            Err(unavailable(
+            Err(unavailable_because(
                 "not connected to any NATS server; reconnecting",
             ))
         }

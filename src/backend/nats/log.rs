@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{unavailable, Nats};
+use super::{unavailable, unavailable_because, unavailable_with, Nats};
 use crate::core::model::*;
 use crate::core::ports::*;
 
@@ -214,10 +214,9 @@ impl Nats {
             };
             match ack {
                 Ok(ack) if ack.duplicate => {
-                    let m = self
-                        .at(ack.sequence)
-                        .await?
-                        .ok_or_else(|| unavailable("the original of a duplicate is gone"))?;
+                    let m = self.at(ack.sequence).await?.ok_or_else(|| {
+                        unavailable_because("the original of a duplicate is gone")
+                    })?;
                     let (message, _) = self.decode(&m)?;
                     return Ok(Appended {
                         message,
@@ -249,7 +248,7 @@ impl Nats {
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        Err(unavailable(format!(
+        Err(unavailable_because(format!(
             "too much contention appending to {subject}"
         )))
     }
@@ -314,9 +313,9 @@ impl Nats {
 
     pub(super) fn decode(&self, m: &StreamMessage) -> BackendResult<(StoredMessage, Link)> {
         let rec: LogRecord = serde_json::from_slice(&m.payload)
-            .map_err(|e| unavailable(format!("corrupt log record {}: {e}", m.sequence)))?;
+            .map_err(|e| unavailable_with(format!("corrupt log record {}: {e}", m.sequence), e))?;
         let conv = self.conv_of(m.subject.as_str()).ok_or_else(|| {
-            unavailable(format!(
+            unavailable_because(format!(
                 "log record {} has an unknown subject {}",
                 m.sequence, m.subject
             ))

@@ -48,12 +48,27 @@ use log::Appending;
 
 const BACKEND: &str = "nats";
 
-/// Any failure that is not a business answer: the caller may try again.
-fn unavailable(e: impl std::fmt::Display) -> BackendError {
-    BackendError::Unavailable {
-        backend: BACKEND,
-        detail: e.to_string(),
-    }
+/// Any failure that is not a business answer: the caller may try again. The client's error
+/// is the detail and is kept as the source.
+fn unavailable<E>(e: E) -> BackendError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    BackendError::unavailable_from(BACKEND, e)
+}
+
+/// The same, in the words of `detail` (which includes the text of `e`), keeping `e` as the
+/// source.
+fn unavailable_with<E>(detail: String, e: E) -> BackendError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    BackendError::unavailable_with_source(BACKEND, detail, e)
+}
+
+/// The same, for a failure this code found itself (there is no error to keep).
+fn unavailable_because(detail: impl Into<String>) -> BackendError {
+    BackendError::unavailable(BACKEND, detail)
 }
 
 /// Settings of the NATS backends (the composition root fills them from the `nats.*` keys).
@@ -122,7 +137,7 @@ impl Nats {
             .split(',')
             .map(|u| u.trim().parse())
             .collect::<Result<_, _>>()
-            .map_err(|e| unavailable(format!("bad nats.url {:?}: {e}", settings.url)))?;
+            .map_err(|e| unavailable_with(format!("bad nats.url {:?}: {e}", settings.url), e))?;
         let link = Link::new(BACKEND, settings.reconnect_wait);
         let events = link.clone();
         let client = async_nats::ConnectOptions::new()
@@ -219,16 +234,16 @@ impl Nats {
             Ok(_) => {}
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {}
             Err(e) => {
-                return Err(unavailable(format!(
-                    "the message log does not answer yet: {e}"
-                )))
+                return Err(unavailable_with(
+                    format!("the message log does not answer yet: {e}"),
+                    e,
+                ))
             }
         }
         for bucket in buckets {
-            bucket
-                .get("ready-probe")
-                .await
-                .map_err(|e| unavailable(format!("a KV bucket does not answer yet: {e}")))?;
+            bucket.get("ready-probe").await.map_err(|e| {
+                unavailable_with(format!("a KV bucket does not answer yet: {e}"), e)
+            })?;
         }
         Ok(())
     }
