@@ -4,6 +4,7 @@
 //! the original server's texts are one table in `crate::server::errors` (today the two
 //! wordings agree, but the core's may change without changing the protocol).
 
+use super::model::Seq;
 use super::ports::{BackendError, Missing, Unique};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,11 @@ pub enum ChatError {
     NoUpdates,
     #[error("invalid sync cursor: use the cursor of an earlier sync response, or none")]
     BadCursor,
+    /// A sync cursor beyond the end of the log: from another cluster, or from before this
+    /// node's in-process log was lost. Following it would move the delivery cursor past
+    /// messages not yet written.
+    #[error("sync cursor {cursor} is past the end of the log ({tail}): sync without a cursor to continue from your delivery cursor")]
+    CursorPastEnd { cursor: Seq, tail: Seq },
     /// A backend could not answer; nothing was changed that the caller was told about.
     #[error("service temporarily unavailable ({0}); try again")]
     Unavailable(String),

@@ -9,6 +9,7 @@ mod http_client;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod abuse;
 mod compat_v1;
 mod delivery;
 mod drain;
@@ -16,4 +17,3 @@ mod errors;
 mod groups;
 mod http;
 mod load;
-mod names;

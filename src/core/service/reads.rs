@@ -76,6 +76,12 @@ impl ChatCore {
             }
         };
         let tail = store.log_tail().await?;
+        if start > tail {
+            return Err(ChatError::CursorPastEnd {
+                cursor: start,
+                tail,
+            });
+        }
         let mut all = Vec::new();
         let mut truncated = false;
         for conv in self.conversations(me.id).await? {

@@ -1,5 +1,6 @@
-//! Names that could impersonate another user are refused (hostile clients, docs/protocol.md
-//! §12.1 and §7.1.1).
+//! Hostile clients: each test replays an attack a registered user (or an unauthenticated
+//! socket) could make and asserts the refusal or the bound (docs/architecture.md, threat
+//! model; docs/protocol.md §7.1.1, §9.3, §12.1).
 
 use serde_json::json;
 
@@ -93,5 +94,42 @@ async fn a_group_name_with_hidden_characters_is_refused() {
             .is_some_and(|e| e.contains("group name")),
         "{r}"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_sync_cursor_past_the_log_end_is_refused_and_offline_delivery_goes_on() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user_v2("bob").await;
+    bob.send(ids::SYNC_REQ, json!({"cursor": "c1000000"})).await;
+    let e = bob.expect(ids::ERROR).await;
+    assert_eq!(
+        (e["code"].as_u64(), e["ref"].as_u64()),
+        (Some(4), Some(403)),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("past the end of the log"),
+        "{e}"
+    );
+    drop(bob);
+
+    // The delivery cursor did not move: what is sent while bob is away reaches him at login.
+    alice
+        .send(
+            ids::TEXT_MSG,
+            json!({"to_user_id": "bob", "content": "later"}),
+        )
+        .await;
+    // A ping round trip: the v1 send (no reply) has been handled.
+    alice.send_body(ids::PING, b"ping").await;
+    alice.expect(ids::PONG).await;
+    let mut bob = server.client().await;
+    bob.login("bob").await;
+    assert_eq!(bob.expect(ids::TEXT_MSG).await["content"], "later");
     server.stop().await;
 }
