@@ -50,9 +50,17 @@ struct LocalState {
     /// Users whose connections refuse pushes (queue full, closing).
     failing: HashSet<UserId>,
     pushes: Vec<Push>,
+    /// Per connection that logged in, its login filter (as `server::shared::ConnShared`):
+    /// `Recording` until its backlog was read, then `Dropping` the backlog's positions.
+    login: HashMap<ConnId, LoginFilter>,
     kicks: Vec<(UserId, ConnId, String)>,
     memberships: Vec<(UserId, GroupId, bool)>,
     due: Vec<(UserId, Seq)>,
+}
+
+enum LoginFilter {
+    Recording(HashSet<Seq>),
+    Dropping(HashSet<Seq>),
 }
 
 /// What the hub does, reduced to bookkeeping: the same rules for who should have had a push
@@ -73,6 +81,7 @@ impl FakeLocal {
         let mut s = self.state();
         s.conns.entry(user).or_default().push(conn);
         s.groups.entry(user).or_default().extend(groups);
+        s.login.insert(conn, LoginFilter::Recording(HashSet::new()));
         drop(s);
         self.changed.notify_one();
     }
@@ -136,6 +145,17 @@ impl FakeLocal {
                 } else if failing {
                     failed = true;
                 } else {
+                    let seq = message.seq;
+                    match s.login.get_mut(&conn) {
+                        Some(LoginFilter::Dropping(backlog)) if backlog.contains(&seq) => {
+                            any = true;
+                            continue;
+                        }
+                        Some(LoginFilter::Recording(pushed)) => {
+                            pushed.insert(seq);
+                        }
+                        _ => {}
+                    }
                     s.pushes.push(Push {
                         user,
                         conn,
@@ -204,6 +224,24 @@ impl LocalDelivery for FakeLocal {
 
     fn deliver_routed(&self, message: &Arc<StoredMessage>, users: &[UserId]) -> Vec<UserId> {
         self.push_to_users(message, users, None, true)
+    }
+
+    fn backlog_read(&self, user: UserId, conn: ConnId, backlog: &[Seq]) -> HashSet<Seq> {
+        let mut s = self.state();
+        if !s.conns.get(&user).is_some_and(|c| c.contains(&conn)) {
+            return HashSet::new();
+        }
+        let pushed = match s.login.remove(&conn) {
+            Some(LoginFilter::Recording(pushed)) => pushed,
+            _ => HashSet::new(),
+        };
+        let dropping = backlog
+            .iter()
+            .copied()
+            .filter(|seq| !pushed.contains(seq))
+            .collect();
+        s.login.insert(conn, LoginFilter::Dropping(dropping));
+        pushed
     }
 
     fn active_groups(&self) -> HashSet<GroupId> {
@@ -990,6 +1028,80 @@ async fn the_login_backlog_leaves_out_ones_own_messages_and_caps_groups() {
     });
     let backlog = w.core.backlog(&bob).await.unwrap();
     assert_eq!(contents(&backlog.messages), vec!["a2"]);
+}
+
+#[tokio::test]
+async fn each_message_reaches_a_logging_in_connection_once_through_backlog_and_live_pushes() {
+    let w = world().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    w.online(&alice, 1).await;
+
+    // Before bob logs in: one message delivered to nobody, one stored whose push is late (a
+    // send between its append and its delivery, or a bus event on its way).
+    w.send(&alice, 1, text("bob", "offline", "")).await;
+    let prepared = w
+        .core
+        .prepare_direct(&alice, 1, text("bob", "late push", ""))
+        .await
+        .unwrap();
+    let late = w
+        .core
+        .place(prepared)
+        .await
+        .unwrap()
+        .committed()
+        .await
+        .unwrap();
+
+    // Bob's connection joins this node's connections (live pushes start), then a message is
+    // stored and pushed before the backlog is read.
+    w.online(&bob, 2).await;
+    w.send(&alice, 1, text("bob", "pushed during the read", ""))
+        .await;
+    let backlog = w.core.login_backlog(&bob, 2).await.unwrap();
+    // The late push arrives after the backlog was read, which has that message; then a new one.
+    let routed = w.core.deliver_locally(&late).await.unwrap();
+    w.core.publish(routed).await;
+    w.send(&alice, 1, text("bob", "after the login", "")).await;
+
+    let live: Vec<StoredMessage> = w
+        .local
+        .pushes()
+        .into_iter()
+        .filter(|p| p.conn == 2)
+        .map(|p| p.message)
+        .collect();
+    assert_eq!(contents(&backlog.messages), vec!["offline", "late push"]);
+    assert_eq!(
+        contents(&live),
+        vec!["pushed during the read", "after the login"]
+    );
+    // Bob's connection got it, so nobody is marked.
+    assert_eq!(w.cursor(bob.id).await.undelivered_from, None);
+
+    // A second connection of bob logging in later has its own backlog and filter: the first
+    // connection's filter drops nothing for it.
+    w.online(&bob, 3).await;
+    let again = w.core.login_backlog(&bob, 3).await.unwrap();
+    assert_eq!(
+        contents(&again.messages),
+        vec![
+            "offline",
+            "late push",
+            "pushed during the read",
+            "after the login"
+        ]
+    );
+    w.send(&alice, 1, text("bob", "to both", "")).await;
+    let to_both: Vec<ConnId> = w
+        .local
+        .pushes()
+        .into_iter()
+        .filter(|p| p.message.content() == "to both")
+        .map(|p| p.conn)
+        .collect();
+    assert_eq!(to_both, vec![2, 3]);
 }
 
 #[tokio::test]
