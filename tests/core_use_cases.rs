@@ -6,13 +6,18 @@
 //! of the crate (`tests/architecture.rs`), and the in-process adapters are in `backend`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chat_zinx::backend::memory;
 use chat_zinx::core::auth::Auth;
 use chat_zinx::core::model::*;
-use chat_zinx::core::ports::{Backends, BusEvent, BusInbound, Clock, LocalDelivery, ManualClock};
+use chat_zinx::core::ports::{
+    AppendAck, BackendError, BackendResult, Backends, BusEvent, BusInbound, Clock, LocalDelivery,
+    ManualClock, Store,
+};
 use chat_zinx::core::service::{Committed, DeliveryOutcome, DirectInput, Limits};
 use chat_zinx::core::{ChatCore, ChatError, Me};
 use tokio::sync::Notify;
@@ -45,9 +50,17 @@ struct LocalState {
     /// Users whose connections refuse pushes (queue full, closing).
     failing: HashSet<UserId>,
     pushes: Vec<Push>,
+    /// Per connection that logged in, its login filter (as `server::shared::ConnShared`):
+    /// `Recording` until its backlog was read, then `Dropping` the backlog's positions.
+    login: HashMap<ConnId, LoginFilter>,
     kicks: Vec<(UserId, ConnId, String)>,
     memberships: Vec<(UserId, GroupId, bool)>,
     due: Vec<(UserId, Seq)>,
+}
+
+enum LoginFilter {
+    Recording(HashSet<Seq>),
+    Dropping(HashSet<Seq>),
 }
 
 /// What the hub does, reduced to bookkeeping: the same rules for who should have had a push
@@ -68,6 +81,7 @@ impl FakeLocal {
         let mut s = self.state();
         s.conns.entry(user).or_default().push(conn);
         s.groups.entry(user).or_default().extend(groups);
+        s.login.insert(conn, LoginFilter::Recording(HashSet::new()));
         drop(s);
         self.changed.notify_one();
     }
@@ -131,6 +145,17 @@ impl FakeLocal {
                 } else if failing {
                     failed = true;
                 } else {
+                    let seq = message.seq;
+                    match s.login.get_mut(&conn) {
+                        Some(LoginFilter::Dropping(backlog)) if backlog.contains(&seq) => {
+                            any = true;
+                            continue;
+                        }
+                        Some(LoginFilter::Recording(pushed)) => {
+                            pushed.insert(seq);
+                        }
+                        _ => {}
+                    }
                     s.pushes.push(Push {
                         user,
                         conn,
@@ -201,6 +226,24 @@ impl LocalDelivery for FakeLocal {
         self.push_to_users(message, users, None, true)
     }
 
+    fn backlog_read(&self, user: UserId, conn: ConnId, backlog: &[Seq]) -> HashSet<Seq> {
+        let mut s = self.state();
+        if !s.conns.get(&user).is_some_and(|c| c.contains(&conn)) {
+            return HashSet::new();
+        }
+        let pushed = match s.login.remove(&conn) {
+            Some(LoginFilter::Recording(pushed)) => pushed,
+            _ => HashSet::new(),
+        };
+        let dropping = backlog
+            .iter()
+            .copied()
+            .filter(|seq| !pushed.contains(seq))
+            .collect();
+        s.login.insert(conn, LoginFilter::Dropping(dropping));
+        pushed
+    }
+
     fn active_groups(&self) -> HashSet<GroupId> {
         let s = self.state();
         s.groups
@@ -228,6 +271,133 @@ impl LocalDelivery for FakeLocal {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A store that can lose an acknowledgement
+// ---------------------------------------------------------------------------------------------
+
+/// The in-process store, except that the acknowledgement of the next append can be lost: the
+/// message is stored, and the sender is told that the store is unavailable (as a JetStream
+/// acknowledgement that times out after the stream has the message, or a chat relation that
+/// cannot be written after the append).
+struct LosesAcks {
+    inner: Arc<dyn Store>,
+    lose_next: AtomicBool,
+}
+
+impl LosesAcks {
+    fn lose_next_ack(&self) {
+        self.lose_next.store(true, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Store for LosesAcks {
+    async fn create_user(&self, user: NewUser) -> BackendResult<User> {
+        self.inner.create_user(user).await
+    }
+    async fn user_by_id(&self, id: UserId) -> BackendResult<Option<User>> {
+        self.inner.user_by_id(id).await
+    }
+    async fn user_by_uuid(&self, uuid: &str) -> BackendResult<Option<User>> {
+        self.inner.user_by_uuid(uuid).await
+    }
+    async fn user_by_name(&self, name: &str) -> BackendResult<Option<User>> {
+        self.inner.user_by_name(name).await
+    }
+    async fn users_by_ids(&self, ids: &[UserId]) -> BackendResult<Vec<User>> {
+        self.inner.users_by_ids(ids).await
+    }
+    async fn record_login(&self, id: UserId, at: UnixMs) -> BackendResult<Option<UnixMs>> {
+        self.inner.record_login(id, at).await
+    }
+    async fn create_group(&self, group: NewGroup) -> BackendResult<(Group, Member)> {
+        self.inner.create_group(group).await
+    }
+    async fn group(&self, id: GroupId) -> BackendResult<Option<Group>> {
+        self.inner.group(id).await
+    }
+    async fn groups_by_ids(&self, ids: &[GroupId]) -> BackendResult<Vec<Group>> {
+        self.inner.groups_by_ids(ids).await
+    }
+    async fn update_group(&self, id: GroupId, patch: GroupPatch) -> BackendResult<Group> {
+        self.inner.update_group(id, patch).await
+    }
+    async fn add_member(
+        &self,
+        group: GroupId,
+        user: UserId,
+        role: Role,
+        at: UnixMs,
+    ) -> BackendResult<Member> {
+        self.inner.add_member(group, user, role, at).await
+    }
+    async fn remove_member(&self, group: GroupId, user: UserId) -> BackendResult<()> {
+        self.inner.remove_member(group, user).await
+    }
+    async fn set_role(&self, group: GroupId, user: UserId, role: Role) -> BackendResult<()> {
+        self.inner.set_role(group, user, role).await
+    }
+    async fn member(&self, group: GroupId, user: UserId) -> BackendResult<Option<Member>> {
+        self.inner.member(group, user).await
+    }
+    async fn members(&self, group: GroupId) -> BackendResult<Vec<Member>> {
+        self.inner.members(group).await
+    }
+    async fn groups_of(&self, user: UserId) -> BackendResult<Vec<GroupId>> {
+        self.inner.groups_of(user).await
+    }
+    async fn append(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<Appended> {
+        self.place(msg, dedupe).await?.await
+    }
+    async fn place(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<AppendAck> {
+        let ack = self.inner.place(msg, dedupe).await?;
+        if !self.lose_next.swap(false, Ordering::SeqCst) {
+            return Ok(ack);
+        }
+        Ok(Box::pin(async move {
+            ack.await?;
+            Err(BackendError::unavailable(
+                "test store",
+                "the acknowledgement was lost",
+            ))
+        }))
+    }
+    async fn history(
+        &self,
+        conv: ConvId,
+        before: Option<Seq>,
+        limit: usize,
+    ) -> BackendResult<HistoryPage> {
+        self.inner.history(conv, before, limit).await
+    }
+    async fn after(
+        &self,
+        conv: ConvId,
+        after: Seq,
+        limit: usize,
+    ) -> BackendResult<Vec<StoredMessage>> {
+        self.inner.after(conv, after, limit).await
+    }
+    async fn peers_of(&self, user: UserId) -> BackendResult<Vec<UserId>> {
+        self.inner.peers_of(user).await
+    }
+    async fn log_tail(&self) -> BackendResult<Seq> {
+        self.inner.log_tail().await
+    }
+    async fn cursor(&self, user: UserId) -> BackendResult<DeliveryCursor> {
+        self.inner.cursor(user).await
+    }
+    async fn advance_cursor(&self, user: UserId, to: Seq) -> BackendResult<()> {
+        self.inner.advance_cursor(user, to).await
+    }
+    async fn mark_undelivered(&self, user: UserId, seq: Seq) -> BackendResult<()> {
+        self.inner.mark_undelivered(user, seq).await
+    }
+    async fn settle_cursor(&self, user: UserId, seen: Option<Seq>, to: Seq) -> BackendResult<()> {
+        self.inner.settle_cursor(user, seen, to).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The world of one node
 // ---------------------------------------------------------------------------------------------
 
@@ -251,7 +421,21 @@ async fn world() -> World {
 }
 
 async fn world_with(limits: Limits) -> World {
-    let backends = memory::backends();
+    world_on(memory::backends(), limits).await
+}
+
+/// A world whose store loses the acknowledgements it is told to (`LosesAcks`).
+async fn world_losing_acks() -> (World, Arc<LosesAcks>) {
+    let mut backends = memory::backends();
+    let store = Arc::new(LosesAcks {
+        inner: backends.store.clone(),
+        lose_next: AtomicBool::new(false),
+    });
+    backends.store = store.clone();
+    (world_on(backends, limits()).await, store)
+}
+
+async fn world_on(backends: Backends, limits: Limits) -> World {
     let clock = Arc::new(ManualClock::default());
     let local = Arc::new(FakeLocal::default());
     let auth = Auth::new(b"0123456789abcdef0123456789abcdef".to_vec(), TOKEN_TTL, 2);
@@ -877,7 +1061,81 @@ async fn the_login_backlog_leaves_out_ones_own_messages_and_caps_groups() {
 }
 
 #[tokio::test]
-async fn a_resend_with_the_same_client_msg_id_is_a_duplicate_and_not_pushed_again() {
+async fn each_message_reaches_a_logging_in_connection_once_through_backlog_and_live_pushes() {
+    let w = world().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    w.online(&alice, 1).await;
+
+    // Before bob logs in: one message delivered to nobody, one stored whose push is late (a
+    // send between its append and its delivery, or a bus event on its way).
+    w.send(&alice, 1, text("bob", "offline", "")).await;
+    let prepared = w
+        .core
+        .prepare_direct(&alice, 1, text("bob", "late push", ""))
+        .await
+        .unwrap();
+    let late = w
+        .core
+        .place(prepared)
+        .await
+        .unwrap()
+        .committed()
+        .await
+        .unwrap();
+
+    // Bob's connection joins this node's connections (live pushes start), then a message is
+    // stored and pushed before the backlog is read.
+    w.online(&bob, 2).await;
+    w.send(&alice, 1, text("bob", "pushed during the read", ""))
+        .await;
+    let backlog = w.core.login_backlog(&bob, 2).await.unwrap();
+    // The late push arrives after the backlog was read, which has that message; then a new one.
+    let routed = w.core.deliver_locally(&late).await.unwrap();
+    w.core.publish(routed).await;
+    w.send(&alice, 1, text("bob", "after the login", "")).await;
+
+    let live: Vec<StoredMessage> = w
+        .local
+        .pushes()
+        .into_iter()
+        .filter(|p| p.conn == 2)
+        .map(|p| p.message)
+        .collect();
+    assert_eq!(contents(&backlog.messages), vec!["offline", "late push"]);
+    assert_eq!(
+        contents(&live),
+        vec!["pushed during the read", "after the login"]
+    );
+    // Bob's connection got it, so nobody is marked.
+    assert_eq!(w.cursor(bob.id).await.undelivered_from, None);
+
+    // A second connection of bob logging in later has its own backlog and filter: the first
+    // connection's filter drops nothing for it.
+    w.online(&bob, 3).await;
+    let again = w.core.login_backlog(&bob, 3).await.unwrap();
+    assert_eq!(
+        contents(&again.messages),
+        vec![
+            "offline",
+            "late push",
+            "pushed during the read",
+            "after the login"
+        ]
+    );
+    w.send(&alice, 1, text("bob", "to both", "")).await;
+    let to_both: Vec<ConnId> = w
+        .local
+        .pushes()
+        .into_iter()
+        .filter(|p| p.message.content() == "to both")
+        .map(|p| p.conn)
+        .collect();
+    assert_eq!(to_both, vec![2, 3]);
+}
+
+#[tokio::test]
+async fn a_resend_of_a_delivered_send_is_a_duplicate_and_not_pushed_again() {
     let w = world().await;
     let alice = w.user("alice").await;
     let bob = w.user("bob").await;
@@ -906,6 +1164,103 @@ async fn a_resend_with_the_same_client_msg_id_is_a_duplicate_and_not_pushed_agai
     let a = w.send(&alice, 1, text("bob", "same", "")).await;
     let b = w.send(&alice, 1, text("bob", "same", "")).await;
     assert_ne!(a.appended.message.seq, b.appended.message.seq);
+}
+
+#[tokio::test]
+async fn a_retry_of_a_send_stored_but_answered_with_an_error_is_pushed_once() {
+    let (w, store) = world_losing_acks().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    w.online(&alice, 1).await;
+    w.online(&alice, 3).await;
+    w.online(&bob, 2).await;
+
+    // The first attempt is stored, but its sender is told to try again: nothing is pushed.
+    store.lose_next_ack();
+    let prepared = w
+        .core
+        .prepare_direct(&alice, 1, text("bob", "hi", "c-1"))
+        .await
+        .unwrap();
+    let first = w.core.place(prepared).await.unwrap().committed().await;
+    assert!(matches!(first, Err(ChatError::Unavailable(_))), "{first:?}");
+    let seq = w.tail().await;
+    assert!(w.local.pushes().is_empty());
+
+    // The retry (same client_msg_id) is a duplicate of the stored message, and its delivery is
+    // the message's first: the recipient and the sender's other device get it live.
+    let retry = w.send(&alice, 1, text("bob", "hi", "c-1")).await;
+    assert!(retry.appended.duplicate);
+    assert_eq!(retry.appended.message.seq, seq);
+    assert_eq!(w.tail().await, seq);
+    assert_eq!(w.local.pushes_to(bob.id), vec![(2, seq)]);
+    assert_eq!(w.local.pushes_to(alice.id), vec![(3, seq)]);
+
+    // Once this node delivered it, a further retry is not pushed again.
+    let again = w.send(&alice, 1, text("bob", "hi", "c-1")).await;
+    assert!(again.appended.duplicate);
+    assert_eq!(w.local.pushes_to(bob.id), vec![(2, seq)]);
+    assert_eq!(w.local.pushes_to(alice.id), vec![(3, seq)]);
+}
+
+#[tokio::test]
+async fn a_retry_reaches_those_its_first_attempt_was_for() {
+    let (w, store) = world_losing_acks().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let carol = w.user("carol").await;
+    w.online(&bob, 2).await;
+    w.online(&carol, 4).await;
+    let g = w.group(&alice, "team", &[&carol]).await;
+
+    store.lose_next_ack();
+    let prepared = w
+        .core
+        .prepare_direct(&alice, 1, text("bob", "for bob", "c-1"))
+        .await
+        .unwrap();
+    assert!(w
+        .core
+        .place(prepared)
+        .await
+        .unwrap()
+        .committed()
+        .await
+        .is_err());
+    let seq = w.tail().await;
+    // A client that reuses the key for another recipient gets the stored message back, and
+    // the stored message goes to its own recipient, not to the one the retry names.
+    let retry = w.send(&alice, 1, text("carol", "for carol", "c-1")).await;
+    assert!(retry.appended.duplicate);
+    assert_eq!(retry.appended.message.content(), "for bob");
+    assert_eq!(w.local.pushes_to(bob.id), vec![(2, seq)]);
+    assert!(w.local.pushes_to(carol.id).is_empty());
+
+    // The same for a group message: the retry is pushed to the group's members.
+    store.lose_next_ack();
+    let prepared = w
+        .core
+        .prepare_group(&alice, 1, g, "to the team".into(), "c-2")
+        .await
+        .unwrap();
+    assert!(w
+        .core
+        .place(prepared)
+        .await
+        .unwrap()
+        .committed()
+        .await
+        .is_err());
+    let group_seq = w.tail().await;
+    assert!(w.local.pushes_to(carol.id).is_empty());
+    let prepared = w
+        .core
+        .prepare_group(&alice, 1, g, "to the team".into(), "c-2")
+        .await
+        .unwrap();
+    let retry = w.finish(prepared).await;
+    assert!(retry.appended.duplicate);
+    assert_eq!(w.local.pushes_to(carol.id), vec![(4, group_seq)]);
 }
 
 #[tokio::test]

@@ -13,19 +13,28 @@
 //!   applies join/leave/remove events at once), so the recheck interval bounds how long a
 //!   removal whose bus event was lost can go unnoticed, not how long every removal takes.
 //!
-//! Both are bounded: a map that reaches its cap is cleared (the next sends refill it), which
-//! keeps memory flat without an LRU's bookkeeping on the hot path.
+//! - [`DeliveredSends`] remembers the keyed sends (with a `client_msg_id`) whose delivery this
+//!   node completed, so that a retry of one of them is not pushed again; a retry of any other
+//!   send is (its first attempt may have been stored without being pushed).
+//!
+//! All are bounded: a map that reaches its cap is cleared (the next sends refill it), which
+//! keeps memory flat without an LRU's bookkeeping on the hot path; `DeliveredSends` is a ring
+//! that forgets its oldest entry.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::model::{GroupId, User, UserId};
+use super::model::{GroupId, Seq, User, UserId};
 use super::ports::Clock;
 
 /// Entries per map before it is cleared.
 const DIRECTORY_CAP: usize = 200_000;
 const MEMBERSHIP_CAP: usize = 200_000;
+/// Delivered keyed sends remembered (8 bytes each). A retry usually follows its first attempt
+/// within seconds (the client reconnects and re-sends); one that comes after the ring forgot
+/// its first attempt is pushed again, a duplicate that clients drop by `msg_id`.
+const DELIVERED_CAP: usize = 65_536;
 
 /// How long a positive membership check is trusted (see the module doc).
 pub const MEMBERSHIP_RECHECK: Duration = Duration::from_secs(5);
@@ -127,10 +136,64 @@ impl MembershipCache {
     }
 }
 
+/// Log positions of keyed sends whose delivery (local pushes, hand-over to other nodes) this
+/// node completed, newest last (see the module doc).
+///
+/// Remembering costs one store into a ring per keyed send; looking up (a linear scan) happens
+/// only for a retry that the store recognised as a duplicate, which is rare.
+#[derive(Default)]
+pub struct DeliveredSends {
+    ring: Mutex<Ring>,
+}
+
+#[derive(Default)]
+struct Ring {
+    seqs: Vec<Seq>,
+    /// Where the next position goes once `seqs` is full.
+    next: usize,
+}
+
+impl DeliveredSends {
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The send stored at `seq` was delivered.
+    pub fn remember(&self, seq: Seq) {
+        let mut r = self.ring();
+        if r.seqs.len() < DELIVERED_CAP {
+            r.seqs.push(seq);
+        } else {
+            let at = r.next;
+            r.seqs[at] = seq;
+            r.next = (at + 1) % DELIVERED_CAP;
+        }
+    }
+
+    /// Whether this node delivered the send stored at `seq` (and still remembers it).
+    pub fn delivered(&self, seq: Seq) -> bool {
+        self.ring().seqs.contains(&seq)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::ports::ManualClock;
+
+    #[test]
+    fn delivered_sends_forget_the_oldest_first() {
+        let d = DeliveredSends::default();
+        assert!(!d.delivered(1));
+        for seq in 1..=DELIVERED_CAP as Seq {
+            d.remember(seq);
+        }
+        assert!(d.delivered(1));
+        d.remember(DELIVERED_CAP as Seq + 1);
+        assert!(!d.delivered(1));
+        assert!(d.delivered(2));
+        assert!(d.delivered(DELIVERED_CAP as Seq + 1));
+    }
 
     fn user(id: UserId, name: &str, uuid: &str) -> User {
         User {

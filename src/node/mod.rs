@@ -32,7 +32,7 @@ use crate::config::live::{LiveSettings, LiveState};
 use crate::config::Config;
 use crate::core::auth::Auth;
 use crate::core::model::NodeInfo;
-use crate::core::ports::SystemClock;
+use crate::core::ports::{Backends, SystemClock};
 use crate::core::service::Limits;
 use crate::core::ChatCore;
 use crate::server::hub::Hub;
@@ -98,6 +98,24 @@ impl Node {
     /// Starts a node on the given listener (already bound: tests bind port 0, systemd passes
     /// sockets). Returns once it accepts connections.
     pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Node> {
+        Self::start_with(config, listener, None).await
+    }
+
+    /// [`Node::start`] on the given backends instead of those the configuration names (tests
+    /// wrap the in-process ones to inject faults). They are used as they are, not timed.
+    pub async fn start_on(
+        config: &Config,
+        listener: TcpListener,
+        backends: Backends,
+    ) -> anyhow::Result<Node> {
+        Self::start_with(config, listener, Some(backends)).await
+    }
+
+    async fn start_with(
+        config: &Config,
+        listener: TcpListener,
+        backends: Option<Backends>,
+    ) -> anyhow::Result<Node> {
         let state_dir = config.state_dir();
         let node_id = node_id(config, &state_dir)?;
         let secret_path = config
@@ -110,7 +128,10 @@ impl Node {
 
         // First, so that the backends can count into it (`Metrics::observe_backend_call`).
         let metrics = Metrics::default();
-        let (backends, links) = wiring::backends(config, &node_id, &metrics).await?;
+        let (backends, links) = match backends {
+            Some(given) => (given, Vec::new()),
+            None => wiring::backends(config, &node_id, &metrics).await?,
+        };
 
         let hub = Arc::new(Hub::new(TOMBSTONE_GRACE));
         let core = Arc::new(ChatCore::new(

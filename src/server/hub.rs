@@ -202,17 +202,18 @@ impl Hub {
         due
     }
 
-    /// Pushes `frame` to one connection; false if it could not take it.
+    /// Pushes `frame` to one connection; false if it could not take it. A push that the
+    /// connection's login backlog already brings is left out and counts as delivered.
     fn push(&self, conn: &ConnHandle, frame: &Bytes, seq: Seq) -> bool {
-        match conn.shared.outbox.try_push(Outbound {
+        match conn.shared.push_live(Outbound {
             frame: frame.clone(),
             seq,
         }) {
-            Ok(()) => {
-                conn.shared.record(seq);
+            Ok(true) => {
                 self.stats.pushes.fetch_add(1, Ordering::Relaxed);
                 true
             }
+            Ok(false) => true,
             Err(PushError::Full) => {
                 self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 info!(
@@ -356,6 +357,15 @@ impl LocalDelivery for Hub {
 
     fn deliver_routed(&self, message: &Arc<StoredMessage>, users: &[UserId]) -> Vec<UserId> {
         self.push_to_users(message, users, None, true)
+    }
+
+    fn backlog_read(&self, user: UserId, conn: ConnId, backlog: &[Seq]) -> HashSet<Seq> {
+        let s = self.read();
+        s.users
+            .get(&user)
+            .and_then(|e| e.conns.iter().find(|c| c.shared.conn_id == conn))
+            .map(|c| c.shared.backlog_read(backlog))
+            .unwrap_or_default()
     }
 
     fn active_groups(&self) -> HashSet<GroupId> {

@@ -135,6 +135,7 @@ impl Session {
     pub fn detach_from_hub(&mut self) -> Option<Me> {
         let me = self.me.take()?;
         self.ctx.hub.detach(me.id, self.conn_id);
+        self.shared.end_login();
         Some(me)
     }
 
@@ -383,19 +384,16 @@ impl Session {
             warn!(user_id = me.id, error = %e, "presence registration failed; the user may show offline elsewhere");
         }
         info!(conn_id = self.conn_id, user_id = me.id, "logged in");
-        let backlog = match core.backlog(&me).await {
+        // Less what live pushes brought since the hub attach; from now on a live push of a
+        // backlog message is left out (`ChatCore::login_backlog`).
+        let backlog = match core.login_backlog(&me, self.conn_id).await {
             Ok(b) => b,
             Err(e) => {
-                self.shared.stop_recording();
                 warn!(user_id = me.id, error = %e, "cannot read the backlog; the client gets it at its next login or sync");
                 return Ok(());
             }
         };
-        let already = self.shared.stop_recording();
         for msg in &backlog.messages {
-            if already.contains(&msg.seq) {
-                continue;
-            }
             self.send_raw(Outbound {
                 frame: wire::push_frame(msg),
                 seq: msg.seq,

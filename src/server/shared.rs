@@ -1,6 +1,6 @@
 //! The state of one connection that its reader task, its writer task and the hub share: the
 //! outbox, the close request and its reason, the protocol version, what was written, and the
-//! pushes recorded while a login backlog is prepared.
+//! login filter between live pushes and the login backlog.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -12,7 +12,16 @@ use futures_util::task::AtomicWaker;
 
 use crate::core::model::{ConnId, Seq};
 
-use super::outbox::{Outbound, Outbox};
+use super::outbox::{Outbound, Outbox, PushError};
+
+/// How live pushes and the login backlog share out the messages of a login (see
+/// `LocalDelivery::backlog_read`).
+enum LoginFilter {
+    /// The backlog is being read: the positions pushed live since the login.
+    Recording(HashSet<Seq>),
+    /// The backlog was read: its positions (sorted), whose live pushes are dropped.
+    Dropping(Box<[Seq]>),
+}
 
 /// Why a connection is being closed by the server (sent as a 99 frame when possible).
 #[derive(Debug, Clone)]
@@ -38,13 +47,12 @@ pub struct ConnShared {
     /// The reader's waker, woken when `closing` is set.
     reader: AtomicWaker,
     reason: Mutex<Option<Box<CloseReason>>>,
-    /// Log positions pushed while a login backlog is being prepared (de-duplication).
-    // Boxed on purpose: 8 bytes in every connection's state instead of a 48-byte `HashSet`
-    // that is only needed while a login backlog is prepared.
-    #[allow(clippy::box_collection)]
-    recording: Mutex<Option<Box<HashSet<Seq>>>>,
-    /// Whether `recording` is on: a push checks this flag, not the lock.
-    recording_on: AtomicBool,
+    /// The login filter (`LoginFilter`), if any.
+    // Boxed on purpose: 8 bytes in every connection's state, the filter exists only from a
+    // login with a backlog on.
+    login: Mutex<Option<Box<LoginFilter>>>,
+    /// Whether `login` is set: a push checks this flag, not the lock.
+    login_on: AtomicBool,
     /// Highest log position the writer has written to the socket.
     pub written: AtomicU64,
     /// Set by `close_after_flush`: the writer finishes the outbox instead of dropping it.
@@ -60,8 +68,8 @@ impl ConnShared {
             closing: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             reason: Mutex::new(None),
-            recording: Mutex::new(None),
-            recording_on: AtomicBool::new(false),
+            login: Mutex::new(None),
+            login_on: AtomicBool::new(false),
             written: AtomicU64::new(0),
             graceful: AtomicBool::new(false),
         }
@@ -135,33 +143,99 @@ impl ConnShared {
         self.v2.load(Ordering::Relaxed)
     }
 
+    fn login(&self) -> std::sync::MutexGuard<'_, Option<Box<LoginFilter>>> {
+        self.login.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection logs in: from now until [`Self::backlog_read`], record what is pushed
+    /// live. Called before the connection joins the hub.
     pub fn start_recording(&self) {
-        *self.recording.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::default());
-        self.recording_on.store(true, Ordering::Release);
+        *self.login() = Some(Box::new(LoginFilter::Recording(HashSet::new())));
+        self.login_on.store(true, Ordering::Release);
     }
 
-    /// Stops recording and returns what was pushed meanwhile.
-    pub fn stop_recording(&self) -> HashSet<Seq> {
-        self.recording_on.store(false, Ordering::Release);
-        self.recording
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .map(|set| *set)
-            .unwrap_or_default()
+    /// The login backlog was read, `backlog` its positions: returns what was pushed live since
+    /// [`Self::start_recording`] and drops live pushes of `backlog` from now on, in one step
+    /// (under the lock that [`Self::push_live`] takes).
+    pub fn backlog_read(&self, backlog: &[Seq]) -> HashSet<Seq> {
+        let mut login = self.login();
+        let pushed = match login.take().map(|f| *f) {
+            Some(LoginFilter::Recording(set)) => set,
+            _ => HashSet::new(),
+        };
+        let mut dropping: Vec<Seq> = backlog
+            .iter()
+            .copied()
+            .filter(|s| !pushed.contains(s))
+            .collect();
+        if dropping.is_empty() {
+            self.login_on.store(false, Ordering::Release);
+        } else {
+            dropping.sort_unstable();
+            dropping.dedup();
+            *login = Some(Box::new(LoginFilter::Dropping(dropping.into_boxed_slice())));
+        }
+        pushed
     }
 
-    pub(super) fn record(&self, seq: Seq) {
-        if !self.recording_on.load(Ordering::Acquire) {
-            return;
+    /// The session ended (logout, re-login): no login filter any more.
+    pub fn end_login(&self) {
+        self.login_on.store(false, Ordering::Release);
+        *self.login() = None;
+    }
+
+    /// Queues a live push (position `out.seq`) through the login filter: `Ok(true)` queued,
+    /// `Ok(false)` left out because the connection's login backlog has that message.
+    pub fn push_live(&self, out: Outbound) -> Result<bool, PushError> {
+        if !self.login_on.load(Ordering::Acquire) {
+            return self.outbox.try_push(out).map(|()| true);
         }
-        if let Some(set) = self
-            .recording
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            set.insert(seq);
+        let mut login = self.login();
+        match login.as_deref_mut() {
+            Some(LoginFilter::Recording(pushed)) => {
+                let seq = out.seq;
+                self.outbox.try_push(out)?;
+                pushed.insert(seq);
+                Ok(true)
+            }
+            Some(LoginFilter::Dropping(backlog)) if backlog.binary_search(&out.seq).is_ok() => {
+                Ok(false)
+            }
+            _ => self.outbox.try_push(out).map(|()| true),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn push(shared: &ConnShared, seq: Seq) -> bool {
+        shared
+            .push_live(Outbound {
+                frame: Bytes::from_static(b"x"),
+                seq,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn the_login_filter_shares_a_backlog_with_live_pushes() {
+        let shared = ConnShared::new(1, 16);
+        assert!(push(&shared, 1));
+        shared.start_recording();
+        // Pushed while the backlog is read: recorded, the backlog leaves it out.
+        assert!(push(&shared, 5));
+        let pushed = shared.backlog_read(&[3, 5, 7]);
+        assert_eq!(pushed, HashSet::from([5]));
+        // Pushed after the read: dropped if the backlog has it, queued otherwise.
+        assert!(!push(&shared, 7));
+        assert!(!push(&shared, 3));
+        assert!(push(&shared, 5));
+        assert!(push(&shared, 8));
+        shared.end_login();
+        assert!(push(&shared, 7));
     }
 }

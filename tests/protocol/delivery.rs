@@ -1,5 +1,6 @@
 //! Delivery: offline backlog at login, several devices, the device limit, and the v2
-//! extensions (token login, acks, idempotent sends, sync).
+//! extensions (token login, acks, idempotent sends, sync); sends whose store acknowledgement
+//! is lost or late (`support::faulty_store`).
 
 use crate::support;
 
@@ -380,6 +381,101 @@ async fn sync_pages_through_every_conversation_exactly_once_from_a_cursor() {
     let e = bob.expect(ids::ERROR).await;
     assert_eq!(e["code"], code::MALFORMED);
     assert!(e["message"].as_str().unwrap().contains("cursor"));
+    server.stop().await;
+}
+
+/// What reached `client` before a ping's pong: every push queued before the ping was handled
+/// (a push is queued before the send that caused it is answered).
+async fn pending(client: &mut Client) -> Vec<Value> {
+    client.send_body(ids::PING, b"ping").await;
+    let mut frames = Vec::new();
+    loop {
+        let (id, body) = client.recv().await;
+        if id == ids::PONG {
+            return frames;
+        }
+        assert_eq!(id, ids::TEXT_MSG, "{body}");
+        frames.push(body);
+    }
+}
+
+/// A send stored although its sender was told to try again (code 6, the store's
+/// acknowledgement was lost): the retry with the same `client_msg_id` is acknowledged as the
+/// stored message and pushed to the online recipient, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_stored_but_answered_code_6_is_pushed_when_the_client_retries() {
+    let (server, store) = TestServer::with_faulty_store().await;
+    let mut alice = server.user_v2("alice").await;
+    let mut bob = server.user("bob").await;
+    // Bob's login is done (its backlog read) before anything is sent.
+    bob.assert_quiet().await;
+    let send = json!({"to_user_id": "bob", "content": "hi", "client_msg_id": "m-1"});
+    store.lose_next_ack();
+    alice.send(ids::TEXT_MSG, send.clone()).await;
+    let failed = alice.expect(ids::SEND_ACK).await;
+    assert_eq!(failed["code"], code::UNAVAILABLE, "{failed}");
+    assert!(pending(&mut bob).await.is_empty());
+
+    alice.send(ids::TEXT_MSG, send.clone()).await;
+    let ack = alice.expect(ids::SEND_ACK).await;
+    assert_eq!(ack["code"], 0, "{ack}");
+    let pushed = pending(&mut bob).await;
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    assert_eq!(pushed[0]["msg_id"], ack["msg_id"]);
+    assert_eq!(pushed[0]["content"], "hi");
+
+    // Delivered now: a further retry is acknowledged the same and not pushed again.
+    alice.send(ids::TEXT_MSG, send).await;
+    assert_eq!(alice.expect(ids::SEND_ACK).await, ack);
+    assert!(pending(&mut bob).await.is_empty());
+    server.stop().await;
+}
+
+/// A message stored before a login's backlog is read, and pushed live after it (its send was
+/// between its append and its delivery), reaches the logging-in user once: in the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_during_a_login_reaches_the_user_once() {
+    let (server, store) = TestServer::with_faulty_store().await;
+    let mut alice = server.user_v2("alice").await;
+    alice.assert_quiet().await;
+    let mut bob = server.client().await;
+    bob.register("bob").await;
+
+    // Alice's message is stored; its acknowledgement, and so its delivery, waits.
+    let held = store.hold_next_ack();
+    alice
+        .send(
+            ids::TEXT_MSG,
+            json!({"to_user_id": "bob", "content": "around the login", "client_msg_id": "m-1"}),
+        )
+        .await;
+    held.placed.await.expect("the append happens");
+
+    // Bob logs in: the backlog has the message (and the pong says the login is done: frames
+    // of a connection are handled in order).
+    bob.login("bob").await;
+    let backlog = pending(&mut bob).await;
+    assert_eq!(backlog.len(), 1, "{backlog:?}");
+    assert_eq!(backlog[0]["content"], "around the login");
+
+    // The send goes on and pushes the message live: bob's connection leaves it out.
+    held.release.send(()).expect("the send waits");
+    let ack = alice.expect(ids::SEND_ACK).await;
+    assert_eq!(ack["code"], 0, "{ack}");
+    assert_eq!(ack["msg_id"], backlog[0]["msg_id"]);
+    assert!(pending(&mut bob).await.is_empty());
+
+    // Later messages are pushed as usual.
+    alice
+        .send(
+            ids::TEXT_MSG,
+            json!({"to_user_id": "bob", "content": "next"}),
+        )
+        .await;
+    alice.expect(ids::SEND_ACK).await;
+    let next = pending(&mut bob).await;
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0]["content"], "next");
     server.stop().await;
 }
 

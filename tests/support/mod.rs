@@ -4,11 +4,15 @@
 //! backends, reached over real TCP. The client speaks raw frames so tests control every byte.
 #![allow(dead_code)]
 
+pub mod faulty_store;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chat_zinx::config::Config;
+use chat_zinx::core::ports::Backends;
 use chat_zinx::node::Node;
 use chat_zinx::protocol::{codec, ids, Frame, FrameCodec};
 use futures_util::StreamExt;
@@ -36,6 +40,18 @@ impl TestServer {
     }
 
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(tweak, None).await
+    }
+
+    /// A daemon on the in-process backends whose store injects faults (`FaultyStore`).
+    pub async fn with_faulty_store() -> (Self, Arc<faulty_store::FaultyStore>) {
+        let mut backends = chat_zinx::backend::memory::backends();
+        let store = Arc::new(faulty_store::FaultyStore::new(backends.store.clone()));
+        backends.store = store.clone();
+        (Self::start_on(|_| {}, Some(backends)).await, store)
+    }
+
+    async fn start_on(tweak: impl FnOnce(&mut Config), backends: Option<Backends>) -> Self {
         let state = tempfile::tempdir().expect("tempdir");
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".into();
@@ -43,7 +59,11 @@ impl TestServer {
         config.auth.hash_concurrency = 2;
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let node = Node::start(&config, listener).await.expect("node starts");
+        let node = match backends {
+            Some(backends) => Node::start_on(&config, listener, backends).await,
+            None => Node::start(&config, listener).await,
+        }
+        .expect("node starts");
         TestServer {
             addr: node.local_addr,
             node: Some(node),

@@ -17,7 +17,7 @@ mod sends;
 mod sessions;
 
 use super::auth::Auth;
-use super::directory::{MembershipCache, UserDirectory};
+use super::directory::{DeliveredSends, MembershipCache, UserDirectory};
 use super::error::{ChatError, ChatResult};
 use super::model::*;
 use super::ports::{AppendAck, Backends, Clock, LocalDelivery};
@@ -107,10 +107,11 @@ pub const SYNC_MAX: usize = 500;
 pub struct Prepared {
     message: NewMessage,
     dedupe: Option<DedupeKey>,
-    route: Route,
+    /// The sending connection.
+    origin: ConnId,
 }
 
-/// Who gets a stored message live.
+/// Who gets a stored message live (`ChatCore::route`).
 #[derive(Debug, Clone)]
 enum Route {
     /// These users' connections on every node, but `skip`.
@@ -127,6 +128,9 @@ enum Route {
 pub struct Routed {
     message: Arc<StoredMessage>,
     remote: Remote,
+    /// The send had a `client_msg_id`: its delivery is remembered once done (a retry of it
+    /// is then not pushed again).
+    keyed: bool,
 }
 
 #[derive(Debug)]
@@ -143,7 +147,8 @@ enum Remote {
 /// [`ChatCore::place`]).
 pub struct Placed {
     ack: AppendAck,
-    route: Route,
+    origin: ConnId,
+    keyed: bool,
 }
 
 impl Placed {
@@ -152,16 +157,19 @@ impl Placed {
         let appended = self.ack.await?;
         Ok(Committed {
             appended,
-            route: self.route,
+            origin: self.origin,
+            keyed: self.keyed,
         })
     }
 }
 
-/// An appended message and who still has to get it.
+/// An appended message (or, for a retry, the one its first attempt stored), waiting to be
+/// delivered.
 #[derive(Debug)]
 pub struct Committed {
     pub appended: Appended,
-    route: Route,
+    origin: ConnId,
+    keyed: bool,
 }
 
 pub struct ChatCore {
@@ -172,6 +180,8 @@ pub struct ChatCore {
     limits: RwLock<Limits>,
     directory: UserDirectory,
     memberships: MembershipCache,
+    /// Keyed sends delivered by this node (a retry of one is not pushed again).
+    delivered: DeliveredSends,
     clock: Arc<dyn Clock>,
 }
 
@@ -211,6 +221,7 @@ impl ChatCore {
             limits: RwLock::new(limits),
             directory: UserDirectory::default(),
             memberships: MembershipCache::new(clock.clone()),
+            delivered: DeliveredSends::default(),
             clock,
         }
     }

@@ -97,19 +97,6 @@ impl ChatCore {
             .resolve_user_id(&input.to)
             .await?
             .ok_or_else(|| ChatError::NoSuchTarget(input.to.clone()))?;
-        // Messages to oneself reach every own connection, the sending one included (as the
-        // original); otherwise the sender's other devices get a copy.
-        let route = if recipient == me.id {
-            Route::Direct {
-                users: vec![me.id],
-                skip: None,
-            }
-        } else {
-            Route::Direct {
-                users: vec![recipient, me.id],
-                skip: Some(origin),
-            }
-        };
         Ok(Prepared {
             dedupe: Self::dedupe_key(me, &input.client_msg_id),
             message: NewMessage {
@@ -127,7 +114,7 @@ impl ChatCore {
                     sent_at: input.sent_at,
                 },
             },
-            route,
+            origin,
         })
     }
 
@@ -142,38 +129,73 @@ impl ChatCore {
         let Prepared {
             mut message,
             dedupe,
-            route,
+            origin,
         } = prepared;
         message.timestamp = self.now_ms();
+        let keyed = dedupe.is_some();
         let ack = self.backends.store.place(message, dedupe).await?;
-        Ok(Placed { ack, route })
+        Ok(Placed { ack, origin, keyed })
+    }
+
+    /// Who gets a stored message live, sent from connection `origin`: for a direct message its
+    /// recipient's connections and the sender's other ones (a message to oneself reaches every
+    /// own connection, the sending one included, as the original); for a group message every
+    /// member's connections but the sending one. Taken from the stored message, so that a
+    /// retry reaches those its first attempt was for, whatever the retry's request says.
+    fn route(message: &StoredMessage, origin: ConnId) -> Route {
+        match &message.body {
+            MessageBody::Direct { recipient_id, .. } if *recipient_id == message.sender_id => {
+                Route::Direct {
+                    users: vec![message.sender_id],
+                    skip: None,
+                }
+            }
+            MessageBody::Direct { recipient_id, .. } => Route::Direct {
+                users: vec![*recipient_id, message.sender_id],
+                skip: Some(origin),
+            },
+            MessageBody::Group { group_id, .. } => Route::Group {
+                group: *group_id,
+                skip: origin,
+            },
+        }
     }
 
     /// Last step of a send, first half: pushes an appended message to this node's
     /// connections, then finds which other nodes need it (presence, for a direct message).
-    /// `None` for a retry (a duplicate is not pushed again). Sends of one connection may do
-    /// this concurrently; their [`Self::publish`] calls are what they issue in order, so that
-    /// pushes on other nodes keep the send order.
+    /// Sends of one connection may do this concurrently; their [`Self::publish`] calls are
+    /// what they issue in order, so that pushes on other nodes keep the send order.
+    ///
+    /// A retry (the store recognised its `client_msg_id`: a duplicate) is delivered again,
+    /// unless this node remembers delivering its first attempt (`None` then): the first
+    /// attempt may have been stored and answered with an error before its delivery (an
+    /// acknowledgement lost, the node gone), and a stored message must be pushed at least once.
+    /// A second push of a message is a duplicate that clients drop by `msg_id`.
     pub async fn deliver_locally(&self, committed: &Committed) -> Option<Routed> {
-        if committed.appended.duplicate {
+        let appended = &committed.appended;
+        if appended.duplicate && self.delivered.delivered(appended.message.seq) {
             return None;
         }
-        let message = Arc::new(committed.appended.message.clone());
-        let remote = match &committed.route {
+        let message = Arc::new(appended.message.clone());
+        let remote = match Self::route(&message, committed.origin) {
             Route::Direct { users, skip } => {
-                for user in self.local.deliver_direct(&message, users, *skip) {
+                for user in self.local.deliver_direct(&message, &users, skip) {
                     self.mark_undelivered(user, message.seq).await;
                 }
-                self.remote_for(&message, users).await
+                self.remote_for(&message, &users).await
             }
             Route::Group { group, skip } => {
-                for user in self.local.deliver_group(&message, Some(*skip)) {
+                for user in self.local.deliver_group(&message, Some(skip)) {
                     self.mark_undelivered(user, message.seq).await;
                 }
-                Remote::Group(*group)
+                Remote::Group(group)
             }
         };
-        Some(Routed { message, remote })
+        Some(Routed {
+            message,
+            remote,
+            keyed: committed.keyed,
+        })
     }
 
     /// Where a direct message for `users` goes besides this node: the other nodes where they
@@ -208,9 +230,14 @@ impl ChatCore {
     }
 
     /// Last step of a send, second half: hands the message to the other nodes over the bus.
-    /// A publish that fails is recorded as undelivered for the users it was for.
+    /// A publish that fails is recorded as undelivered for the users it was for. The delivery
+    /// of a keyed send is then remembered (see [`Self::deliver_locally`]).
     pub async fn publish(&self, routed: Routed) {
-        let Routed { message, remote } = routed;
+        let Routed {
+            message,
+            remote,
+            keyed,
+        } = routed;
         match remote {
             Remote::Nodes(nodes) => {
                 for (node, users) in nodes {
@@ -252,6 +279,9 @@ impl ChatCore {
                 }
             }
         }
+        if keyed {
+            self.delivered.remember(message.seq);
+        }
     }
 
     /// Checks a group message and that its sender is a member (first step of a send).
@@ -279,10 +309,7 @@ impl ChatCore {
                     content,
                 },
             },
-            route: Route::Group {
-                group,
-                skip: origin,
-            },
+            origin,
         })
     }
 

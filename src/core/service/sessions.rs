@@ -154,6 +154,26 @@ impl ChatCore {
         })
     }
 
+    /// The backlog of connection `conn`, which just logged in (joined this node's
+    /// connections): [`Self::backlog`] less what was pushed to the connection live meanwhile,
+    /// and from now on a live push to it of a message of this backlog is dropped
+    /// ([`LocalDelivery::backlog_read`]). A message stored while the backlog is read thus
+    /// reaches the connection once: in the backlog or live, whichever the read and its push
+    /// make it. On an error the recording ends all the same (nothing is dropped).
+    ///
+    /// [`LocalDelivery::backlog_read`]: crate::core::ports::LocalDelivery::backlog_read
+    pub async fn login_backlog(&self, me: &Me, conn: ConnId) -> ChatResult<Backlog> {
+        let read = self.backlog(me).await;
+        let seqs: Vec<Seq> = match &read {
+            Ok(b) => b.messages.iter().map(|m| m.seq).collect(),
+            Err(_) => Vec::new(),
+        };
+        let pushed = self.local().backlog_read(me.id, conn, &seqs);
+        let mut backlog = read?;
+        backlog.messages.retain(|m| !pushed.contains(&m.seq));
+        Ok(backlog)
+    }
+
     /// The backlog has been queued to the connection: move the cursor past it.
     pub async fn settle_backlog(&self, me: &Me, backlog: &Backlog) -> ChatResult<()> {
         self.backends
