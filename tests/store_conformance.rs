@@ -559,3 +559,32 @@ async fn a_pipelined_sender_on_the_memory_store_keeps_its_order() {
         (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>()
     );
 }
+
+/// The first message of a direct conversation was stored but writing the chat relation
+/// failed (the send was answered "try again"): the retry, a duplicate, writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_first_message_writes_the_chat_relation_its_first_attempt_did_not() {
+    let server = NatsServer::start().await;
+    let store = nats_store_on(&server.url(), "RELATIONS", 1).await;
+    let key = DedupeKey {
+        sender_id: 1,
+        client_msg_id: "first".into(),
+    };
+    let conv = ConvId::direct(1, 2);
+    store
+        .append(text(conv, 1, "hi"), Some(key.clone()))
+        .await
+        .unwrap();
+    // As if the relation writes after the append had failed.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let meta = js.get_key_value("RELATIONS_meta").await.unwrap();
+    for user in [1, 2] {
+        meta.purge(format!("peers.{user}")).await.unwrap();
+    }
+    assert!(store.peers_of(1).await.unwrap().is_empty());
+
+    let again = store.append(text(conv, 1, "hi"), Some(key)).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(store.peers_of(1).await.unwrap(), vec![2]);
+    assert_eq!(store.peers_of(2).await.unwrap(), vec![1]);
+}

@@ -118,6 +118,18 @@ impl Drop for AppendSlot {
 }
 
 impl Nats {
+    /// Records both users of a direct conversation as each other's chat relations (its first
+    /// message does this; idempotent).
+    async fn add_peers(&self, conv: ConvId) -> BackendResult<()> {
+        if let ConvId::Direct(a, b) = conv {
+            self.add_peer(a, b).await?;
+            if a != b {
+                self.add_peer(b, a).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Admits an append to `subject`: conditional (`true`) when no other append of this node
     /// to it is under way, else overlapping. An append that arrives while a conditional one
     /// is under way waits for it to be done, then overlaps (it is part of a burst).
@@ -217,7 +229,13 @@ impl Nats {
                     let m = self.at(ack.sequence).await?.ok_or_else(|| {
                         unavailable_because("the original of a duplicate is gone")
                     })?;
-                    let (message, _) = self.decode(&m)?;
+                    let (message, link) = self.decode(&m)?;
+                    // The first attempt may have been stored and then failed writing the chat
+                    // relation (below): write it now, or the conversation would stay missing
+                    // from relations, backlog and sync.
+                    if link.prev == 0 {
+                        self.add_peers(message.conv).await?;
+                    }
                     return Ok(Appended {
                         message,
                         duplicate: true,
@@ -226,12 +244,7 @@ impl Nats {
                 Ok(ack) => {
                     self.remember_last(&subject, Some(ack.sequence));
                     if prev == 0 {
-                        if let ConvId::Direct(a, b) = msg.conv {
-                            self.add_peer(a, b).await?;
-                            if a != b {
-                                self.add_peer(b, a).await?;
-                            }
-                        }
+                        self.add_peers(msg.conv).await?;
                     }
                     return Ok(Appended {
                         message: StoredMessage::from_new(msg, ack.sequence),
