@@ -63,6 +63,10 @@ pub enum ChatError {
     /// messages not yet written.
     #[error("sync cursor {cursor} is past the end of the log ({tail}): sync without a cursor to continue from your delivery cursor")]
     CursorPastEnd { cursor: Seq, tail: Seq },
+    /// A send reused a `client_msg_id` of the same user for a different message (another
+    /// conversation or other content): the stored one is not this one.
+    #[error("client_msg_id {0:?} was already used for a different message: use a new client_msg_id for each new message")]
+    ClientMsgIdReused(String),
     /// A backend could not answer; nothing was changed that the caller was told about.
     #[error("service temporarily unavailable ({0}); try again")]
     Unavailable(String),

@@ -46,6 +46,9 @@ pub fn text(e: &ChatError) -> String {
         ChatError::BadCursor => {
             "invalid sync cursor: use the cursor of an earlier sync response, or none".into()
         }
+        ChatError::ClientMsgIdReused(id) => format!(
+            "client_msg_id {id:?} was already used for a different message: use a new client_msg_id for each new message"
+        ),
         ChatError::CursorPastEnd { cursor, tail } => format!(
             "sync cursor c{cursor} is past the end of the log (c{tail}): sync without a cursor to continue from your delivery cursor"
         ),

@@ -455,7 +455,9 @@ fn group_failure(ctx: &ServerCtx, r: &mut Replies, client_msg_id: String, e: &Ch
     ctx.metrics.message_failed("group");
     let (status, text) = match e {
         ChatError::NotMember => (3, "You are not a member of this group".to_string()),
-        ChatError::Invalid(t) => (1, format!("Invalid request format: {t}")),
+        ChatError::Invalid(_) | ChatError::ClientMsgIdReused(_) => {
+            (1, format!("Invalid request format: {}", errors::text(e)))
+        }
         other => (2, format!("Failed to store the message: {other}")),
     };
     r.send(ids::GROUP_TEXT_ACK, &group_ack(status, &text));

@@ -133,3 +133,64 @@ async fn a_sync_cursor_past_the_log_end_is_refused_and_offline_delivery_goes_on(
     assert_eq!(bob.expect(ids::TEXT_MSG).await["content"], "later");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_reused_client_msg_id_for_a_different_message_is_refused_not_dropped() {
+    let server = TestServer::start().await;
+    let mut alice = server.user_v2("alice").await;
+    let mut bob = server.user_v2("bob").await;
+    let mut carol = server.user_v2("carol").await;
+    let send = |to: &str, content: &str| json!({"to_user_id": to, "content": content, "client_msg_id": "k-1"});
+    alice.send(ids::TEXT_MSG, send("bob", "first")).await;
+    let first = alice.expect(ids::SEND_ACK).await;
+    assert_eq!(first["code"], 0, "{first}");
+    assert_eq!(bob.expect(ids::TEXT_MSG).await["content"], "first");
+
+    // Another recipient, or other content, with the same key: refused, nothing delivered.
+    for (to, content) in [("carol", "second"), ("bob", "second")] {
+        alice.send(ids::TEXT_MSG, send(to, content)).await;
+        let ack = alice.expect(ids::SEND_ACK).await;
+        assert_eq!(ack["code"], 4, "{ack}");
+        assert!(
+            ack["message"]
+                .as_str()
+                .unwrap()
+                .contains("already used for a different message"),
+            "{ack}"
+        );
+        assert!(ack.get("msg_id").is_none(), "{ack}");
+    }
+    // The same message again is the retry it always was.
+    alice.send(ids::TEXT_MSG, send("bob", "first")).await;
+    let retry = alice.expect(ids::SEND_ACK).await;
+    assert_eq!(
+        (retry["code"].as_u64(), &retry["msg_id"]),
+        (Some(0), &first["msg_id"])
+    );
+
+    // A group send that reuses a key of a direct one.
+    let gid = alice.create_group("crew").await;
+    alice
+        .send(
+            ids::GROUP_TEXT_REQ,
+            json!({"group_id": gid, "content": "hello", "client_msg_id": "k-1"}),
+        )
+        .await;
+    let ack311 = alice.expect(ids::GROUP_TEXT_ACK).await;
+    assert_eq!(ack311["status"], 1, "{ack311}");
+    assert!(
+        ack311["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid request format: client_msg_id"),
+        "{ack311}"
+    );
+    assert_eq!(alice.expect(ids::SEND_ACK).await["code"], 4);
+
+    // Carol got nothing, bob only the first message (a ping round trip to be sure).
+    for c in [&mut bob, &mut carol] {
+        c.send_body(ids::PING, b"ping").await;
+        assert_eq!(c.recv().await.0, ids::PONG);
+    }
+    server.stop().await;
+}

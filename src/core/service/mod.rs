@@ -148,17 +148,47 @@ enum Remote {
 pub struct Placed {
     ack: AppendAck,
     origin: ConnId,
-    keyed: bool,
+    /// For a send with a `client_msg_id`: the key and what the message was, to tell a retry
+    /// from a different message that reuses the key.
+    keyed: Option<(String, Fingerprint)>,
+}
+
+/// What makes two sends the same message: the conversation and the content (a hash of it,
+/// so that a keyed send does not keep a copy of its content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::core) struct Fingerprint {
+    conv: ConvId,
+    content: u64,
+}
+
+impl Fingerprint {
+    pub(in crate::core) fn of(conv: ConvId, content: &str) -> Fingerprint {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        content.hash(&mut h);
+        Fingerprint {
+            conv,
+            content: h.finish(),
+        }
+    }
 }
 
 impl Placed {
-    /// Waits until the append is durable (or failed).
+    /// Waits until the append is durable (or failed). A duplicate that is not the same
+    /// message (the `client_msg_id` was reused for another one) is refused: the stored
+    /// message is the first one, and acknowledging it would silently drop this one.
     pub async fn committed(self) -> ChatResult<Committed> {
         let appended = self.ack.await?;
+        if let Some((client_msg_id, sent)) = &self.keyed {
+            let stored = &appended.message;
+            if appended.duplicate && Fingerprint::of(stored.conv, stored.content()) != *sent {
+                return Err(ChatError::ClientMsgIdReused(client_msg_id.clone()));
+            }
+        }
         Ok(Committed {
             appended,
             origin: self.origin,
-            keyed: self.keyed,
+            keyed: self.keyed.is_some(),
         })
     }
 }

@@ -132,7 +132,15 @@ impl ChatCore {
             origin,
         } = prepared;
         message.timestamp = self.now_ms();
-        let keyed = dedupe.is_some();
+        let keyed = dedupe.as_ref().map(|key| {
+            let content = match &message.body {
+                MessageBody::Direct { content, .. } | MessageBody::Group { content, .. } => content,
+            };
+            (
+                key.client_msg_id.clone(),
+                Fingerprint::of(message.conv, content),
+            )
+        });
         let ack = self.backends.store.place(message, dedupe).await?;
         Ok(Placed { ack, origin, keyed })
     }
