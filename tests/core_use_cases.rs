@@ -1228,9 +1228,22 @@ async fn a_retry_reaches_those_its_first_attempt_was_for() {
         .await
         .is_err());
     let seq = w.tail().await;
-    // A client that reuses the key for another recipient gets the stored message back, and
-    // the stored message goes to its own recipient, not to the one the retry names.
-    let retry = w.send(&alice, 1, text("carol", "for carol", "c-1")).await;
+    // A client that reuses the key for another message is refused (the stored message is not
+    // that one), and nobody gets a push from it.
+    let reused = w
+        .core
+        .prepare_direct(&alice, 1, text("carol", "for carol", "c-1"))
+        .await
+        .unwrap();
+    let refused = w.core.place(reused).await.unwrap().committed().await;
+    assert!(
+        matches!(&refused, Err(ChatError::ClientMsgIdReused(id)) if id == "c-1"),
+        "{refused:?}"
+    );
+    assert!(w.local.pushes_to(bob.id).is_empty());
+    assert!(w.local.pushes_to(carol.id).is_empty());
+    // The real retry goes to the stored message's recipient.
+    let retry = w.send(&alice, 1, text("bob", "for bob", "c-1")).await;
     assert!(retry.appended.duplicate);
     assert_eq!(retry.appended.message.content(), "for bob");
     assert_eq!(w.local.pushes_to(bob.id), vec![(2, seq)]);
