@@ -60,6 +60,9 @@ pub enum SecretError {
     },
     #[error("the token secret {path} is shorter than 16 bytes: use at least 32 random bytes")]
     TooShort { path: String },
+    /// Anyone who can read the secret can forge a login token for every user.
+    #[error("the token secret {path} can be read by other users (mode {mode:04o}): run `chmod 600 {path}` (owned by the user chat-zinx runs as), then start again")]
+    TooOpen { path: String, mode: u32 },
 }
 
 /// Claims of a login token: the original's payload keys.
@@ -96,6 +99,23 @@ impl Auth {
         let shown = path.display().to_string();
         match std::fs::read(path) {
             Ok(bytes) => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(path)
+                        .map_err(|source| SecretError::Read {
+                            path: shown.clone(),
+                            source,
+                        })?
+                        .permissions()
+                        .mode();
+                    if mode & 0o077 != 0 {
+                        return Err(SecretError::TooOpen {
+                            path: shown,
+                            mode: mode & 0o7777,
+                        });
+                    }
+                }
                 let trimmed: Vec<u8> = bytes
                     .into_iter()
                     .rev()
@@ -313,10 +333,35 @@ mod tests {
         let b = Auth::load_or_create_secret(&path).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len(), 64);
-        std::fs::write(dir.path().join("short"), "abc").unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc").unwrap();
+        set_mode(&short, 0o600);
         assert!(matches!(
-            Auth::load_or_create_secret(&dir.path().join("short")),
+            Auth::load_or_create_secret(&short),
             Err(SecretError::TooShort { .. })
         ));
+    }
+
+    fn set_mode(path: &std::path::Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_secret_others_can_read_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token_secret");
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o666] {
+            set_mode(&path, mode);
+            let e = Auth::load_or_create_secret(&path).unwrap_err();
+            assert!(matches!(e, SecretError::TooOpen { .. }), "{mode:o}: {e}");
+            let text = e.to_string();
+            assert!(text.contains("chmod 600"), "{text}");
+        }
+        for mode in [0o600, 0o400] {
+            set_mode(&path, mode);
+            assert!(Auth::load_or_create_secret(&path).is_ok(), "{mode:o}");
+        }
     }
 }
