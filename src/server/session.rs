@@ -331,6 +331,10 @@ impl Session {
                 let (code, msg) = match &e {
                     ChatError::UnknownUser => (3, "用户不存在".to_string()),
                     ChatError::WrongPassword => (4, "密码错误".to_string()),
+                    // Not the store's "try again" (code 5): a token that will never work.
+                    ChatError::BadToken(_) => {
+                        (code::BAD_TOKEN, format!("登录失败: {}", errors::text(&e)))
+                    }
                     other => (5, format!("登录失败: {}", errors::text(other))),
                 };
                 return self.send(ids::LOGIN_RESP, &reply(code, &msg)).await;
