@@ -309,6 +309,9 @@ impl Store for LosesAcks {
     async fn record_login(&self, id: UserId, at: UnixMs) -> BackendResult<Option<UnixMs>> {
         self.inner.record_login(id, at).await
     }
+    async fn revoke_token(&self, id: UserId, token: TokenId, now: i64) -> BackendResult<()> {
+        self.inner.revoke_token(id, token, now).await
+    }
     async fn create_group(&self, group: NewGroup) -> BackendResult<(Group, Member)> {
         self.inner.create_group(group).await
     }

@@ -159,6 +159,9 @@ impl Store for Guarded<dyn Store> {
     async fn record_login(&self, id: UserId, at: UnixMs) -> BackendResult<Option<UnixMs>> {
         g!(self, self.inner.record_login(id, at))
     }
+    async fn revoke_token(&self, id: UserId, token: TokenId, now: i64) -> BackendResult<()> {
+        g!(self, self.inner.revoke_token(id, token, now))
+    }
     async fn create_group(&self, group: NewGroup) -> BackendResult<(Group, Member)> {
         g!(self, self.inner.create_group(group))
     }

@@ -68,6 +68,8 @@ impl Store for MemoryStore {
             password_hash: new.password_hash,
             created_at: new.created_at,
             last_login: None,
+            revoked_tokens: Vec::new(),
+            tokens_valid_from: 0,
         };
         s.user_by_name.insert(key, user.id);
         s.user_by_uuid.insert(user.uuid.clone(), user.id);
@@ -110,6 +112,16 @@ impl Store for MemoryStore {
             .get_mut(&id)
             .ok_or(BackendError::NotFound(Missing::User))?;
         Ok(user.last_login.replace(at))
+    }
+
+    async fn revoke_token(&self, id: UserId, token: TokenId, now: i64) -> BackendResult<()> {
+        let mut s = lock(&self.state);
+        let user = s
+            .users
+            .get_mut(&id)
+            .ok_or(BackendError::NotFound(Missing::User))?;
+        user.revoke(token, now);
+        Ok(())
     }
 
     async fn create_group(&self, new: NewGroup) -> BackendResult<(Group, Member)> {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
-use super::model::{User, UserId};
+use super::model::{TokenId, User, UserId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -74,6 +74,21 @@ pub struct Claims {
     pub exp: i64,
     pub iss: String,
     pub nbf: i64,
+    /// The token's own id, so that a logout can revoke this token and no other. Tokens
+    /// issued before it existed have none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jti: String,
+}
+
+impl Claims {
+    /// What a revocation records of this token.
+    pub fn token_id(&self) -> TokenId {
+        TokenId {
+            jti: self.jti.clone(),
+            issued: self.nbf,
+            expires: self.exp,
+        }
+    }
 }
 
 const ISSUER: &str = "chat-zinx";
@@ -179,6 +194,11 @@ impl Auth {
 
     /// A signed token for `user`, valid from `now` (Unix seconds) for the configured lifetime.
     pub fn issue_token(&self, user: &User, now: i64) -> String {
+        self.issue(user, now).0
+    }
+
+    /// A signed token for `user` and what identifies it for a revocation.
+    pub fn issue(&self, user: &User, now: i64) -> (String, TokenId) {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let claims = Claims {
             id: user.id,
@@ -187,11 +207,12 @@ impl Auth {
             exp: now + self.token_ttl_s,
             iss: ISSUER.into(),
             nbf: now,
+            jti: hex::encode(rand::random::<[u8; 16]>()),
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims encode"));
         let signing_input = format!("{header}.{payload}");
         let sig = URL_SAFE_NO_PAD.encode(self.sign(signing_input.as_bytes()));
-        format!("{signing_input}.{sig}")
+        (format!("{signing_input}.{sig}"), claims.token_id())
     }
 
     /// The claims of a token this cluster issued, if it is valid at `now` (Unix seconds).
@@ -270,6 +291,8 @@ mod tests {
             password_hash: String::new(),
             created_at: 0,
             last_login: None,
+            revoked_tokens: Vec::new(),
+            tokens_valid_from: 0,
         }
     }
 

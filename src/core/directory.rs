@@ -205,6 +205,8 @@ mod tests {
             password_hash: String::new(),
             created_at: 0,
             last_login: None,
+            revoked_tokens: Vec::new(),
+            tokens_valid_from: 0,
         }
     }
 

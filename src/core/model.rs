@@ -39,6 +39,57 @@ pub struct User {
     pub password_hash: String,
     pub created_at: UnixMs,
     pub last_login: Option<UnixMs>,
+    /// Tokens revoked by a logout that have not expired yet (at most
+    /// [`User::MAX_REVOKED_TOKENS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_tokens: Vec<TokenId>,
+    /// Tokens issued before this (Unix seconds) are revoked: where the oldest revocations
+    /// go when there are too many to keep one by one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_valid_from: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// A login token as a revocation records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenId {
+    pub jti: String,
+    /// Its `nbf` (issue time) and `exp`, Unix seconds.
+    pub issued: i64,
+    pub expires: i64,
+}
+
+impl User {
+    /// Revocations a user record keeps one by one; past it the oldest become
+    /// [`User::tokens_valid_from`] (which may revoke a few more tokens than asked: never fewer).
+    pub const MAX_REVOKED_TOKENS: usize = 32;
+
+    /// Records the revocation of `token` at `now` (Unix seconds), dropping expired ones.
+    pub fn revoke(&mut self, token: TokenId, now: i64) {
+        if token.jti.is_empty() {
+            // A token from before token ids: only a cut-off can revoke it.
+            self.tokens_valid_from = self.tokens_valid_from.max(token.issued + 1);
+            return;
+        }
+        self.revoked_tokens
+            .retain(|t| t.expires > now && t.jti != token.jti);
+        if token.expires > now {
+            self.revoked_tokens.push(token);
+        }
+        while self.revoked_tokens.len() > Self::MAX_REVOKED_TOKENS {
+            let oldest = self.revoked_tokens.remove(0);
+            self.tokens_valid_from = self.tokens_valid_from.max(oldest.issued + 1);
+        }
+    }
+
+    /// Whether a token of this user was revoked.
+    pub fn is_revoked(&self, token: &TokenId) -> bool {
+        token.issued < self.tokens_valid_from
+            || (!token.jti.is_empty() && self.revoked_tokens.iter().any(|t| t.jti == token.jti))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -349,5 +400,72 @@ mod tests {
             undelivered_from: Some(42),
         };
         assert_eq!(c.resume_after(), 10);
+    }
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: 1,
+            uuid: "u".into(),
+            username: "alice".into(),
+            email: "a@b.c".into(),
+            avatar: String::new(),
+            password_hash: String::new(),
+            created_at: 0,
+            last_login: None,
+            revoked_tokens: Vec::new(),
+            tokens_valid_from: 0,
+        }
+    }
+
+    fn token(n: i64) -> TokenId {
+        TokenId {
+            jti: format!("t{n}"),
+            issued: n,
+            expires: n + 1000,
+        }
+    }
+
+    #[test]
+    fn revocations_are_kept_one_by_one_up_to_a_bound_then_by_a_cut_off() {
+        let mut u = user();
+        u.revoke(token(10), 20);
+        assert!(u.is_revoked(&token(10)));
+        assert!(!u.is_revoked(&token(11)));
+        // Expired revocations are dropped at the next one.
+        u.revoke(token(2000), 1500);
+        assert_eq!(u.revoked_tokens, vec![token(2000)]);
+
+        let mut u = user();
+        let n = User::MAX_REVOKED_TOKENS as i64 + 5;
+        for i in 1..=n {
+            u.revoke(token(i), 0);
+        }
+        assert_eq!(u.revoked_tokens.len(), User::MAX_REVOKED_TOKENS);
+        // Never fewer revoked than asked: the oldest are covered by the cut-off.
+        for i in 1..=n {
+            assert!(u.is_revoked(&token(i)), "token {i}");
+        }
+        assert!(!u.is_revoked(&token(n + 1)));
+        // A token without id (issued before ids) is revoked by the cut-off.
+        let mut u = user();
+        u.revoke(
+            TokenId {
+                jti: String::new(),
+                issued: 50,
+                expires: 999,
+            },
+            60,
+        );
+        assert!(u.is_revoked(&TokenId {
+            jti: String::new(),
+            issued: 50,
+            expires: 999
+        }));
+        assert!(!u.is_revoked(&token(51)));
     }
 }

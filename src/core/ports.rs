@@ -320,6 +320,8 @@ pub trait Store: Send + Sync + 'static {
     async fn users_by_ids(&self, ids: &[UserId]) -> BackendResult<Vec<User>>;
     /// Sets `last_login` and returns the previous value (`None` on first login).
     async fn record_login(&self, id: UserId, at: UnixMs) -> BackendResult<Option<UnixMs>>;
+    /// Records that `token` of user `id` is revoked ([`User::revoke`] at `now`, Unix seconds).
+    async fn revoke_token(&self, id: UserId, token: TokenId, now: i64) -> BackendResult<()>;
 
     // -- groups ----------------------------------------------------------------------------
     /// Creates a group and its owner's membership at once. `Conflict(Unique::GroupName)`.

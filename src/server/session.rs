@@ -16,7 +16,7 @@ use super::outbox::Outbound;
 use super::sends::{self, Pipeline, Replies, NOT_LOGGED_IN_V2};
 use super::shared::ConnShared;
 use super::{errors, wire, ServerCtx};
-use crate::core::model::{ConnId, GroupPatch, Seq};
+use crate::core::model::{ConnId, GroupPatch, Seq, TokenId};
 use crate::core::service::DeliveryOutcome;
 use crate::core::{ChatError, Me};
 use crate::protocol::messages::{self as m, code, parse};
@@ -31,6 +31,8 @@ pub struct Session {
     conn_id: ConnId,
     shared: Arc<ConnShared>,
     me: Option<Me>,
+    /// The login tokens a logout (106) of this session revokes.
+    tokens: Vec<TokenId>,
     /// Accepted past `server.max_connections`: only told where to go (see `turn_away`).
     overloaded: bool,
 }
@@ -42,6 +44,7 @@ impl Session {
             conn_id,
             shared,
             me: None,
+            tokens: Vec::new(),
             overloaded: false,
         }
     }
@@ -343,6 +346,7 @@ impl Session {
         // Re-login on the same connection (as anyone) ends the previous session first.
         self.end_session().await;
         let me = Me::from(&ok.user);
+        self.tokens = ok.tokens.clone();
         self.send(
             ids::LOGIN_RESP,
             &m::CodeMsg {
@@ -425,11 +429,20 @@ impl Session {
     }
 
     async fn logout(&mut self) -> Result<(), Closed> {
-        if self.me.is_none() {
+        let Some(me) = self.me.clone() else {
             return self
                 .send(ids::LOGOUT_RESP, &m::CodeMsg::error(1, "用户未登录"))
                 .await;
+        };
+        // Revoked first: a logout whose token still works would be a lie. The session stays
+        // if that fails, so the client can log out again.
+        if let Err(e) = self.ctx.core.revoke_tokens(&me, &self.tokens).await {
+            let text = format!("登出失败: {}", errors::text(&e));
+            return self
+                .send(ids::LOGOUT_RESP, &m::CodeMsg::error(2, &text))
+                .await;
         }
+        self.tokens.clear();
         self.end_session().await;
         self.send(ids::LOGOUT_RESP, &m::CodeMsg::error(0, "已登出"))
             .await

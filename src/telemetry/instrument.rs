@@ -125,6 +125,13 @@ impl Store for Timed<dyn Store> {
     async fn record_login(&self, id: UserId, at: UnixMs) -> BackendResult<Option<UnixMs>> {
         t!(self, "record_login", self.inner.record_login(id, at))
     }
+    async fn revoke_token(&self, id: UserId, token: TokenId, now: i64) -> BackendResult<()> {
+        t!(
+            self,
+            "revoke_token",
+            self.inner.revoke_token(id, token, now)
+        )
+    }
     async fn create_group(&self, group: NewGroup) -> BackendResult<(Group, Member)> {
         t!(self, "create_group", self.inner.create_group(group))
     }

@@ -194,3 +194,44 @@ async fn a_reused_client_msg_id_for_a_different_message_is_refused_not_dropped()
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_logout_revokes_that_sessions_token_and_no_other() {
+    let server = TestServer::start().await;
+    let mut phone = server.client().await;
+    phone.register("alice").await;
+    phone.login("alice").await;
+    let phone_token = phone.token();
+    let mut laptop = server.client().await;
+    laptop.login("alice").await;
+    let laptop_token = laptop.token();
+
+    phone.send(ids::LOGOUT_REQ, json!({})).await;
+    assert_eq!(phone.expect(ids::LOGOUT_RESP).await["code"], 0);
+
+    let token_login = |token: String| json!({"token": token});
+    let mut thief = server.client().await;
+    thief.send(ids::LOGIN_REQ, token_login(phone_token)).await;
+    let r = thief.expect(ids::LOGIN_RESP).await;
+    assert_eq!(r["code"], 14, "{r}");
+    assert!(r["msg"].as_str().unwrap().contains("revoked"), "{r}");
+
+    // The other device's token still works; a token login's session revokes both the
+    // token it was given and the one it presented.
+    let mut again = server.client().await;
+    again
+        .send(ids::LOGIN_REQ, token_login(laptop_token.clone()))
+        .await;
+    let r = again.expect(ids::LOGIN_RESP).await;
+    assert_eq!(r["code"], 0, "{r}");
+    let fresh = r["data"]["token"].as_str().unwrap().to_string();
+    again.send(ids::LOGOUT_REQ, json!({})).await;
+    assert_eq!(again.expect(ids::LOGOUT_RESP).await["code"], 0);
+    for token in [laptop_token, fresh] {
+        thief.send(ids::LOGIN_REQ, token_login(token)).await;
+        assert_eq!(thief.expect(ids::LOGIN_RESP).await["code"], 14);
+    }
+    // The password still works.
+    thief.login("alice").await;
+    server.stop().await;
+}

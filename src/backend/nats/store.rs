@@ -30,6 +30,8 @@ impl Store for NatsStore {
             password_hash: new.password_hash,
             created_at: new.created_at,
             last_login: None,
+            revoked_tokens: Vec::new(),
+            tokens_valid_from: 0,
         };
         // The record first, the unique name last: the name is the commit point.
         Nats::kv_put(&n.users, &format!("id.{id}"), &user).await?;
@@ -93,6 +95,16 @@ impl Store for NatsStore {
         })
         .await?;
         Ok(previous)
+    }
+
+    async fn revoke_token(&self, id: UserId, token: TokenId, now: i64) -> BackendResult<()> {
+        Nats::kv_modify::<User, _>(&self.0.users, &format!("id.{id}"), |u| {
+            let mut u = u.ok_or(BackendError::NotFound(Missing::User))?;
+            u.revoke(token.clone(), now);
+            Ok(u)
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn create_group(&self, new: NewGroup) -> BackendResult<(Group, Member)> {

@@ -74,17 +74,39 @@ impl ChatCore {
             .await?
             .filter(|u| u.uuid == claims.user_uuid)
             .ok_or(ChatError::UnknownUser)?;
-        self.finish_login(user).await
+        let presented = claims.token_id();
+        if user.is_revoked(&presented) {
+            return Err(ChatError::BadToken(
+                "the token was revoked by a logout: log in with your password".into(),
+            ));
+        }
+        let mut ok = self.finish_login(user).await?;
+        ok.tokens.push(presented);
+        Ok(ok)
+    }
+
+    /// Revokes a session's tokens on every node (a logout): a later token login with any of
+    /// them is refused. The revocations live in the user's record until the tokens expire.
+    pub async fn revoke_tokens(&self, me: &Me, tokens: &[TokenId]) -> ChatResult<()> {
+        let now = self.now_ms() / 1000;
+        for token in tokens {
+            self.backends
+                .store
+                .revoke_token(me.id, token.clone(), now)
+                .await?;
+        }
+        Ok(())
     }
 
     pub(in crate::core) async fn finish_login(&self, user: User) -> ChatResult<LoginOk> {
         let now = self.now_ms();
         let previous = self.backends.store.record_login(user.id, now).await?;
-        let token = self.auth.issue_token(&user, now / 1000);
+        let (token, issued) = self.auth.issue(&user, now / 1000);
         Ok(LoginOk {
             previous_login: previous.unwrap_or(user.created_at),
             user,
             token,
+            tokens: vec![issued],
         })
     }
 

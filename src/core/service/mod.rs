@@ -56,6 +56,9 @@ pub struct LoginOk {
     /// The previous login time (the registration time at the first login).
     pub previous_login: UnixMs,
     pub token: String,
+    /// The tokens a logout of this session revokes: the one issued now and, for a token
+    /// login, the one presented.
+    pub tokens: Vec<TokenId>,
 }
 
 /// A direct message as the client asked for it.
