@@ -1994,3 +1994,65 @@ async fn the_bus_follows_the_groups_with_local_members() {
     stop.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn password_guessing_is_throttled_per_username_and_per_address() {
+    let w = world().await;
+    w.user("alice").await;
+    let from = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+    let login = |addr: &'static str, name: &'static str, password: &'static str| {
+        let core = w.core.clone();
+        async move { core.login_password_from(from(addr), name, password).await }
+    };
+    // Per username: five free failures, the sixth blocks, even the right password.
+    for _ in 0..6 {
+        assert!(matches!(
+            login("10.0.0.1", "alice", "wrong-password").await,
+            Err(ChatError::WrongPassword)
+        ));
+    }
+    assert!(matches!(
+        login("10.0.0.9", "alice", PASSWORD).await,
+        Err(ChatError::TooManyAttempts { .. })
+    ));
+    w.clock.advance(Duration::from_secs(1));
+    assert!(login("10.0.0.9", "alice", PASSWORD).await.is_ok());
+
+    // Per address: unknown names count too, whatever the name.
+    for i in 0..6 {
+        let name: &'static str = Box::leak(format!("nobody{i}").into_boxed_str());
+        assert!(matches!(
+            login("10.0.0.2", name, "x-password").await,
+            Err(ChatError::UnknownUser)
+        ));
+    }
+    assert!(matches!(
+        login("10.0.0.2", "alice", PASSWORD).await,
+        Err(ChatError::TooManyAttempts { .. })
+    ));
+    assert!(login("10.0.0.3", "alice", PASSWORD).await.is_ok());
+}
+
+#[tokio::test]
+async fn registrations_are_throttled_per_address_but_not_from_loopback() {
+    let w = world().await;
+    let from = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+    for i in 0..5 {
+        w.core
+            .register_from(from("10.0.0.5"), &format!("u{i}x"), PASSWORD, "a@b.c")
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        w.core
+            .register_from(from("10.0.0.5"), "u5x", PASSWORD, "a@b.c")
+            .await,
+        Err(ChatError::TooManyAttempts { .. })
+    ));
+    for i in 0..10 {
+        w.core
+            .register_from(from("127.0.0.1"), &format!("local{i}"), PASSWORD, "a@b.c")
+            .await
+            .unwrap();
+    }
+}

@@ -179,6 +179,20 @@ impl Auth {
         Ok(hash)
     }
 
+    /// The same work as checking a password against a real hash, for a user that does not
+    /// exist: an unknown name must not answer faster than a wrong password.
+    pub async fn verify_nobody(&self, password: String) -> Result<(), HashError> {
+        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let hash = match DUMMY.get() {
+            Some(h) => h.clone(),
+            None => {
+                let h = self.hash_password("not anyone's password".into()).await?;
+                DUMMY.get_or_init(|| h).clone()
+            }
+        };
+        self.verify_password(password, hash).await.map(|_| ())
+    }
+
     /// Whether `password` matches the stored hash (false for an unreadable hash).
     pub async fn verify_password(&self, password: String, hash: String) -> Result<bool, HashError> {
         let _permit = self.hashing.clone().acquire_owned().await?;

@@ -67,6 +67,10 @@ pub enum ChatError {
     /// conversation or other content): the stored one is not this one.
     #[error("client_msg_id {0:?} was already used for a different message: use a new client_msg_id for each new message")]
     ClientMsgIdReused(String),
+    /// Too many failed logins for this account or from this address (or registrations from
+    /// this address): refused without work until the back-off has passed.
+    #[error("too many attempts: try again in {} s", .retry_after.as_secs().max(1))]
+    TooManyAttempts { retry_after: std::time::Duration },
     /// A backend could not answer; nothing was changed that the caller was told about.
     #[error("service temporarily unavailable ({0}); try again")]
     Unavailable(String),

@@ -14,6 +14,7 @@ pub mod model;
 pub mod names;
 pub mod ports;
 pub mod service;
+pub mod throttle;
 
 pub use error::{ChatError, ChatResult};
 pub use ports::LocalDelivery;

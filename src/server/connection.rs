@@ -119,9 +119,9 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
-    // Logged here, not kept: the peer's address would sit in the reader's state for the life
-    // of the connection only for the last log line (which names the connection id).
-    debug!(conn_id, peer = ?stream.peer_addr().ok(), "connection opened");
+    // Kept by the session only as the key of login and registration throttling.
+    let peer = stream.peer_addr().ok();
+    debug!(conn_id, peer = ?peer, "connection opened");
     let (rd, wr) = stream.into_split();
     let settings = ctx.settings();
     let shared = Arc::new(ConnShared::new(conn_id, settings.write_queue));
@@ -129,6 +129,7 @@ pub fn serve(
     // `open` already counts this connection.
     let overloaded = ctx.open.load(std::sync::atomic::Ordering::Relaxed) > settings.max_connections;
     let mut session = Session::new(ctx, conn_id, shared);
+    session.set_peer(peer.map(|p| p.ip()));
     if overloaded {
         session.set_overloaded();
     }

@@ -46,6 +46,10 @@ pub fn text(e: &ChatError) -> String {
         ChatError::BadCursor => {
             "invalid sync cursor: use the cursor of an earlier sync response, or none".into()
         }
+        ChatError::TooManyAttempts { retry_after } => format!(
+            "too many attempts from this address or for this account: try again in {} s",
+            retry_after.as_secs().max(1)
+        ),
         ChatError::ClientMsgIdReused(id) => format!(
             "client_msg_id {id:?} was already used for a different message: use a new client_msg_id for each new message"
         ),

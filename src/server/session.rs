@@ -5,6 +5,7 @@
 //! `{code,message}` for 212/214, `{"error"}`/`{"message"}` for group management, `{status}`
 //! for 311, 99 for P2P failures), next to the v2 frames.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -33,6 +34,8 @@ pub struct Session {
     me: Option<Me>,
     /// The login tokens a logout (106) of this session revokes.
     tokens: Vec<TokenId>,
+    /// The peer's address: the key of login and registration throttling.
+    peer: Option<IpAddr>,
     /// Accepted past `server.max_connections`: only told where to go (see `turn_away`).
     overloaded: bool,
 }
@@ -45,6 +48,7 @@ impl Session {
             shared,
             me: None,
             tokens: Vec::new(),
+            peer: None,
             overloaded: false,
         }
     }
@@ -56,6 +60,11 @@ impl Session {
     /// The state this connection shares with the hub and its writer.
     pub fn shared(&self) -> &Arc<ConnShared> {
         &self.shared
+    }
+
+    /// The peer's address (login and registration throttling count per address).
+    pub fn set_peer(&mut self, peer: Option<IpAddr>) {
+        self.peer = peer;
     }
 
     /// Marks this connection as over the node's capacity.
@@ -277,7 +286,7 @@ impl Session {
         match self
             .ctx
             .core
-            .register(&req.username, &req.password, &req.email)
+            .register_from(self.peer, &req.username, &req.password, &req.email)
             .await
         {
             Ok(user) => {
@@ -324,7 +333,7 @@ impl Session {
         } else {
             self.ctx
                 .core
-                .login_password(&req.username, &req.password)
+                .login_password_from(self.peer, &req.username, &req.password)
                 .await
         };
         let ok = match result {
@@ -335,6 +344,9 @@ impl Session {
                     ChatError::UnknownUser => (3, "用户不存在".to_string()),
                     ChatError::WrongPassword => (4, "密码错误".to_string()),
                     // Not the store's "try again" (code 5): a token that will never work.
+                    ChatError::TooManyAttempts { .. } => {
+                        (6, format!("登录失败: {}", errors::text(&e)))
+                    }
                     ChatError::BadToken(_) => {
                         (code::BAD_TOKEN, format!("登录失败: {}", errors::text(&e)))
                     }

@@ -235,3 +235,40 @@ async fn a_logout_revokes_that_sessions_token_and_no_other() {
     thief.login("alice").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn password_guessing_is_refused_after_a_few_failures() {
+    let server = TestServer::start().await;
+    server.user("victim").await;
+    let mut guesser = server.client().await;
+    let attempt = |password: &str| json!({"username": "victim", "password": password});
+    for i in 0..6 {
+        guesser
+            .send(ids::LOGIN_REQ, attempt(&format!("guess-{i}")))
+            .await;
+        assert_eq!(guesser.expect(ids::LOGIN_RESP).await["code"], 4);
+    }
+    // Blocked now, the right password included, and told when to come back.
+    guesser.send(ids::LOGIN_REQ, attempt(PASSWORD)).await;
+    let r = guesser.expect(ids::LOGIN_RESP).await;
+    assert_eq!(r["code"], 6, "{r}");
+    assert!(r["msg"].as_str().unwrap().contains("try again in"), "{r}");
+    // An unknown name costs the same work as a wrong password and counts the same way.
+    for _ in 0..6 {
+        guesser
+            .send(
+                ids::LOGIN_REQ,
+                json!({"username": "ghost", "password": "guess-1"}),
+            )
+            .await;
+        assert_eq!(guesser.expect(ids::LOGIN_RESP).await["code"], 3);
+    }
+    guesser
+        .send(
+            ids::LOGIN_REQ,
+            json!({"username": "ghost", "password": "guess-1"}),
+        )
+        .await;
+    assert_eq!(guesser.expect(ids::LOGIN_RESP).await["code"], 6);
+    server.stop().await;
+}

@@ -4,11 +4,32 @@ use super::*;
 use crate::core::error::{ChatError, ChatResult};
 use crate::core::model::*;
 use crate::core::names::{check_new_name, normalize, NameKind};
+use crate::core::throttle::address_key;
+use std::net::IpAddr;
 
 impl ChatCore {
     /// Registers a user. Empty fields are the protocol layer's business (they have their own
     /// reply); here the limits of `docs/protocol.md` §12.1 apply.
     pub async fn register(&self, username: &str, password: &str, email: &str) -> ChatResult<User> {
+        self.register_from(None, username, password, email).await
+    }
+
+    /// [`Self::register`] from `source`: registrations per address are throttled
+    /// ([`crate::core::throttle`]).
+    pub async fn register_from(
+        &self,
+        source: Option<IpAddr>,
+        username: &str,
+        password: &str,
+        email: &str,
+    ) -> ChatResult<User> {
+        if let Some(addr) = source.and_then(address_key) {
+            // Every attempt counts, a refused one too (it extends the back-off).
+            self.registrations.failed([addr.as_str()]);
+            self.registrations
+                .check([addr.as_str()])
+                .map_err(|retry_after| ChatError::TooManyAttempts { retry_after })?;
+        }
         check_len("username", username, 1, 50)?;
         let username = &check_new_name(NameKind::User, "username", username)?;
         if password.len() < 6 || password.len() > 128 {
@@ -43,10 +64,46 @@ impl ChatCore {
     }
 
     pub async fn login_password(&self, username: &str, password: &str) -> ChatResult<LoginOk> {
-        let user = self
-            .user_by_name(username)
-            .await?
-            .ok_or(ChatError::UnknownUser)?;
+        self.login_password_from(None, username, password).await
+    }
+
+    /// [`Self::login_password`] from `source`: failures are throttled per username and per
+    /// address ([`crate::core::throttle`]); a blocked attempt is refused without work.
+    pub async fn login_password_from(
+        &self,
+        source: Option<IpAddr>,
+        username: &str,
+        password: &str,
+    ) -> ChatResult<LoginOk> {
+        let user_key = format!("user:{}", normalize(username).to_lowercase());
+        let addr_key = source.and_then(address_key);
+        let keys = || std::iter::once(user_key.as_str()).chain(addr_key.as_deref());
+        self.login_failures
+            .check(keys())
+            .map_err(|retry_after| ChatError::TooManyAttempts { retry_after })?;
+        let result = self.check_password(username, password).await;
+        match &result {
+            Ok(_) => self.login_failures.succeeded([user_key.as_str()]),
+            Err(ChatError::UnknownUser | ChatError::WrongPassword) => {
+                self.login_failures.failed(keys())
+            }
+            Err(_) => {}
+        }
+        self.finish_login(result?).await
+    }
+
+    /// The user whose name and password these are; as much work for an unknown name as for a
+    /// wrong password.
+    async fn check_password(&self, username: &str, password: &str) -> ChatResult<User> {
+        let Some(user) = self.user_by_name(username).await? else {
+            if password.len() <= 128 {
+                self.auth
+                    .verify_nobody(password.to_string())
+                    .await
+                    .map_err(|e| ChatError::Internal(e.to_string()))?;
+            }
+            return Err(ChatError::UnknownUser);
+        };
         // A password longer than any we accept cannot match: refuse before hashing it.
         if password.len() > 128 {
             return Err(ChatError::WrongPassword);
@@ -59,7 +116,7 @@ impl ChatCore {
         if !ok {
             return Err(ChatError::WrongPassword);
         }
-        self.finish_login(user).await
+        Ok(user)
     }
 
     pub async fn login_token(&self, token: &str) -> ChatResult<LoginOk> {

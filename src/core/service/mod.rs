@@ -21,6 +21,7 @@ use super::directory::{DeliveredSends, MembershipCache, UserDirectory};
 use super::error::{ChatError, ChatResult};
 use super::model::*;
 use super::ports::{AppendAck, Backends, Clock, LocalDelivery};
+use crate::core::throttle::{Policy, Throttle};
 
 /// Limits that can change while running (live settings).
 #[derive(Debug, Clone)]
@@ -215,6 +216,10 @@ pub struct ChatCore {
     memberships: MembershipCache,
     /// Keyed sends delivered by this node (a retry of one is not pushed again).
     delivered: DeliveredSends,
+    /// Failed logins per username and per source address.
+    login_failures: Throttle,
+    /// Registrations per source address.
+    registrations: Throttle,
     clock: Arc<dyn Clock>,
 }
 
@@ -255,6 +260,8 @@ impl ChatCore {
             directory: UserDirectory::default(),
             memberships: MembershipCache::new(clock.clone()),
             delivered: DeliveredSends::default(),
+            login_failures: Throttle::new(Policy::LOGIN, clock.clone()),
+            registrations: Throttle::new(Policy::REGISTER, clock.clone()),
             clock,
         }
     }
