@@ -16,4 +16,5 @@ mod errors;
 mod groups;
 mod http;
 mod load;
+mod memory;
 mod names;
