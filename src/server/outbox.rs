@@ -173,6 +173,8 @@ impl Outbox {
     pub fn close(&self) {
         self.lock().closed = true;
         self.writer.wake();
+        // A reader waiting for room (`reply_room_free`, `push`) looks again: it is closed.
+        self.room.notify_one();
     }
 
     /// Wakes the writer without queueing anything (it has something else to look at).
