@@ -377,3 +377,51 @@ async fn a_connection_closed_by_the_write_timeout_gets_the_reason_and_is_counted
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_history_pages_are_cut_at_the_reply_cap_and_page_on_by_last_id() {
+    const REPLY_BYTES: usize = 32 << 10;
+    let server = TestServer::with(|c| {
+        c.protocol.max_reply_bytes = REPLY_BYTES;
+        c.protocol.rate_per_sec = 1_000_000;
+        c.protocol.rate_burst = 1_000_000;
+    })
+    .await;
+    let mut bob = server.user("bob").await;
+    let gid = bob.create_group("big").await;
+    for i in 0..MESSAGES {
+        let ack = bob.group_msg(gid, &content(i)).await;
+        assert_eq!(ack["status"], 0, "{ack}");
+    }
+    let mut last_id = 0;
+    let mut seen = Vec::new();
+    loop {
+        bob.send(
+            ids::GROUP_HISTORY_REQ,
+            json!({"group_id": gid, "last_id": last_id, "limit": 100}),
+        )
+        .await;
+        let f = bob.next_frame().await.expect("open");
+        assert_eq!(f.id, ids::GROUP_HISTORY_RESP);
+        assert!(
+            f.body.len() <= REPLY_BYTES + CONTENT + 512,
+            "{}",
+            f.body.len()
+        );
+        let page = body_json(&f.body);
+        let items = page["messages"].as_array().unwrap();
+        assert!(!items.is_empty());
+        for m in items {
+            seen.push(m["content"].as_str().unwrap()[..5].to_string());
+        }
+        last_id = items.last().unwrap()["id"].as_u64().unwrap();
+        if page["has_more"] == false {
+            break;
+        }
+        assert!(items.len() < MESSAGES, "a cut page: {}", items.len());
+    }
+    // Newest first, every message once.
+    let expected: Vec<String> = (0..MESSAGES).rev().map(|i| format!("m{i:04}")).collect();
+    assert_eq!(seen, expected);
+    server.stop().await;
+}
