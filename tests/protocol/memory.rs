@@ -257,7 +257,7 @@ async fn pipelined_syncs_and_histories_never_read_stay_within_the_connection_byt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_node_budget_the_connections_holding_the_most_are_closed_with_a_reason() {
     const BUDGET: u64 = 1 << 20;
-    const PER_CONN: usize = 40;
+    const PER_CONN: usize = 100;
     let (server, http, mut conns) = setup(|c| {
         // Each connection alone may queue far more than the node: only the node's budget
         // stops them. Replies are not cut (one is ~330 KB).
@@ -271,12 +271,13 @@ async fn past_the_node_budget_the_connections_holding_the_most_are_closed_with_a
         c.send_raw(&attack).await;
     }
     let peak = watch(http, rss()).await;
-    // Unbounded: 4 × 40 × ~330 KB = 52 MB asked for, ~36 MB of it queued beyond what the
+    // Unbounded: 4 × 100 × ~330 KB = 130 MB asked for, most of it queued beyond what the
     // sockets hold. Bounded: the budget, plus at most a reply or two per connection while the
     // closes happen.
     let node = peak.node_bytes.unwrap_or(f64::INFINITY);
-    // Each connection wants ~13 MB, more than its socket takes (~4 MiB) plus the whole node
-    // budget: every one of them is closed in turn, with the reason, after what was written.
+    // Each connection wants ~33 MB, far more than its socket takes (tcp_wmem's maximum, 4 MiB
+    // by default) plus the whole node budget: every one of them is closed in turn, with the
+    // reason, after what was written.
     for c in conns.iter_mut() {
         let frames = c.until_closed().await;
         let last = frames.last().expect("some frames");
@@ -314,7 +315,8 @@ async fn a_connection_closed_by_the_write_timeout_gets_the_reason_and_is_counted
     // Bob never reads; alice pushes more than bob's socket holds. Neither queue limit is in
     // reach, so the writer's timeout closes bob (#14 finding 10): once bob reads again, the
     // frame the write stopped in is completed and the reason follows.
-    const SENDS: usize = 1000;
+    // ~20 MB: more than the node's socket buffer towards bob takes (4 MiB by default).
+    const SENDS: usize = 2500;
     let server = TestServer::with(|c| {
         c.protocol.rate_per_sec = 1_000_000;
         c.protocol.rate_burst = 1_000_000;
