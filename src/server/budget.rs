@@ -97,8 +97,13 @@ impl WriteBudget {
         self.queued() > self.limit()
     }
 
+    /// Counts `n` more bytes. Callers add under their queue's lock, before the writer can take
+    /// (and `sub`) them, so the count never goes below zero.
     pub(super) fn add(&self, n: usize) {
-        let now = self.queued.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let now = self
+            .queued
+            .fetch_add(n as u64, Ordering::Relaxed)
+            .wrapping_add(n as u64);
         if now > self.limit.load(Ordering::Relaxed) {
             self.over.notify_one();
         }

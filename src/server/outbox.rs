@@ -115,8 +115,9 @@ impl Outbox {
         }
         s.frames.push_back(frame);
         s.bytes += len;
-        drop(s);
+        // Counted before the lock is released: the writer cannot take (and subtract) it first.
         self.node.add(len);
+        drop(s);
         self.writer.wake();
         Ok(())
     }
