@@ -323,7 +323,8 @@ async fn a_connection_closed_by_the_write_timeout_gets_the_reason_and_is_counted
         c.protocol.write_queue = 1 << 20;
         c.protocol.write_queue_bytes = 1 << 30;
         c.server.write_queue_budget = 1 << 32;
-        c.protocol.write_timeout = Duration::from_secs(1);
+        // Also the time the reason has to get through once bob reads again.
+        c.protocol.write_timeout = Duration::from_secs(3);
     })
     .await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
