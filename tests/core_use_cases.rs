@@ -1748,6 +1748,43 @@ async fn sync_pages_through_every_conversation_in_log_order() {
 }
 
 #[tokio::test]
+async fn a_size_capped_sync_ends_at_the_last_item_it_holds_and_the_delivery_cursor_too() {
+    // The server's reply cap (protocol.max_reply_bytes) refuses items past its size: the page
+    // ends before the first refused one, says has_more, and neither its cursor nor the user's
+    // delivery cursor passes what it holds (#14 finding 1).
+    let w = world().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let c = w.send(&alice, 1, text("bob", &format!("m{i}"), "")).await;
+        sent.push(c.appended.message.seq);
+    }
+    let mut asked = 0;
+    let mut two = |_: &StoredMessage| {
+        asked += 1;
+        asked <= 2
+    };
+    let page = w.core.sync_within(&bob, None, 100, &mut two).await.unwrap();
+    assert_eq!(seqs(&page.messages), sent[..2].to_vec());
+    assert!(page.has_more);
+    assert_eq!(page.cursor, sent[1]);
+    assert_eq!(w.cursor(bob.id).await.delivered, sent[1]);
+    // Even a cap that refuses everything returns the first item.
+    let page = w
+        .core
+        .sync_within(&bob, Some(page.cursor), 100, &mut |_| false)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page.messages), vec![sent[2]]);
+    assert!(page.has_more);
+    // Paging on without a cap brings the rest.
+    let page = w.core.sync(&bob, Some(page.cursor), 100).await.unwrap();
+    assert_eq!(seqs(&page.messages), sent[3..].to_vec());
+    assert!(!page.has_more);
+}
+
+#[tokio::test]
 async fn sync_without_cursor_resumes_at_the_oldest_undelivered_message_and_settles_it() {
     let w = world().await;
     let alice = w.user("alice").await;

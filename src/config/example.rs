@@ -32,6 +32,9 @@ max_connections = 100000
 # How long a graceful shutdown (SIGTERM) may take to drain the connections (1s to 1h).
 # Keep the unit's TimeoutStopSec above it (systemd/chat-zinx.service).
 drain_window = "10s"
+# Bytes queued towards all connections together (at least 1048576). Past it, the connections
+# holding the most unread data are closed (99 code 9) until the node is under it again.
+write_queue_budget = 536870912
 
 [protocol]
 # Largest inbound frame body in bytes (64 to 16777216).
@@ -40,6 +43,12 @@ max_body = 8192
 idle_timeout = "3m"
 # Frames queued towards one connection before it counts as a slow consumer (at least 8).
 write_queue = 256
+# Bytes queued towards one connection (at least 65536). Replies may fill half of it (the
+# server stops reading the connection meanwhile); a push past it disconnects the slow reader.
+write_queue_bytes = 4194304
+# Bytes of one history or sync reply (at least 16384; the first item always goes). A longer
+# page is cut there: the client pages on (has_more, last_id, cursor).
+max_reply_bytes = 1048576
 # A connection whose socket accepts no bytes for this long is disconnected.
 write_timeout = "10s"
 # Sustained inbound frames per second per connection (token bucket rate, at least 1).

@@ -94,6 +94,12 @@ pub const KEYS: &[KeyInfo] = &[
         live: None,
     },
     KeyInfo {
+        key: "server.write_queue_budget",
+        expected: "an integer number of bytes of at least 1048576",
+        reloadable: true,
+        live: None,
+    },
+    KeyInfo {
         key: "protocol.max_body",
         expected: "an integer number of bytes between 64 and 16777216",
         reloadable: true,
@@ -108,6 +114,18 @@ pub const KEYS: &[KeyInfo] = &[
     KeyInfo {
         key: "protocol.write_queue",
         expected: "an integer number of frames of at least 8",
+        reloadable: true,
+        live: None,
+    },
+    KeyInfo {
+        key: "protocol.write_queue_bytes",
+        expected: "an integer number of bytes of at least 65536",
+        reloadable: true,
+        live: None,
+    },
+    KeyInfo {
+        key: "protocol.max_reply_bytes",
+        expected: "an integer number of bytes of at least 16384",
         reloadable: true,
         live: None,
     },

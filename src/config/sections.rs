@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// How long a graceful shutdown (SIGTERM) may take to drain the connections.
     #[serde(with = "humantime_serde")]
     pub drain_window: Duration,
+    /// Bytes queued towards all connections of the node together; past it the connections
+    /// holding the most are closed.
+    pub write_queue_budget: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -57,6 +60,11 @@ pub struct ProtocolConfig {
     pub idle_timeout: Duration,
     /// Frames queued towards one connection before it counts as a slow consumer.
     pub write_queue: usize,
+    /// Bytes queued towards one connection before it counts as a slow consumer (replies may
+    /// fill half of it).
+    pub write_queue_bytes: usize,
+    /// Bytes of one history or sync reply, beyond its first item.
+    pub max_reply_bytes: usize,
     /// A connection whose socket accepts no bytes for this long is disconnected.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -226,6 +234,7 @@ impl Default for ServerConfig {
             advertise_addr: None,
             max_connections: 100_000,
             drain_window: Duration::from_secs(10),
+            write_queue_budget: 512 << 20,
         }
     }
 }
@@ -236,6 +245,8 @@ impl Default for ProtocolConfig {
             max_body: 8192,
             idle_timeout: Duration::from_secs(180),
             write_queue: 256,
+            write_queue_bytes: 4 << 20,
+            max_reply_bytes: 1 << 20,
             write_timeout: Duration::from_secs(10),
             rate_per_sec: 200,
             rate_burst: 400,

@@ -51,6 +51,7 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
         s.advertise_addr.as_deref().is_none_or(valid_host_port),
     );
     check("server.max_connections", s.max_connections >= 1);
+    check("server.write_queue_budget", s.write_queue_budget >= 1 << 20);
     check(
         "server.drain_window",
         (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.drain_window),
@@ -65,6 +66,11 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
         p.idle_timeout >= Duration::from_secs(1),
     );
     check("protocol.write_queue", p.write_queue >= 8);
+    check(
+        "protocol.write_queue_bytes",
+        p.write_queue_bytes >= 64 << 10,
+    );
+    check("protocol.max_reply_bytes", p.max_reply_bytes >= 16 << 10);
     check("protocol.write_timeout", !p.write_timeout.is_zero());
     check("protocol.rate_per_sec", p.rate_per_sec >= 1);
     check("protocol.rate_burst", p.rate_burst >= 1);

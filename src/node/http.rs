@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 
 use super::health::{self, Health};
 use super::NodeState;
+use crate::server::budget::SlowClose;
 use crate::telemetry::metrics::{LiveStats, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 
 /// HTTP connections served at once; more are closed at once (a scraper and a few probes need
@@ -173,6 +174,12 @@ pub async fn render_metrics(state: &NodeState) -> String {
         let n = c.shared.outbox.len() as u64;
         (sum + n, max.max(n))
     });
+    let outbox_bytes_max = conns
+        .iter()
+        .map(|c| c.shared.outbox.queued_bytes() as u64)
+        .max()
+        .unwrap_or(0);
+    let closes = SlowClose::ALL.map(|why| (why.label(), ctx.budget.closes(why)));
     let stats = &ctx.hub.stats;
     ctx.metrics.render(&LiveStats {
         node_id: ctx.core.node_id(),
@@ -183,7 +190,11 @@ pub async fn render_metrics(state: &NodeState) -> String {
         outbox_frames_max,
         pushes: stats.pushes.load(Ordering::Relaxed),
         pushes_missed: stats.missed.load(Ordering::Relaxed),
-        slow_consumers: stats.slow_consumers.load(Ordering::Relaxed),
+        outbox_bytes: ctx.budget.queued(),
+        outbox_bytes_budget: ctx.budget.limit(),
+        outbox_bytes_max,
+        slow_consumer_closes: &closes,
+        slow_consumers: closes.iter().map(|(_, n)| n).sum(),
         delivery_latency: &stats.delivery_latency,
         backends: Some(&backends),
     })

@@ -186,6 +186,10 @@ impl Node {
         tasks.spawn(backends.registry.clone().run(shutdown.clone()));
         tasks.spawn(backends.presence.clone().run(shutdown.clone()));
         tasks.spawn(report_load(ctx.clone(), LOAD_REPORT, shutdown.clone()));
+        tasks.spawn(crate::server::budget::enforce(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
         if let Some(settings) = wiring::consul_settings(&config.consul) {
             let watcher = KvWatcher::new(&settings, live_settings_applier(&state))
                 .context("cannot set up the Consul client (consul.addr)")?;

@@ -27,6 +27,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::budget::SlowClose;
 use super::sends::Pipeline;
 use super::session::Session;
 use super::shared::ConnShared;
@@ -124,7 +125,12 @@ pub fn serve(
     debug!(conn_id, peer = ?peer, "connection opened");
     let (rd, wr) = stream.into_split();
     let settings = ctx.settings();
-    let shared = Arc::new(ConnShared::new(conn_id, settings.write_queue));
+    let shared = Arc::new(ConnShared::new(
+        conn_id,
+        settings.write_queue,
+        settings.write_queue_bytes,
+        ctx.budget.clone(),
+    ));
     let writer = tokio::spawn(write_loop(wr, shared.clone(), settings.write_timeout));
     // `open` already counts this connection.
     let overloaded = ctx.open.load(std::sync::atomic::Ordering::Relaxed) > settings.max_connections;
@@ -296,6 +302,14 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
                     {
                         return EndReason::ClosedByServer;
                     }
+                    // A reply is produced only when the queue has room for it: while it holds
+                    // its share of unread replies, no request is handled and the socket is not
+                    // read (TCP pushes back on the client). Boxed: a rare wait.
+                    if !r.session.shared().outbox.has_reply_room()
+                        && Box::pin(r.session.reply_room()).await.is_err()
+                    {
+                        return EndReason::ClosedByServer;
+                    }
                     if Box::pin(r.session.handle(frame)).await.is_err() {
                         return EndReason::ClosedByServer;
                     }
@@ -355,10 +369,11 @@ fn write_loop(
     async move {
         let mut batch: Vec<u8> = Vec::new();
         let mut log = WrittenLog::default();
-        // `Err` when a write was cut off (with the lowest log position of its batch): the
-        // stream may then end inside a frame, so nothing more can be appended to it.
-        let (failed_from, at_frame_boundary) = {
-            let ended: Result<(), Option<Seq>> = loop {
+        // `Err` when a write was cut off (with the lowest log position of its batch, and when
+        // it timed out the rest of the frame it stopped in): the stream may then end inside a
+        // frame, so only that rest can be appended to it.
+        let (failed_from, at_frame_boundary, rest) = {
+            let ended: Result<(), (Option<Seq>, Option<bytes::Bytes>)> = loop {
                 // A close request first, then frames (a graceful close, a drain, writes what
                 // is queued, then ends). Register before looking at either.
                 let taken = std::future::poll_fn(|cx| {
@@ -382,9 +397,10 @@ fn write_loop(
                 };
                 let low = min_seq.unwrap_or(0);
                 let bytes: &[u8] = single.as_deref().unwrap_or(&batch);
+                let mut done = 0;
                 match tokio::time::timeout(
                     Duration::from_millis(u64::from(timeout_ms)),
-                    wr.write_all(bytes),
+                    write_counted(&mut wr, bytes, &mut done),
                 )
                 .await
                 {
@@ -396,14 +412,19 @@ fn write_loop(
                     }
                     Ok(Err(_)) => {
                         shared.request_close(code::INTERNAL, "write failed");
-                        break Err((low > 0).then_some(low));
+                        break Err(((low > 0).then_some(low), None));
                     }
                     Err(_) => {
-                        shared.request_close(
+                        if shared.request_close(
                             code::SLOW_CONSUMER,
                             "slow consumer: the socket accepted nothing within the write timeout",
-                        );
-                        break Err((low > 0).then_some(low));
+                        ) {
+                            shared.outbox.budget().count_close(SlowClose::WriteTimeout);
+                        }
+                        // The rest of the frame the write stopped in, so that the reason can
+                        // still follow at a frame boundary (best effort, see `say_goodbye`).
+                        let rest = bytes::Bytes::copy_from_slice(frame_rest(bytes, done));
+                        break Err(((low > 0).then_some(low), Some(rest)));
                     }
                 }
                 batch.clear();
@@ -412,7 +433,10 @@ fn write_loop(
                     batch = Vec::new();
                 }
             };
-            (ended.err().flatten(), ended.is_ok())
+            match ended {
+                Ok(()) => (None, true, None),
+                Err((from, rest)) => (from, false, rest),
+            }
         };
         let mut outcome = DeliveryOutcome::default();
         let (settled, uncertain) = log.finish();
@@ -425,6 +449,7 @@ fn write_loop(
             wr,
             &shared,
             at_frame_boundary,
+            rest,
             Duration::from_millis(u64::from(timeout_ms)),
         ))
         .await;
@@ -432,16 +457,51 @@ fn write_loop(
     }
 }
 
+/// Writes `bytes`, counting in `done` what the socket took (so that a write cut off by the
+/// write timeout knows where it stopped).
+async fn write_counted(wr: &mut OwnedWriteHalf, bytes: &[u8], done: &mut usize) -> io::Result<()> {
+    while *done < bytes.len() {
+        match wr.write(&bytes[*done..]).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => *done += n,
+        }
+    }
+    Ok(())
+}
+
+/// What remains of the frame that a write of whole frames `bytes` stopped in after `done`
+/// bytes (empty when it stopped at a frame boundary).
+fn frame_rest(bytes: &[u8], done: usize) -> &[u8] {
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = FrameCodec::peek_header(&bytes[start..])
+            .map_or(bytes.len(), |(_, len)| start + codec::HEADER_LEN + len)
+            .min(bytes.len());
+        if done < end {
+            return if done <= start {
+                &[]
+            } else {
+                &bytes[done..end]
+            };
+        }
+        start = end;
+    }
+    &[]
+}
+
 /// The writer's last words: the reason of a close requested by the server (when the stream is
-/// still at a frame boundary and the socket takes it within the write timeout), then the
+/// at a frame boundary, or can be brought to one by writing `rest`, the remainder of the frame
+/// a timed-out write stopped in, and the socket takes it within the write timeout), then the
 /// shutdown of the sending side.
 async fn say_goodbye(
     mut wr: OwnedWriteHalf,
     shared: &ConnShared,
     at_frame_boundary: bool,
+    rest: Option<bytes::Bytes>,
     write_timeout: Duration,
 ) {
-    if let (Some(reason), true) = (shared.close_reason(), at_frame_boundary) {
+    let reachable = at_frame_boundary || rest.is_some();
+    if let (Some(reason), true) = (shared.close_reason(), reachable) {
         // 99 is in the v1 id table.
         let body = serde_json::to_vec(&ErrorResp {
             code: reason.code,
@@ -450,7 +510,13 @@ async fn say_goodbye(
         })
         .unwrap_or_default();
         let frame = codec::encode(ids::ERROR, &body);
-        let _ = tokio::time::timeout(write_timeout, wr.write_all(&frame)).await;
+        let _ = tokio::time::timeout(write_timeout, async {
+            if let Some(rest) = rest {
+                wr.write_all(&rest).await?;
+            }
+            wr.write_all(&frame).await
+        })
+        .await;
     }
     let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
 }
@@ -505,6 +571,17 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rest_of_a_cut_frame_ends_at_its_boundary() {
+        let mut bytes = codec::encode(7, b"abc").to_vec(); // 11 bytes
+        bytes.extend_from_slice(&codec::encode(8, b"defgh")); // 13 more
+        assert_eq!(frame_rest(&bytes, 0), b"");
+        assert_eq!(frame_rest(&bytes, 9), b"bc");
+        assert_eq!(frame_rest(&bytes, 11), b"", "at a boundary");
+        assert_eq!(frame_rest(&bytes, 12).len(), 12);
+        assert_eq!(frame_rest(&bytes, 24), b"");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn rate_limiter_allows_the_burst_then_spaces_frames() {

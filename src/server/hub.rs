@@ -22,6 +22,7 @@ use crate::core::model::{ConnId, GroupId, MessageBody, Seq, StoredMessage, UserI
 use crate::core::LocalDelivery;
 use crate::telemetry::metrics::DeliveryLatency;
 
+use super::budget::SlowClose;
 use super::outbox::{Outbound, PushError};
 use super::shared::ConnShared;
 use super::wire::push_frame;
@@ -215,15 +216,18 @@ impl Hub {
             }
             Ok(false) => true,
             Err(PushError::Full) => {
-                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 info!(
                     conn_id = conn.shared.conn_id,
+                    queued_bytes = conn.shared.outbox.queued_bytes(),
                     "slow consumer: write queue full, disconnecting"
                 );
-                conn.shared.request_close(
+                if conn.shared.request_close(
                     CODE_SLOW_CONSUMER,
                     "slow consumer: you did not read fast enough and missed pushes; reconnect and sync",
-                );
+                ) {
+                    self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    conn.shared.outbox.budget().count_close(SlowClose::PushFull);
+                }
                 false
             }
             Err(PushError::Closed) => false,
@@ -431,7 +435,12 @@ mod tests {
 
     fn conn(id: ConnId, queue: usize) -> ConnHandle {
         ConnHandle {
-            shared: Arc::new(ConnShared::new(id, queue)),
+            shared: Arc::new(ConnShared::new(
+                id,
+                queue,
+                usize::MAX,
+                crate::server::budget::WriteBudget::unlimited(),
+            )),
         }
     }
 

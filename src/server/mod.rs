@@ -7,6 +7,7 @@
 //! The node (`crate::node`) builds the context every connection shares ([`ServerCtx`]) and
 //! runs [`accept_loop`] on its task tracker.
 
+pub mod budget;
 pub mod connection;
 pub mod drain;
 pub mod errors;
@@ -39,6 +40,14 @@ pub struct ConnSettings {
     pub max_body: usize,
     pub idle_timeout: Duration,
     pub write_queue: usize,
+    /// Bytes queued towards one connection at most (`protocol.write_queue_bytes`).
+    pub write_queue_bytes: usize,
+    /// Bytes of one history or sync reply at most, beyond its first item
+    /// (`protocol.max_reply_bytes`).
+    pub max_reply_bytes: usize,
+    /// Bytes queued towards all connections of the node at most
+    /// (`server.write_queue_budget`).
+    pub write_queue_budget: u64,
     pub write_timeout: Duration,
     pub rate_per_sec: u32,
     pub rate_burst: u32,
@@ -55,6 +64,8 @@ pub struct ServerCtx {
     pub open: AtomicU64,
     /// Set by a drain: the 406 frame for v2 connections closed at shutdown.
     pub redirect: RwLock<Option<bytes::Bytes>>,
+    /// Bytes queued towards every connection, and their limit (see [`budget`]).
+    pub budget: Arc<budget::WriteBudget>,
 }
 
 impl ServerCtx {
@@ -68,6 +79,7 @@ impl ServerCtx {
             core,
             hub,
             metrics,
+            budget: Arc::new(budget::WriteBudget::new(settings.write_queue_budget)),
             settings: RwLock::new(settings),
             open: AtomicU64::new(0),
             redirect: RwLock::new(None),
@@ -82,6 +94,7 @@ impl ServerCtx {
     }
 
     pub fn set_settings(&self, s: ConnSettings) {
+        self.budget.set_limit(s.write_queue_budget);
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = s;
     }
 }

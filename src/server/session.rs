@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
+use super::budget::SlowClose;
 use super::hub::ConnHandle;
 use super::outbox::Outbound;
 use super::sends::{self, Pipeline, Replies, NOT_LOGGED_IN_V2};
@@ -80,20 +81,48 @@ impl Session {
     async fn send_raw(&self, frame: Outbound) -> Result<(), Closed> {
         let timeout = self.ctx.settings().write_timeout;
         match tokio::time::timeout(timeout, self.shared.outbox.push(frame)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                // Past the node's budget, the closes happen here and now, before this reader
+                // produces another reply (the enforcer task does it for pushes).
+                if self.ctx.budget.is_over() {
+                    super::budget::enforce_once(&self.ctx);
+                }
+                Ok(())
+            }
             Ok(Err(_)) => Err(Closed),
             Err(_) => {
-                self.ctx
-                    .hub
-                    .stats
-                    .slow_consumers
-                    .fetch_add(1, Ordering::Relaxed);
-                self.shared.request_close(
-                    code::SLOW_CONSUMER,
-                    "slow consumer: replies were not read within the write timeout",
-                );
+                self.replies_not_read();
                 Err(Closed)
             }
+        }
+    }
+
+    /// Waits (bounded by the write timeout) until the write queue has room for a reply (see
+    /// `Outbox::reply_room`); the reader calls it before handling a request.
+    pub async fn reply_room(&self) -> Result<(), Closed> {
+        let timeout = self.ctx.settings().write_timeout;
+        match tokio::time::timeout(timeout, self.shared.outbox.reply_room_free()).await {
+            Ok(()) if !self.shared.is_closing() => Ok(()),
+            Ok(()) => Err(Closed),
+            Err(_) => {
+                self.replies_not_read();
+                Err(Closed)
+            }
+        }
+    }
+
+    /// Closes the connection as a slow consumer: its replies were not read.
+    fn replies_not_read(&self) {
+        if self.shared.request_close(
+            code::SLOW_CONSUMER,
+            "slow consumer: replies were not read within the write timeout",
+        ) {
+            self.ctx
+                .hub
+                .stats
+                .slow_consumers
+                .fetch_add(1, Ordering::Relaxed);
+            self.ctx.budget.count_close(SlowClose::ReplyWait);
         }
     }
 
@@ -550,12 +579,17 @@ impl Session {
             .await
         {
             Ok(messages) => {
+                // The newest messages that fit in the reply cap (at least one), oldest first.
+                let mut data: Vec<_> = messages.iter().rev().map(wire::history_item).collect();
+                let fit = fitting(&data, self.ctx.settings().max_reply_bytes);
+                data.truncate(fit);
+                data.reverse();
                 self.send(
                     ids::HISTORY_RESP,
                     &m::HistoryResp {
                         code: 0,
                         message: "成功".into(),
-                        data: messages.iter().map(wire::history_item).collect(),
+                        data,
                     },
                 )
                 .await
@@ -814,16 +848,19 @@ impl Session {
                 };
                 match core.group_history(&me, r.group_id, r.last_id, limit).await {
                     Ok(page) => {
+                        // Newest first: the newest that fit in the reply cap (at least one);
+                        // the client pages on from the smallest id it got.
+                        let mut messages: Vec<_> =
+                            page.messages.iter().map(wire::group_history_item).collect();
+                        let fit = fitting(&messages, self.ctx.settings().max_reply_bytes);
+                        let has_more = page.has_more || fit < messages.len();
+                        messages.truncate(fit);
                         self.send(
                             resp_id,
                             &m::GroupHistoryResp {
                                 group_id: r.group_id,
-                                messages: page
-                                    .messages
-                                    .iter()
-                                    .map(wire::group_history_item)
-                                    .collect(),
-                                has_more: page.has_more,
+                                messages,
+                                has_more,
                             },
                         )
                         .await
@@ -885,7 +922,24 @@ impl Session {
         } else {
             req.limit as usize
         };
-        match self.ctx.core.sync(&me, cursor, limit).await {
+        // The page stops before the item that would take it past the reply cap (the first
+        // item always goes): the core then says `has_more` and the cursor is the last item's.
+        let cap = self.ctx.settings().max_reply_bytes;
+        let mut used = 0usize;
+        let mut fits = |msg: &crate::core::model::StoredMessage| {
+            let n = json_len(&wire::push_of(msg).1) + 1;
+            let ok = used == 0 || used + n <= cap;
+            if ok {
+                used += n;
+            }
+            ok
+        };
+        match self
+            .ctx
+            .core
+            .sync_within(&me, cursor, limit, &mut fits)
+            .await
+        {
             Ok(page) => {
                 let messages = page
                     .messages
@@ -908,6 +962,36 @@ impl Session {
             }
         }
     }
+}
+
+/// How many of `items` (in the order given) fit in a reply of `cap` bytes of JSON: at least one,
+/// then as long as their encodings (and separating commas) stay within `cap`.
+fn fitting<T: Serialize>(items: &[T], cap: usize) -> usize {
+    let mut used = 0usize;
+    for (i, item) in items.iter().enumerate() {
+        used += json_len(item) + 1;
+        if i > 0 && used > cap {
+            return i;
+        }
+    }
+    items.len()
+}
+
+/// The length of `value` encoded as JSON, without building the encoding.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, value);
+    c.0
 }
 
 fn err_body(text: &str) -> m::ErrorBody {

@@ -5,13 +5,14 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
 use crate::core::model::{ConnId, Seq};
 
+use super::budget::WriteBudget;
 use super::outbox::{Outbound, Outbox, PushError};
 
 /// How live pushes and the login backlog share out the messages of a login (see
@@ -60,10 +61,16 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    pub fn new(conn_id: ConnId, queue_capacity: usize) -> Self {
+    /// `queue_frames` and `queue_bytes` bound the outbox; its bytes count in `node`.
+    pub fn new(
+        conn_id: ConnId,
+        queue_frames: usize,
+        queue_bytes: usize,
+        node: Arc<WriteBudget>,
+    ) -> Self {
         ConnShared {
             conn_id,
-            outbox: Outbox::new(queue_capacity),
+            outbox: Outbox::new(queue_frames, queue_bytes, node),
             v2: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             reader: AtomicWaker::new(),
@@ -118,10 +125,12 @@ impl ConnShared {
         self.graceful.load(Ordering::SeqCst)
     }
 
-    /// Asks the connection to close with a reason; the first reason wins.
-    pub fn request_close(&self, code: u32, message: impl Into<String>) {
+    /// Asks the connection to close with a reason; the first reason wins. Returns whether
+    /// this reason is the one (so that a close is counted once).
+    pub fn request_close(&self, code: u32, message: impl Into<String>) -> bool {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if r.is_none() {
+        let first = r.is_none();
+        if first {
             *r = Some(Box::new(CloseReason {
                 code,
                 message: message.into(),
@@ -129,6 +138,7 @@ impl ConnShared {
         }
         drop(r);
         self.set_closing();
+        first
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -223,7 +233,12 @@ mod tests {
 
     #[test]
     fn the_login_filter_shares_a_backlog_with_live_pushes() {
-        let shared = ConnShared::new(1, 16);
+        let shared = ConnShared::new(
+            1,
+            16,
+            1 << 20,
+            crate::server::budget::WriteBudget::unlimited(),
+        );
         assert!(push(&shared, 1));
         shared.start_recording();
         // Pushed while the backlog is read: recorded, the backlog leaves it out.

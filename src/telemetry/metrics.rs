@@ -184,6 +184,13 @@ pub struct LiveStats<'a> {
     /// Frames waiting in the write queues of logged-in connections, in total and the largest.
     pub outbox_frames: u64,
     pub outbox_frames_max: u64,
+    /// Bytes waiting in the write queues of all connections (the node's count, see
+    /// `server.write_queue_budget`), its limit, and the largest queue of a logged-in connection.
+    pub outbox_bytes: u64,
+    pub outbox_bytes_budget: u64,
+    pub outbox_bytes_max: u64,
+    /// Connections closed because their client did not read, by reason (label, count).
+    pub slow_consumer_closes: &'a [(&'static str, u64)],
     /// Hub counters.
     pub pushes: u64,
     pub pushes_missed: u64,
@@ -494,6 +501,30 @@ impl Metrics {
             gauge(live.outbox_frames_max),
         );
         scrape.register(
+            "outbox_bytes",
+            "Bytes waiting in the write queues of all connections of this node",
+            gauge(live.outbox_bytes),
+        );
+        scrape.register(
+            "outbox_bytes_budget",
+            "Limit of outbox_bytes (server.write_queue_budget): past it the connections holding the most are closed",
+            gauge(live.outbox_bytes_budget),
+        );
+        scrape.register(
+            "outbox_bytes_max",
+            "Bytes waiting in the largest write queue of a logged-in connection on this node",
+            gauge(live.outbox_bytes_max),
+        );
+        let closes = Family::<ReasonLabels, Counter>::default();
+        for (reason, n) in live.slow_consumer_closes {
+            closes.get_or_create(&ReasonLabels { reason }).inc_by(*n);
+        }
+        scrape.register(
+            "slow_consumer_closes",
+            "Connections closed because their client did not read, by reason: push_queue_full (a push found the write queue full), reply_wait (a reply waited the write timeout for room), write_timeout (the socket took nothing for the write timeout), node_budget (the node was over server.write_queue_budget and this connection held the most)",
+            closes,
+        );
+        scrape.register(
             "pushes",
             "Message frames pushed into connection write queues",
             ConstCounter::new(live.pushes),
@@ -505,7 +536,7 @@ impl Metrics {
         );
         scrape.register(
             "slow_consumer_disconnects",
-            "Connections closed because their client read too slowly",
+            "Connections closed because their client read too slowly (every reason of slow_consumer_closes)",
             ConstCounter::new(live.slow_consumers),
         );
         scrape.register_with_unit(
@@ -547,6 +578,10 @@ mod tests {
             users: 1,
             outbox_frames: 5,
             outbox_frames_max: 4,
+            outbox_bytes: 100,
+            outbox_bytes_budget: 1000,
+            outbox_bytes_max: 60,
+            slow_consumer_closes: &[("write_timeout", 2)],
             pushes: 7,
             pushes_missed: 1,
             slow_consumers: 0,

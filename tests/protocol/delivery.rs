@@ -220,7 +220,10 @@ async fn v2_hello_token_login_and_acks() {
     for bad in ["garbage", "a.b.c", &format!("{token}x")] {
         again.send(ids::LOGIN_REQ, json!({"token": bad})).await;
         let r = again.expect(ids::LOGIN_RESP).await;
-        assert_eq!(r["code"], 14, "a bad token is not the store's 'try again': {r}");
+        assert_eq!(
+            r["code"], 14,
+            "a bad token is not the store's 'try again': {r}"
+        );
     }
 
     // Send ack with client_msg_id; a retry is acked identically and not delivered twice.

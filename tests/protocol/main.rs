@@ -17,3 +17,4 @@ mod errors;
 mod groups;
 mod http;
 mod load;
+mod memory;

@@ -122,6 +122,21 @@ impl Client {
         }
     }
 
+    /// Connects with a small receive buffer (no autotuning): what the client does not read
+    /// stays on the server's side instead of in this socket's kernel buffer.
+    pub async fn connect_small(addr: SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        stream.set_nodelay(true).ok();
+        let (rd, wr) = stream.into_split();
+        Client {
+            reader: FramedRead::new(rd, FrameCodec::client()),
+            writer: wr,
+            user: None,
+        }
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).await.expect("write");
     }

@@ -66,6 +66,19 @@ impl ChatCore {
     /// delivery cursor), at most `limit`, in log order (so in order within each conversation).
     /// Costs O(conversations × limit): one bounded read per conversation.
     pub async fn sync(&self, me: &Me, cursor: Option<Seq>, limit: usize) -> ChatResult<SyncPage> {
+        self.sync_within(me, cursor, limit, &mut |_| true).await
+    }
+
+    /// [`ChatCore::sync`] with a size cap: `fits` is asked about each message in log order
+    /// (the first always goes) and the page ends before the first one it refuses, with
+    /// `has_more` and the cursor at the last message returned.
+    pub async fn sync_within(
+        &self,
+        me: &Me,
+        cursor: Option<Seq>,
+        limit: usize,
+        fits: &mut (dyn FnMut(&StoredMessage) -> bool + Send),
+    ) -> ChatResult<SyncPage> {
         let store = &self.backends.store;
         let limit = limit.clamp(1, SYNC_MAX);
         let (start, seen_mark) = match cursor {
@@ -90,8 +103,12 @@ impl ChatCore {
             all.extend(page.into_iter().filter(|m| m.seq <= tail));
         }
         all.sort_by_key(|m| m.seq);
-        let has_more = truncated || all.len() > limit;
+        let mut has_more = truncated || all.len() > limit;
         all.truncate(limit);
+        if let Some(stop) = all.iter().position(|m| !fits(m)) {
+            all.truncate(stop.max(1));
+            has_more = true;
+        }
         let next = if has_more {
             all.last().map_or(start, |m| m.seq)
         } else {
