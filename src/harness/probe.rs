@@ -136,25 +136,24 @@ impl Probe {
     }
 }
 
-/// Whether a `/jsz` answer shows a JetStream meta group of `size` servers with a leader and,
-/// when the answering server is that leader, every follower current.
+/// Whether a `/jsz` answer shows a JetStream meta group with a leader and, when the answering
+/// server is that leader (only the leader lists `replicas`), `size - 1` followers, every one
+/// current. (nats-server 2.10 names neither itself nor, on a follower, the group's size in
+/// `/jsz`, so a follower only needs to know the leader.)
 fn meta_group_complete(jsz: &str, size: usize) -> bool {
     let Ok(jsz) = serde_json::from_str::<serde_json::Value>(jsz) else {
         return false;
     };
     let meta = &jsz["meta_cluster"];
-    let leader = meta["leader"].as_str().unwrap_or_default();
-    if leader.is_empty() || meta["cluster_size"].as_u64() != Some(size as u64) {
+    if meta["leader"].as_str().unwrap_or_default().is_empty() {
         return false;
     }
-    if jsz["server_name"].as_str() != Some(leader) {
-        return true;
+    match meta["replicas"].as_array() {
+        None => true,
+        Some(followers) => {
+            followers.len() + 1 == size && followers.iter().all(|f| f["current"] == true)
+        }
     }
-    let followers = meta["replicas"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    followers.len() + 1 == size && followers.iter().all(|f| f["current"] == true)
 }
 
 #[cfg(test)]
@@ -163,12 +162,11 @@ mod tests {
 
     #[test]
     fn a_meta_group_is_complete_when_its_leader_sees_every_follower_current() {
-        let jsz = |me: &str, leader: &str, size: u64, current: [bool; 2]| {
+        let leader = |current: [bool; 2]| {
             serde_json::json!({
-                "server_name": me,
                 "meta_cluster": {
-                    "leader": leader,
-                    "cluster_size": size,
+                    "leader": "a",
+                    "cluster_size": 3,
                     "replicas": [
                         {"name": "b", "current": current[0]},
                         {"name": "c", "current": current[1]},
@@ -177,12 +175,15 @@ mod tests {
             })
             .to_string()
         };
-        assert!(meta_group_complete(&jsz("a", "a", 3, [true, true]), 3));
-        assert!(!meta_group_complete(&jsz("a", "a", 3, [true, false]), 3));
-        assert!(!meta_group_complete(&jsz("a", "a", 2, [true, true]), 3));
-        assert!(!meta_group_complete(&jsz("a", "", 3, [true, true]), 3));
-        // A follower knows the leader; the leader's own answer covers the followers.
-        assert!(meta_group_complete(&jsz("b", "a", 3, [false, false]), 3));
+        assert!(meta_group_complete(&leader([true, true]), 3));
+        assert!(!meta_group_complete(&leader([true, false]), 3));
+        assert!(!meta_group_complete(&leader([true, true]), 4));
+        // A follower (no `replicas`) needs only to know the leader; 2.10 gives no size there.
+        let follower = |leader: &str| {
+            serde_json::json!({"meta_cluster": {"leader": leader, "peer": "x"}}).to_string()
+        };
+        assert!(meta_group_complete(&follower("a"), 3));
+        assert!(!meta_group_complete(&follower(""), 3));
         assert!(!meta_group_complete("not json", 3));
     }
 }
