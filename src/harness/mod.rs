@@ -10,7 +10,7 @@
 //!   between, it is started again on new ports).
 //! * `start()` returns once the server answers: NATS its client port and
 //!   `/healthz?js-enabled-only=true` (a cluster: the full `/healthz`, i.e. a JetStream meta
-//!   leader, and a leader that sees every follower current), Redis `PING`, Consul a non-empty `/v1/status/leader`.
+//!   leader), Redis `PING`, Consul a non-empty `/v1/status/leader`.
 //! * Each process runs in its own process group, a server with its output in a log file of its
 //!   own directory (a temporary one unless the caller gives one, as the bench does to keep the
 //!   logs).

@@ -151,8 +151,7 @@ impl NatsServer {
 }
 
 /// Three `nats-server`s routed into one JetStream cluster, ready once every node passes the
-/// full `/healthz` (a meta leader is elected and known) and the leader sees both followers
-/// current. The cluster and its servers are named after the first route port: tests run
+/// full `/healthz` (a meta leader is elected and known). The cluster and its servers are named after the first route port: tests run
 /// clusters side by side, and two clusters of one name whose routes met (a port reused
 /// between finding it free and binding it) would merge, peers of one name being one peer.
 pub struct NatsCluster {

@@ -84,12 +84,9 @@ pub async fn nats_info(addr: SocketAddr) -> io::Result<String> {
 /// How a server shows it is ready.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Probe {
-    /// INFO on the client port, then `/healthz` on the monitoring port. A single server
-    /// (`cluster_size: None`) needs only JetStream enabled (`?js-enabled-only=true`); a
-    /// cluster member needs the full check (a JetStream meta leader) and, in `/jsz`, a meta
-    /// group of `cluster_size` servers whose leader sees every follower current. Without
-    /// that last part a leader that had just been elected answered an R3 stream creation
-    /// with "no suitable peers for placement".
+    /// INFO on the client port, then `/healthz` on the monitoring port: a single server
+    /// (`cluster_size: None`) needs only JetStream enabled (`?js-enabled-only=true`), a
+    /// cluster member the full check (a JetStream meta leader is known).
     Nats {
         client: u16,
         monitor: u16,
@@ -113,17 +110,14 @@ impl Probe {
                 if !info.is_ok_and(|l| l.starts_with("INFO ")) {
                     return false;
                 }
-                let Some(size) = cluster_size else {
+                if cluster_size.is_none() {
                     let path = "/healthz?js-enabled-only=true";
                     return matches!(http_get(loopback(monitor), path).await, Ok((200, _)));
                 };
-                if !matches!(http_get(loopback(monitor), "/healthz").await, Ok((200, _))) {
-                    return false;
-                }
-                match http_get(loopback(monitor), "/jsz").await {
-                    Ok((200, body)) => meta_group_complete(&body, size),
-                    _ => false,
-                }
+                // Not `/jsz`'s view of the meta group: it varies between versions and roles,
+                // and a check of it kept a member "not ready" for a minute in CI. An R3
+                // placement the new group cannot make yet is retried (`Nats::connect`).
+                matches!(http_get(loopback(monitor), "/healthz").await, Ok((200, _)))
             }
             Probe::Redis { port } => redis_command(loopback(port), "PING")
                 .await
@@ -133,57 +127,5 @@ impl Probe {
                 _ => false,
             },
         }
-    }
-}
-
-/// Whether a `/jsz` answer shows a JetStream meta group with a leader and, when the answering
-/// server is that leader (only the leader lists `replicas`), `size - 1` followers, every one
-/// current. (nats-server 2.10 names neither itself nor, on a follower, the group's size in
-/// `/jsz`, so a follower only needs to know the leader.)
-fn meta_group_complete(jsz: &str, size: usize) -> bool {
-    let Ok(jsz) = serde_json::from_str::<serde_json::Value>(jsz) else {
-        return false;
-    };
-    let meta = &jsz["meta_cluster"];
-    if meta["leader"].as_str().unwrap_or_default().is_empty() {
-        return false;
-    }
-    match meta["replicas"].as_array() {
-        None => true,
-        Some(followers) => {
-            followers.len() + 1 == size && followers.iter().all(|f| f["current"] == true)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::meta_group_complete;
-
-    #[test]
-    fn a_meta_group_is_complete_when_its_leader_sees_every_follower_current() {
-        let leader = |current: [bool; 2]| {
-            serde_json::json!({
-                "meta_cluster": {
-                    "leader": "a",
-                    "cluster_size": 3,
-                    "replicas": [
-                        {"name": "b", "current": current[0]},
-                        {"name": "c", "current": current[1]},
-                    ],
-                },
-            })
-            .to_string()
-        };
-        assert!(meta_group_complete(&leader([true, true]), 3));
-        assert!(!meta_group_complete(&leader([true, false]), 3));
-        assert!(!meta_group_complete(&leader([true, true]), 4));
-        // A follower (no `replicas`) needs only to know the leader; 2.10 gives no size there.
-        let follower = |leader: &str| {
-            serde_json::json!({"meta_cluster": {"leader": leader, "peer": "x"}}).to_string()
-        };
-        assert!(meta_group_complete(&follower("a"), 3));
-        assert!(!meta_group_complete(&follower(""), 3));
-        assert!(!meta_group_complete("not json", 3));
     }
 }
