@@ -6,22 +6,23 @@
 //! of the crate (`tests/architecture.rs`), and the in-process adapters are in `backend`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chat_zinx::backend::memory;
 use chat_zinx::core::auth::Auth;
 use chat_zinx::core::model::*;
-use chat_zinx::core::ports::{
-    AppendAck, BackendError, BackendResult, Backends, BusEvent, BusInbound, Clock, LocalDelivery,
-    ManualClock, Store,
-};
+use chat_zinx::core::ports::{Backends, BusEvent, BusInbound, Clock, LocalDelivery, ManualClock};
 use chat_zinx::core::service::{Committed, DeliveryOutcome, DirectInput, Limits};
 use chat_zinx::core::{ChatCore, ChatError, Me};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// Only its lost acknowledgements are used here (not the held ones).
+#[allow(dead_code)]
+#[path = "support/faulty_store.rs"]
+mod faulty_store;
+use faulty_store::FaultyStore;
 
 const NODE: &str = "node-a";
 const OTHER_NODE: &str = "node-b";
@@ -271,136 +272,6 @@ impl LocalDelivery for FakeLocal {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A store that can lose an acknowledgement
-// ---------------------------------------------------------------------------------------------
-
-/// The in-process store, except that the acknowledgement of the next append can be lost: the
-/// message is stored, and the sender is told that the store is unavailable (as a JetStream
-/// acknowledgement that times out after the stream has the message, or a chat relation that
-/// cannot be written after the append).
-struct LosesAcks {
-    inner: Arc<dyn Store>,
-    lose_next: AtomicBool,
-}
-
-impl LosesAcks {
-    fn lose_next_ack(&self) {
-        self.lose_next.store(true, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl Store for LosesAcks {
-    async fn create_user(&self, user: NewUser) -> BackendResult<User> {
-        self.inner.create_user(user).await
-    }
-    async fn user_by_id(&self, id: UserId) -> BackendResult<Option<User>> {
-        self.inner.user_by_id(id).await
-    }
-    async fn user_by_uuid(&self, uuid: &str) -> BackendResult<Option<User>> {
-        self.inner.user_by_uuid(uuid).await
-    }
-    async fn user_by_name(&self, name: &str) -> BackendResult<Option<User>> {
-        self.inner.user_by_name(name).await
-    }
-    async fn users_by_ids(&self, ids: &[UserId]) -> BackendResult<Vec<User>> {
-        self.inner.users_by_ids(ids).await
-    }
-    async fn record_login(&self, id: UserId, at: UnixMs) -> BackendResult<Option<UnixMs>> {
-        self.inner.record_login(id, at).await
-    }
-    async fn revoke_token(&self, id: UserId, token: TokenId, now: i64) -> BackendResult<()> {
-        self.inner.revoke_token(id, token, now).await
-    }
-    async fn create_group(&self, group: NewGroup) -> BackendResult<(Group, Member)> {
-        self.inner.create_group(group).await
-    }
-    async fn group(&self, id: GroupId) -> BackendResult<Option<Group>> {
-        self.inner.group(id).await
-    }
-    async fn groups_by_ids(&self, ids: &[GroupId]) -> BackendResult<Vec<Group>> {
-        self.inner.groups_by_ids(ids).await
-    }
-    async fn update_group(&self, id: GroupId, patch: GroupPatch) -> BackendResult<Group> {
-        self.inner.update_group(id, patch).await
-    }
-    async fn add_member(
-        &self,
-        group: GroupId,
-        user: UserId,
-        role: Role,
-        at: UnixMs,
-    ) -> BackendResult<Member> {
-        self.inner.add_member(group, user, role, at).await
-    }
-    async fn remove_member(&self, group: GroupId, user: UserId) -> BackendResult<()> {
-        self.inner.remove_member(group, user).await
-    }
-    async fn set_role(&self, group: GroupId, user: UserId, role: Role) -> BackendResult<()> {
-        self.inner.set_role(group, user, role).await
-    }
-    async fn member(&self, group: GroupId, user: UserId) -> BackendResult<Option<Member>> {
-        self.inner.member(group, user).await
-    }
-    async fn members(&self, group: GroupId) -> BackendResult<Vec<Member>> {
-        self.inner.members(group).await
-    }
-    async fn groups_of(&self, user: UserId) -> BackendResult<Vec<GroupId>> {
-        self.inner.groups_of(user).await
-    }
-    async fn append(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<Appended> {
-        self.place(msg, dedupe).await?.await
-    }
-    async fn place(&self, msg: NewMessage, dedupe: Option<DedupeKey>) -> BackendResult<AppendAck> {
-        let ack = self.inner.place(msg, dedupe).await?;
-        if !self.lose_next.swap(false, Ordering::SeqCst) {
-            return Ok(ack);
-        }
-        Ok(Box::pin(async move {
-            ack.await?;
-            Err(BackendError::unavailable(
-                "test store",
-                "the acknowledgement was lost",
-            ))
-        }))
-    }
-    async fn history(
-        &self,
-        conv: ConvId,
-        before: Option<Seq>,
-        limit: usize,
-    ) -> BackendResult<HistoryPage> {
-        self.inner.history(conv, before, limit).await
-    }
-    async fn after(
-        &self,
-        conv: ConvId,
-        after: Seq,
-        limit: usize,
-    ) -> BackendResult<Vec<StoredMessage>> {
-        self.inner.after(conv, after, limit).await
-    }
-    async fn peers_of(&self, user: UserId) -> BackendResult<Vec<UserId>> {
-        self.inner.peers_of(user).await
-    }
-    async fn log_tail(&self) -> BackendResult<Seq> {
-        self.inner.log_tail().await
-    }
-    async fn cursor(&self, user: UserId) -> BackendResult<DeliveryCursor> {
-        self.inner.cursor(user).await
-    }
-    async fn advance_cursor(&self, user: UserId, to: Seq) -> BackendResult<()> {
-        self.inner.advance_cursor(user, to).await
-    }
-    async fn mark_undelivered(&self, user: UserId, seq: Seq) -> BackendResult<()> {
-        self.inner.mark_undelivered(user, seq).await
-    }
-    async fn settle_cursor(&self, user: UserId, seen: Option<Seq>, to: Seq) -> BackendResult<()> {
-        self.inner.settle_cursor(user, seen, to).await
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The world of one node
 // ---------------------------------------------------------------------------------------------
 
@@ -427,13 +298,10 @@ async fn world_with(limits: Limits) -> World {
     world_on(memory::backends(), limits).await
 }
 
-/// A world whose store loses the acknowledgements it is told to (`LosesAcks`).
-async fn world_losing_acks() -> (World, Arc<LosesAcks>) {
+/// A world whose store loses the acknowledgements it is told to (`FaultyStore`).
+async fn world_losing_acks() -> (World, Arc<FaultyStore>) {
     let mut backends = memory::backends();
-    let store = Arc::new(LosesAcks {
-        inner: backends.store.clone(),
-        lose_next: AtomicBool::new(false),
-    });
+    let store = Arc::new(FaultyStore::new(backends.store.clone()));
     backends.store = store.clone();
     (world_on(backends, limits()).await, store)
 }

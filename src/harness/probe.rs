@@ -84,13 +84,12 @@ pub async fn nats_info(addr: SocketAddr) -> io::Result<String> {
 /// How a server shows it is ready.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Probe {
-    /// INFO on the client port, then `/healthz` on the monitoring port: a single server
-    /// (`cluster_size: None`) needs only JetStream enabled (`?js-enabled-only=true`), a
-    /// cluster member the full check (a JetStream meta leader is known).
+    /// INFO on the client port, then `/healthz` on the monitoring port (`js_only`:
+    /// `?js-enabled-only=true`, else the full check, which needs a JetStream meta leader).
     Nats {
         client: u16,
         monitor: u16,
-        cluster_size: Option<usize>,
+        js_only: bool,
     },
     /// `PING` answered with `+PONG`.
     Redis { port: u16 },
@@ -104,20 +103,18 @@ impl Probe {
             Probe::Nats {
                 client,
                 monitor,
-                cluster_size,
+                js_only,
             } => {
                 let info = nats_info(loopback(client)).await;
                 if !info.is_ok_and(|l| l.starts_with("INFO ")) {
                     return false;
                 }
-                if cluster_size.is_none() {
-                    let path = "/healthz?js-enabled-only=true";
-                    return matches!(http_get(loopback(monitor), path).await, Ok((200, _)));
+                let path = if js_only {
+                    "/healthz?js-enabled-only=true"
+                } else {
+                    "/healthz"
                 };
-                // Not `/jsz`'s view of the meta group: it varies between versions and roles,
-                // and a check of it kept a member "not ready" for a minute in CI. An R3
-                // placement the new group cannot make yet is retried (`Nats::connect`).
-                matches!(http_get(loopback(monitor), "/healthz").await, Ok((200, _)))
+                matches!(http_get(loopback(monitor), path).await, Ok((200, _)))
             }
             Probe::Redis { port } => redis_command(loopback(port), "PING")
                 .await
