@@ -233,6 +233,14 @@ pub enum MessageBody {
     },
 }
 
+impl MessageBody {
+    pub fn content(&self) -> &str {
+        match self {
+            MessageBody::Direct { content, .. } | MessageBody::Group { content, .. } => content,
+        }
+    }
+}
+
 /// A message about to be appended to the log.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -273,9 +281,7 @@ impl StoredMessage {
     }
 
     pub fn content(&self) -> &str {
-        match &self.body {
-            MessageBody::Direct { content, .. } | MessageBody::Group { content, .. } => content,
-        }
+        self.body.content()
     }
 }
 

@@ -106,7 +106,7 @@ impl NatsServer {
             Probe::Nats {
                 client: client_port,
                 monitor: monitor_port,
-                cluster_size: cluster.map(|(_, all)| all.len()),
+                js_only: cluster.is_none(),
             },
         );
         Ok(NatsServer {

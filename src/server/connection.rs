@@ -134,8 +134,7 @@ pub fn serve(
     let writer = tokio::spawn(write_loop(wr, shared.clone(), settings.write_timeout));
     // `open` already counts this connection.
     let overloaded = ctx.open.load(std::sync::atomic::Ordering::Relaxed) > settings.max_connections;
-    let mut session = Session::new(ctx, conn_id, shared);
-    session.set_peer(peer.map(|p| p.ip()));
+    let mut session = Session::new(ctx, conn_id, shared, peer.map(|p| p.ip()));
     if overloaded {
         session.set_overloaded();
     }

@@ -42,14 +42,20 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(ctx: Arc<ServerCtx>, conn_id: ConnId, shared: Arc<ConnShared>) -> Self {
+    /// `peer`: the client's address, the key of login and registration throttling.
+    pub fn new(
+        ctx: Arc<ServerCtx>,
+        conn_id: ConnId,
+        shared: Arc<ConnShared>,
+        peer: Option<IpAddr>,
+    ) -> Self {
         Session {
             ctx,
             conn_id,
             shared,
             me: None,
             tokens: Vec::new(),
-            peer: None,
+            peer,
             overloaded: false,
         }
     }
@@ -61,11 +67,6 @@ impl Session {
     /// The state this connection shares with the hub and its writer.
     pub fn shared(&self) -> &Arc<ConnShared> {
         &self.shared
-    }
-
-    /// The peer's address (login and registration throttling count per address).
-    pub fn set_peer(&mut self, peer: Option<IpAddr>) {
-        self.peer = peer;
     }
 
     /// Marks this connection as over the node's capacity.

@@ -185,7 +185,7 @@ impl Placed {
         let appended = self.ack.await?;
         if let Some((client_msg_id, sent)) = &self.keyed {
             let stored = &appended.message;
-            if appended.duplicate && Fingerprint::of(stored.conv, stored.content()) != *sent {
+            if appended.duplicate && Fingerprint::of(stored.conv, stored.body.content()) != *sent {
                 return Err(ChatError::ClientMsgIdReused(client_msg_id.clone()));
             }
         }

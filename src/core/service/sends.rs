@@ -133,13 +133,8 @@ impl ChatCore {
         } = prepared;
         message.timestamp = self.now_ms();
         let keyed = dedupe.as_ref().map(|key| {
-            let content = match &message.body {
-                MessageBody::Direct { content, .. } | MessageBody::Group { content, .. } => content,
-            };
-            (
-                key.client_msg_id.clone(),
-                Fingerprint::of(message.conv, content),
-            )
+            let sent = Fingerprint::of(message.conv, message.body.content());
+            (key.client_msg_id.clone(), sent)
         });
         let ack = self.backends.store.place(message, dedupe).await?;
         Ok(Placed { ack, origin, keyed })
