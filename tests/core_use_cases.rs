@@ -378,8 +378,8 @@ impl World {
             .committed()
             .await
             .unwrap();
-        if let Some(routed) = self.core.deliver_locally(&committed).await {
-            self.core.publish(routed).await;
+        if let Some(routed) = self.core.route_delivery(&committed).await {
+            self.core.push_and_publish(routed).await;
         }
         committed
     }
@@ -962,8 +962,8 @@ async fn each_message_reaches_a_logging_in_connection_once_through_backlog_and_l
         .await;
     let backlog = w.core.login_backlog(&bob, 2).await.unwrap();
     // The late push arrives after the backlog was read, which has that message; then a new one.
-    let routed = w.core.deliver_locally(&late).await.unwrap();
-    w.core.publish(routed).await;
+    let routed = w.core.route_delivery(&late).await.unwrap();
+    w.core.push_and_publish(routed).await;
     w.send(&alice, 1, text("bob", "after the login", "")).await;
 
     let live: Vec<StoredMessage> = w
@@ -1021,7 +1021,7 @@ async fn a_resend_of_a_delivered_send_is_a_duplicate_and_not_pushed_again() {
     assert!(again.appended.duplicate);
     assert_eq!(again.appended.message, first.appended.message);
     assert_eq!(w.tail().await, tail);
-    assert!(w.core.deliver_locally(&again).await.is_none());
+    assert!(w.core.route_delivery(&again).await.is_none());
     assert_eq!(
         w.local.pushes_to(bob.id),
         vec![(2, first.appended.message.seq)]

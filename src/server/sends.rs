@@ -11,17 +11,18 @@
 //!   it failed): `ChatCore::place` returns then (the first phase of a two-phase append,
 //!   `Store::place`), and the acknowledgements are awaited concurrently. Messages land in the
 //!   log, and therefore in every history and sync, in the order the client sent them.
-//! - **Pushes keep the connection's order.** Local pushes happen right after the append, so
-//!   they are in order already; the hand-over to other nodes (bus publish) waits for the
-//!   previous send's hand-over (a second chain of turns), while the presence lookups before
-//!   it overlap.
+//! - **Pushes keep the connection's order.** The store may acknowledge a connection's appends
+//!   out of order (the acknowledgements are awaited concurrently), so the pushes of a send,
+//!   local ones and the hand-over to other nodes alike, wait for the previous send's pushes
+//!   (a second chain of turns); the presence lookups before them overlap.
 //! - **Replies keep the request order.** A send returns its reply frames ([`Replies`]) instead
 //!   of queueing them; the reader queues them in request order.
 //! - **Anything else is a barrier.** Every other request (history, group management, logout,
 //!   sync…) waits until the sends before it are finished, so it sees their effects.
 //!
 //! Pushes of a send (to the recipient and the sender's other devices) go out as soon as its
-//! append is acknowledged, overlapping with the next sends' appends.
+//! append is acknowledged and the previous send's pushes are out, overlapping with the next
+//! sends' appends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -347,10 +348,10 @@ async fn store_and_deliver(
         duplicate = appended.duplicate,
         "message stored"
     );
-    let routed = ctx.core.deliver_locally(&committed).await;
+    let routed = ctx.core.route_delivery(&committed).await;
     publish_turn.wait().await;
     if let Some(routed) = routed {
-        ctx.core.publish(routed).await;
+        ctx.core.push_and_publish(routed).await;
     }
     Ok(committed)
 }

@@ -482,6 +482,58 @@ async fn a_message_stored_during_a_login_reaches_the_user_once() {
     server.stop().await;
 }
 
+/// Pushes keep the send order even when the acknowledgements of a connection's appends come
+/// back out of order (two sends in flight; the store answers the second first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_keep_the_send_order_when_acknowledgements_come_back_out_of_order() {
+    use chat_zinx::core::model::ConvId;
+    use chat_zinx::core::ports::Store;
+    let (server, store) = TestServer::with_faulty_store().await;
+    let mut alice = server.user_v2("alice").await;
+    let mut bob = server.user("bob").await;
+    bob.assert_quiet().await;
+
+    // The first send is stored; its acknowledgement waits.
+    let held = store.hold_next_ack();
+    alice
+        .send(
+            ids::TEXT_MSG,
+            json!({"to_user_id": "bob", "content": "first", "client_msg_id": "m-1"}),
+        )
+        .await;
+    held.placed.await.expect("the append happens");
+    // The second is stored and acknowledged at once.
+    alice
+        .send(
+            ids::TEXT_MSG,
+            json!({"to_user_id": "bob", "content": "second", "client_msg_id": "m-2"}),
+        )
+        .await;
+    let conv = ConvId::direct(alice.id(), bob.id());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store.history(conv, None, 10).await.unwrap().messages.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second send is never stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    held.release.send(()).expect("the send waits");
+    for (i, expected) in ["m-1", "m-2"].iter().enumerate() {
+        let ack = alice.expect(ids::SEND_ACK).await;
+        assert_eq!(ack["client_msg_id"], *expected, "reply {i}");
+        assert_eq!(ack["code"], 0, "{ack}");
+    }
+    let pushed = pending(&mut bob).await;
+    let contents: Vec<&str> = pushed
+        .iter()
+        .map(|p| p["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["first", "second"], "pushes in send order");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_retry_with_the_same_client_msg_id_is_stored_once() {
     let server = TestServer::start().await;

@@ -106,7 +106,8 @@ pub const SYNC_MAX: usize = 500;
 /// Sending is split in three steps so that a connection can pipeline its sends: `prepare_*`
 /// (checks, recipient lookup) may run ahead, [`ChatCore::place`] appends (in the order the
 /// connection sent them; the next may start once this one's place in the log is fixed) and
-/// [`ChatCore::deliver_locally`] + [`ChatCore::publish`] push (overlapping later appends).
+/// [`ChatCore::route_delivery`] (overlapping later appends) + [`ChatCore::push_and_publish`] (in the
+/// connection's order) push.
 #[derive(Debug)]
 pub struct Prepared {
     message: NewMessage,
@@ -127,10 +128,12 @@ enum Route {
     Group { group: GroupId, skip: ConnId },
 }
 
-/// What other nodes still need of a stored message (see [`ChatCore::deliver_locally`]).
+/// Who gets a stored message live, here and on other nodes (see [`ChatCore::route_delivery`]).
 #[derive(Debug)]
 pub struct Routed {
     message: Arc<StoredMessage>,
+    /// This node's connections.
+    local: Route,
     remote: Remote,
     /// The send had a `client_msg_id`: its delivery is remembered once done (a retry of it
     /// is then not pushed again).

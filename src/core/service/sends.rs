@@ -164,38 +164,32 @@ impl ChatCore {
         }
     }
 
-    /// Last step of a send, first half: pushes an appended message to this node's
-    /// connections, then finds which other nodes need it (presence, for a direct message).
-    /// Sends of one connection may do this concurrently; their [`Self::publish`] calls are
-    /// what they issue in order, so that pushes on other nodes keep the send order.
+    /// Last step of a send, first half: finds who gets an appended message live: this
+    /// node's connections, and which other nodes (presence, for a direct message). Sends of
+    /// one connection may do this concurrently (the presence lookups overlap); their
+    /// [`Self::deliver`] calls are what they issue in the connection's order, so that pushes,
+    /// here and on other nodes, keep the send order whatever order the store acknowledged the
+    /// appends in.
     ///
     /// A retry (the store recognised its `client_msg_id`: a duplicate) is delivered again,
     /// unless this node remembers delivering its first attempt (`None` then): the first
     /// attempt may have been stored and answered with an error before its delivery (an
     /// acknowledgement lost, the node gone), and a stored message must be pushed at least once.
     /// A second push of a message is a duplicate that clients drop by `msg_id`.
-    pub async fn deliver_locally(&self, committed: &Committed) -> Option<Routed> {
+    pub async fn route_delivery(&self, committed: &Committed) -> Option<Routed> {
         let appended = &committed.appended;
         if appended.duplicate && self.delivered.delivered(appended.message.seq) {
             return None;
         }
         let message = Arc::new(appended.message.clone());
-        let remote = match Self::route(&message, committed.origin) {
-            Route::Direct { users, skip } => {
-                for user in self.local.deliver_direct(&message, &users, skip) {
-                    self.mark_undelivered(user, message.seq).await;
-                }
-                self.remote_for(&message, &users).await
-            }
-            Route::Group { group, skip } => {
-                for user in self.local.deliver_group(&message, Some(skip)) {
-                    self.mark_undelivered(user, message.seq).await;
-                }
-                Remote::Group(group)
-            }
+        let local = Self::route(&message, committed.origin);
+        let remote = match &local {
+            Route::Direct { users, .. } => self.remote_for(&message, users).await,
+            Route::Group { group, .. } => Remote::Group(*group),
         };
         Some(Routed {
             message,
+            local,
             remote,
             keyed: committed.keyed,
         })
@@ -232,15 +226,24 @@ impl ChatCore {
             .collect())
     }
 
-    /// Last step of a send, second half: hands the message to the other nodes over the bus.
-    /// A publish that fails is recorded as undelivered for the users it was for. The delivery
-    /// of a keyed send is then remembered (see [`Self::deliver_locally`]).
-    pub async fn publish(&self, routed: Routed) {
+    /// Last step of a send, second half: pushes the message to this node's connections, then
+    /// hands it to the other nodes over the bus. A publish that fails is recorded as
+    /// undelivered for the users it was for. The delivery of a keyed send is then remembered
+    /// (see [`Self::route_delivery`]).
+    pub async fn push_and_publish(&self, routed: Routed) {
         let Routed {
             message,
+            local,
             remote,
             keyed,
         } = routed;
+        let missed = match local {
+            Route::Direct { users, skip } => self.local.deliver_direct(&message, &users, skip),
+            Route::Group { skip, .. } => self.local.deliver_group(&message, Some(skip)),
+        };
+        for user in missed {
+            self.mark_undelivered(user, message.seq).await;
+        }
         match remote {
             Remote::Nodes(nodes) => {
                 for (node, users) in nodes {
