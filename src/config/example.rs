@@ -29,6 +29,13 @@ state_dir = "/var/lib/chat-zinx"
 advertise_addr = "chat-1.example.com:9000"
 # Connections this node accepts; past it new connections are refused.
 max_connections = 100000
+# Connections that have not logged in, at most (0 = a tenth of max_connections, at least 16).
+# The rest of max_connections is left for logged-in users; a connection past it is told so
+# (99 code 15) and closed at once.
+max_unauthenticated = 0
+# Connections not logged in from one address (IPv6: one /64) at most; 0 = no limit. Loopback
+# is not limited per address. Behind a proxy that hides client addresses, set 0.
+max_unauthenticated_per_address = 64
 # How long a graceful shutdown (SIGTERM) may take to drain the connections (1s to 1h).
 # Keep the unit's TimeoutStopSec above it (systemd/chat-zinx.service).
 drain_window = "10s"
@@ -41,6 +48,10 @@ write_queue_budget = 536870912
 max_body = 8192
 # A connection with no inbound frame for this long is closed (at least 1s).
 idle_timeout = "3m"
+# A connection that has not logged in this long after it connected (or logged out) is closed
+# (99 code 16), pings or not (at least 1s). The original client logs in when its user types
+# /login and sends no ping before: the original server dropped it after 3 to 4 minutes.
+login_timeout = "3m"
 # Frames queued towards one connection before it counts as a slow consumer (at least 8).
 write_queue = 256
 # Bytes queued towards one connection (at least 65536). Replies may fill half of it (the

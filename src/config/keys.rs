@@ -88,6 +88,18 @@ pub const KEYS: &[KeyInfo] = &[
         live: live!("max_connections", max_connections, |v: &str| parse_min::<u64>(v, 1)),
     },
     KeyInfo {
+        key: "server.max_unauthenticated",
+        expected: "an integer (0: a tenth of server.max_connections, at least 16)",
+        reloadable: true,
+        live: None,
+    },
+    KeyInfo {
+        key: "server.max_unauthenticated_per_address",
+        expected: "an integer (0: no limit per address)",
+        reloadable: true,
+        live: None,
+    },
+    KeyInfo {
         key: "server.drain_window",
         expected: "a duration between 1s and 1h such as \"10s\"",
         reloadable: true,
@@ -110,6 +122,12 @@ pub const KEYS: &[KeyInfo] = &[
         expected: "a duration of at least 1s such as \"180s\", \"2m\" or \"1h 30m\"",
         reloadable: true,
         live: live!("idle_timeout", idle_timeout, |v: &str| parse_duration(v, Duration::from_secs(1))),
+    },
+    KeyInfo {
+        key: "protocol.login_timeout",
+        expected: "a duration of at least 1s such as \"180s\" or \"3m\"",
+        reloadable: true,
+        live: None,
     },
     KeyInfo {
         key: "protocol.write_queue",

@@ -42,6 +42,12 @@ pub struct ServerConfig {
     pub advertise_addr: Option<String>,
     /// Connections this node accepts; past it new connections are refused (v2: redirected).
     pub max_connections: u64,
+    /// Connections of the node that have not logged in, at most (0: a tenth of
+    /// `max_connections`, at least 16). The rest of `max_connections` is for logged-in users.
+    pub max_unauthenticated: u64,
+    /// Connections not logged in from one address (IPv6: one /64) at most; 0 = no limit.
+    /// Loopback is not limited per address.
+    pub max_unauthenticated_per_address: u32,
     /// How long a graceful shutdown (SIGTERM) may take to drain the connections.
     #[serde(with = "humantime_serde")]
     pub drain_window: Duration,
@@ -58,6 +64,10 @@ pub struct ProtocolConfig {
     /// A connection with no inbound frame for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A connection not logged in this long after it was accepted (or logged out) is closed,
+    /// whatever it sends meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
     /// Frames queued towards one connection before it counts as a slow consumer.
     pub write_queue: usize,
     /// Bytes queued towards one connection before it counts as a slow consumer (replies may
@@ -233,6 +243,8 @@ impl Default for ServerConfig {
             state_dir: None,
             advertise_addr: None,
             max_connections: 100_000,
+            max_unauthenticated: 0,
+            max_unauthenticated_per_address: 64,
             drain_window: Duration::from_secs(10),
             write_queue_budget: 512 << 20,
         }
@@ -244,6 +256,7 @@ impl Default for ProtocolConfig {
         ProtocolConfig {
             max_body: 8192,
             idle_timeout: Duration::from_secs(180),
+            login_timeout: Duration::from_secs(180),
             write_queue: 256,
             write_queue_bytes: 4 << 20,
             max_reply_bytes: 1 << 20,

@@ -65,6 +65,10 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
         "protocol.idle_timeout",
         p.idle_timeout >= Duration::from_secs(1),
     );
+    check(
+        "protocol.login_timeout",
+        p.login_timeout >= Duration::from_secs(1),
+    );
     check("protocol.write_queue", p.write_queue >= 8);
     check(
         "protocol.write_queue_bytes",

@@ -185,6 +185,7 @@ pub async fn render_metrics(state: &NodeState) -> String {
         node_id: ctx.core.node_id(),
         open_connections: ctx.open.load(Ordering::Relaxed),
         logged_in_connections: conns.len() as u64,
+        unauthenticated_connections: ctx.admission.count(),
         users: ctx.hub.user_count() as u64,
         outbox_frames,
         outbox_frames_max,

@@ -122,6 +122,9 @@ pub fn conn_settings(c: &Config) -> ConnSettings {
         rate_per_sec: c.protocol.rate_per_sec,
         rate_burst: c.protocol.rate_burst,
         max_connections: c.server.max_connections,
+        max_unauthenticated: c.server.max_unauthenticated,
+        max_unauthenticated_per_address: c.server.max_unauthenticated_per_address,
+        login_timeout: c.protocol.login_timeout,
     }
 }
 

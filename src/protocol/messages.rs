@@ -545,4 +545,9 @@ pub mod code {
     pub const SHUTTING_DOWN: u32 = 13;
     /// The login token is invalid or expired.
     pub const BAD_TOKEN: u32 = 14;
+    /// Closed at once: the node (or the client's address) has too many connections that
+    /// are not logged in, or the node is past `max_connections`.
+    pub const NODE_FULL: u32 = 15;
+    /// Closed: not logged in within `login_timeout` of connecting.
+    pub const LOGIN_TIMEOUT: u32 = 16;
 }

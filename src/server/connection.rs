@@ -138,6 +138,9 @@ pub fn serve(
     if overloaded {
         session.set_overloaded();
     }
+    // A connection past the limits on those not logged in is told so and closed at once: it
+    // does not hold a slot waiting for a first frame.
+    let admitted = session.admit().is_ok();
     let mut reader = Reader {
         rd,
         session,
@@ -145,7 +148,11 @@ pub fn serve(
         shutdown,
     };
     async move {
-        let reason = read_loop(&mut reader).await;
+        let reason = if admitted {
+            read_loop(&mut reader).await
+        } else {
+            EndReason::NotAdmitted
+        };
         // Boxed: the end of a connection exists only at its end, not for its whole life.
         Box::pin(finish(reason, reader, writer)).await;
     }
@@ -209,6 +216,7 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
             let mut codec = FrameCodec::new(settings.max_body);
             // The rate limiter takes a token for every frame: its clock is the last frame's.
             let idle_deadline = tokens.last + settings.idle_timeout;
+            let login_deadline = r.session.login_deadline();
             tokio::select! {
                 biased;
                 _ = r.session.shared().closing() => return EndReason::ClosedByServer,
@@ -223,6 +231,15 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
                 _ = sleep_until(idle_deadline), if r.sends.in_flight() == 0 => {
                     r.session.farewell(code::IDLE_TIMEOUT, "idle timeout: no frame received; send a ping (id 1) at least every idle_timeout_s seconds");
                     return EndReason::Idle;
+                }
+                // Pings do not keep a connection that never logs in.
+                _ = sleep_until(login_deadline.unwrap_or(idle_deadline)), if login_deadline.is_some() => {
+                    let text = format!(
+                        "not logged in within {} s of connecting: log in (104) sooner",
+                        settings.login_timeout.as_secs()
+                    );
+                    r.session.farewell(code::LOGIN_TIMEOUT, &text);
+                    return EndReason::LoginTimeout;
                 }
                 replies = std::future::poll_fn(|cx| r.sends.poll_next_done(cx)), if r.sends.in_flight() > 0 => {
                     if Box::pin(r.session.send_replies(replies)).await.is_err() {

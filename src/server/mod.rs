@@ -7,6 +7,7 @@
 //! The node (`crate::node`) builds the context every connection shares ([`ServerCtx`]) and
 //! runs [`accept_loop`] on its task tracker.
 
+pub mod admission;
 pub mod budget;
 pub mod connection;
 pub mod drain;
@@ -52,6 +53,24 @@ pub struct ConnSettings {
     pub rate_per_sec: u32,
     pub rate_burst: u32,
     pub max_connections: u64,
+    /// Connections not logged in at most, node-wide (`server.max_unauthenticated`; 0: a
+    /// tenth of `max_connections`, see [`admission`]).
+    pub max_unauthenticated: u64,
+    /// Of those, from one address (`server.max_unauthenticated_per_address`; 0: no limit).
+    pub max_unauthenticated_per_address: u32,
+    /// A connection not logged in this long after it was accepted (or logged out) is closed
+    /// (`protocol.login_timeout`).
+    pub login_timeout: Duration,
+}
+
+impl ConnSettings {
+    pub fn admission(&self) -> admission::AdmissionLimits {
+        admission::AdmissionLimits::new(
+            self.max_connections,
+            self.max_unauthenticated,
+            self.max_unauthenticated_per_address,
+        )
+    }
 }
 
 /// What every connection task shares.
@@ -66,6 +85,8 @@ pub struct ServerCtx {
     pub redirect: RwLock<Option<bytes::Bytes>>,
     /// Bytes queued towards every connection, and their limit (see [`budget`]).
     pub budget: Arc<budget::WriteBudget>,
+    /// Connections that have not logged in (see [`admission`]).
+    pub admission: Arc<admission::Admission>,
 }
 
 impl ServerCtx {
@@ -83,6 +104,7 @@ impl ServerCtx {
             settings: RwLock::new(settings),
             open: AtomicU64::new(0),
             redirect: RwLock::new(None),
+            admission: Arc::default(),
         }
     }
 

@@ -10,8 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Serialize;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::admission::Unauthenticated;
 use super::budget::SlowClose;
 use super::hub::ConnHandle;
 use super::outbox::Outbound;
@@ -39,6 +41,16 @@ pub struct Session {
     peer: Option<IpAddr>,
     /// Accepted past `server.max_connections`: only told where to go (see `turn_away`).
     overloaded: bool,
+    /// While not logged in: its place among the node's connections that are not logged in,
+    /// and when it must have logged in (see [`super::admission`]). Boxed: eight bytes for a
+    /// logged-in connection.
+    pre_login: Option<Box<PreLogin>>,
+}
+
+/// A connection that has not logged in (yet, or again after its logout).
+struct PreLogin {
+    _slot: Unauthenticated,
+    deadline: Instant,
 }
 
 impl Session {
@@ -57,7 +69,33 @@ impl Session {
             tokens: Vec::new(),
             peer,
             overloaded: false,
+            pre_login: None,
         }
+    }
+
+    /// Counts the connection among those not logged in and starts its login deadline; a
+    /// connection the limits do not admit is told why (99 code 15) and must close.
+    pub fn admit(&mut self) -> Result<(), Closed> {
+        let settings = self.ctx.settings();
+        match self.ctx.admission.admit(self.peer, settings.admission()) {
+            Ok(slot) => {
+                self.pre_login = Some(Box::new(PreLogin {
+                    _slot: slot,
+                    deadline: Instant::now() + settings.login_timeout,
+                }));
+                Ok(())
+            }
+            Err(refused) => {
+                debug!(conn_id = self.conn_id, peer = ?self.peer, %refused, "connection not admitted");
+                self.farewell(code::NODE_FULL, &refused.to_string());
+                Err(Closed)
+            }
+        }
+    }
+
+    /// When the connection must have logged in; `None` once it is.
+    pub fn login_deadline(&self) -> Option<Instant> {
+        self.pre_login.as_ref().map(|p| p.deadline)
     }
 
     pub fn ctx(&self) -> &Arc<ServerCtx> {
@@ -243,7 +281,7 @@ impl Session {
             super::drain::redirect_frame("overloaded", &peers, self.ctx.core.node_id())
         } else {
             let body = serde_json::to_vec(&m::ErrorResp {
-                code: code::SHUTTING_DOWN,
+                code: code::NODE_FULL,
                 message: "this node is full: connect to another node".into(),
                 reference: None,
             })
@@ -429,6 +467,8 @@ impl Session {
             },
         );
         self.me = Some(me.clone());
+        // Logged in: its place among those that are not is free.
+        self.pre_login = None;
         let device = if device.is_empty() { "default" } else { device };
         if let Err(e) = core.open_session(&me, self.conn_id, device).await {
             warn!(user_id = me.id, error = %e, "presence registration failed; the user may show offline elsewhere");
@@ -487,7 +527,9 @@ impl Session {
         self.tokens.clear();
         self.end_session().await;
         self.send(ids::LOGOUT_RESP, &m::CodeMsg::error(0, "已登出"))
-            .await
+            .await?;
+        // Not logged in again: counted as such, with a new login deadline.
+        self.admit()
     }
 
     // -- sends (pipelined, see `sends`) -----------------------------------------------------

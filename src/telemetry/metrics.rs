@@ -32,6 +32,10 @@ use crate::core::ports::{BackendStatus, BackendsHealth};
 pub enum EndReason {
     ClientClosed,
     Idle,
+    /// Not logged in within `protocol.login_timeout`.
+    LoginTimeout,
+    /// Refused at once: too many connections not logged in (node-wide or from its address).
+    NotAdmitted,
     Oversized,
     Truncated,
     ReadError,
@@ -179,6 +183,9 @@ pub struct LiveStats<'a> {
     pub open_connections: u64,
     /// Logged-in connections on this node.
     pub logged_in_connections: u64,
+    /// Connections not logged in (yet, or after a logout), counted against
+    /// `server.max_unauthenticated`.
+    pub unauthenticated_connections: u64,
     /// Users with at least one connection on this node.
     pub users: u64,
     /// Frames waiting in the write queues of logged-in connections, in total and the largest.
@@ -369,6 +376,8 @@ impl Metrics {
         let reason = match reason {
             EndReason::ClientClosed => "client_closed",
             EndReason::Idle => "idle",
+            EndReason::LoginTimeout => "login_timeout",
+            EndReason::NotAdmitted => "not_admitted",
             EndReason::Oversized => "oversized",
             EndReason::Truncated => "truncated",
             EndReason::ReadError => "read_error",
@@ -486,6 +495,11 @@ impl Metrics {
             gauge(live.logged_in_connections),
         );
         scrape.register(
+            "unauthenticated_connections",
+            "Chat connections that have not logged in (limited by server.max_unauthenticated)",
+            gauge(live.unauthenticated_connections),
+        );
+        scrape.register(
             "users",
             "Users with at least one connection on this node (user distribution across nodes)",
             gauge(live.users),
@@ -574,6 +588,7 @@ mod tests {
         LiveStats {
             node_id: "n1",
             open_connections: 3,
+            unauthenticated_connections: 1,
             logged_in_connections: 2,
             users: 1,
             outbox_frames: 5,

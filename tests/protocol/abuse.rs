@@ -272,3 +272,86 @@ async fn password_guessing_is_refused_after_a_few_failures() {
     assert_eq!(guesser.expect(ids::LOGIN_RESP).await["code"], 6);
     server.stop().await;
 }
+
+/// Finding 6: sockets that never log in used to fill `max_connections` and lock everyone out,
+/// and were told code 13 ("shutting down"). Now connections that have not logged in have a
+/// share of their own (`server.max_unauthenticated`), the rest is headroom for logged-in
+/// users, a connection past the share is told code 15 at once, and a connection that does not
+/// log in within `protocol.login_timeout` is closed (code 16) even if it pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_log_in_cannot_lock_users_out() {
+    use chat_zinx::protocol::messages::code;
+    let server = TestServer::with(|c| {
+        c.server.max_connections = 8;
+        c.server.max_unauthenticated = 3;
+        c.protocol.login_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    // Logged in before the attack: four users, more than the share of those not logged in.
+    let mut users = Vec::new();
+    for name in ["u1", "u2", "u3", "u4"] {
+        users.push(server.user(name).await);
+    }
+    // The attacker's sockets take the whole share (connections are admitted in accept order).
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(server.client().await);
+    }
+    let mut refused = server.client().await;
+    let frames = refused.until_closed().await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].id, ids::ERROR);
+    let body = body_json(&frames[0].body);
+    assert_eq!(body["code"], code::NODE_FULL, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("not logged in"),
+        "{body}"
+    );
+
+    // Logged-in users go on meanwhile.
+    for u in &mut users {
+        u.assert_quiet().await;
+    }
+
+    // Pings do not keep a connection that never logs in.
+    let pinger = &mut idle[0];
+    let closed = loop {
+        pinger.send_body(ids::PING, b"ping").await;
+        match pinger.next_frame().await {
+            Some(f) if f.id == ids::PONG => {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await
+            }
+            other => break other,
+        }
+    };
+    let last = closed.expect("a reason before the close");
+    assert_eq!(last.id, ids::ERROR);
+    assert_eq!(body_json(&last.body)["code"], code::LOGIN_TIMEOUT);
+    for socket in &mut idle[1..] {
+        let frames = socket.until_closed().await;
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(body_json(&frames[0].body)["code"], code::LOGIN_TIMEOUT);
+    }
+
+    // Their places are free again: a new user gets in.
+    let mut late = server.user("late").await;
+    late.assert_quiet().await;
+    server.stop().await;
+}
+
+/// A logout makes a connection one that is not logged in again: it counts against the share
+/// (here full), so it gets its 107 reply, then code 15, then the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_counts_against_the_share_of_connections_not_logged_in() {
+    use chat_zinx::protocol::messages::code;
+    let server = TestServer::with(|c| c.server.max_unauthenticated = 1).await;
+    let mut bob = server.user("bob").await;
+    let _idle = server.client().await;
+    bob.send(ids::LOGOUT_REQ, json!({})).await;
+    let frames = bob.until_closed().await;
+    let ids_seen: Vec<u32> = frames.iter().map(|f| f.id).collect();
+    assert_eq!(ids_seen, [ids::LOGOUT_RESP, ids::ERROR], "{frames:?}");
+    assert_eq!(body_json(&frames[0].body)["code"], 0);
+    assert_eq!(body_json(&frames[1].body)["code"], code::NODE_FULL);
+    server.stop().await;
+}

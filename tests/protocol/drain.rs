@@ -59,7 +59,7 @@ async fn past_capacity_v2_clients_are_redirected_and_v1_clients_told() {
     v1.send_body(ids::PING, b"ping").await;
     let frames = v1.until_closed().await;
     assert_eq!(frames.len(), 1);
-    assert_eq!(body_json(&frames[0].body)["code"], code::SHUTTING_DOWN);
+    assert_eq!(body_json(&frames[0].body)["code"], code::NODE_FULL);
 
     // The connections within capacity are untouched.
     first.assert_quiet().await;
