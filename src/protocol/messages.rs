@@ -473,6 +473,7 @@ pub fn is_rfc3339(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn keys_match_case_insensitively_and_the_last_duplicate_wins() {
@@ -502,6 +503,139 @@ mod tests {
     fn invalid_utf8_is_replaced_not_rejected() {
         let r: TextReq = parse(b"{\"to_user_id\":\"bob\",\"content\":\"a\xffb\"}").unwrap();
         assert_eq!(r.content, "a\u{fffd}b");
+    }
+
+    /// Any JSON value, nested a few levels (objects, arrays, numbers of every kind, strings
+    /// with any characters).
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_]{0,12}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Every request type the server parses, by its message id.
+    fn parse_any(id: u32, body: &[u8]) -> Result<(), Malformed> {
+        use crate::protocol::ids;
+        match id {
+            ids::REGISTER_REQ => parse::<RegisterReq>(body).map(drop),
+            ids::LOGIN_REQ => parse::<LoginReq>(body).map(drop),
+            ids::TEXT_MSG => parse::<TextReq>(body).map(drop),
+            ids::HISTORY_REQ => parse::<HistoryReq>(body).map(drop),
+            ids::CREATE_GROUP_REQ => parse::<CreateGroupReq>(body).map(drop),
+            ids::JOIN_GROUP_REQ => parse::<GroupIdReq>(body).map(drop),
+            ids::UPDATE_GROUP_REQ => parse::<UpdateGroupReq>(body).map(drop),
+            ids::SET_ROLE_REQ => parse::<SetRoleReq>(body).map(drop),
+            ids::REMOVE_MEMBER_REQ => parse::<RemoveMemberReq>(body).map(drop),
+            ids::GROUP_HISTORY_REQ => parse::<GroupHistoryReq>(body).map(drop),
+            ids::GROUP_TEXT_REQ => parse::<GroupTextReq>(body).map(drop),
+            ids::HELLO_REQ => parse::<HelloReq>(body).map(drop),
+            _ => parse::<SyncReq>(body).map(drop),
+        }
+    }
+
+    const REQUEST_IDS: [u32; 13] = {
+        use crate::protocol::ids::*;
+        [
+            REGISTER_REQ,
+            LOGIN_REQ,
+            TEXT_MSG,
+            HISTORY_REQ,
+            CREATE_GROUP_REQ,
+            JOIN_GROUP_REQ,
+            UPDATE_GROUP_REQ,
+            SET_ROLE_REQ,
+            REMOVE_MEMBER_REQ,
+            GROUP_HISTORY_REQ,
+            GROUP_TEXT_REQ,
+            HELLO_REQ,
+            SYNC_REQ,
+        ]
+    };
+
+    proptest! {
+        /// Any bytes as the body of any request: parsed or refused as malformed, never a
+        /// panic.
+        #[test]
+        fn any_body_of_any_request_is_parsed_or_malformed(
+            id in proptest::sample::select(&REQUEST_IDS[..]),
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let _ = parse_any(id, &body);
+        }
+
+        /// Any JSON object as the body of any request: parsed or refused, never a panic.
+        #[test]
+        fn any_json_object_of_any_request_is_parsed_or_malformed(
+            id in proptest::sample::select(&REQUEST_IDS[..]),
+            fields in proptest::collection::btree_map(
+                prop_oneof!["[a-z_]{1,16}", Just("group_id".to_string()), Just("limit".to_string()), Just("content".to_string())],
+                json_value(),
+                0..6,
+            ),
+        ) {
+            let body = serde_json::to_vec(&Value::Object(fields.into_iter().collect())).unwrap();
+            let _ = parse_any(id, &body);
+        }
+
+        /// An id field takes exactly what fits its type: a non-negative integer (or null, the
+        /// zero value); anything else (a string, a negative or fractional number, an object)
+        /// is malformed, with no silent conversion.
+        #[test]
+        fn an_id_field_takes_only_a_non_negative_integer(value in json_value()) {
+            let body = serde_json::to_vec(&serde_json::json!({"group_id": value.clone()})).unwrap();
+            let parsed = parse::<GroupIdReq>(&body);
+            match &value {
+                Value::Null => prop_assert_eq!(parsed.unwrap().group_id, 0),
+                Value::Number(n) if n.as_u64().is_some() => {
+                    prop_assert_eq!(parsed.unwrap().group_id, n.as_u64().unwrap())
+                }
+                _ => prop_assert!(parsed.is_err(), "{value} was accepted"),
+            }
+        }
+
+        /// Keys match whatever their ASCII case (as Go's encoding/json does), and string
+        /// fields come back exactly as sent, whatever characters they hold.
+        #[test]
+        fn text_fields_come_back_as_sent_whatever_the_key_case(
+            to in ".*",
+            content in ".*",
+            key_case in proptest::collection::vec(any::<bool>(), 30),
+        ) {
+            let cased = |key: &str| -> String {
+                key.chars()
+                    .zip(key_case.iter().cycle())
+                    .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c })
+                    .collect()
+            };
+            let mut map = Map::new();
+            map.insert(cased("to_user_id"), Value::String(to.clone()));
+            map.insert(cased("content"), Value::String(content.clone()));
+            let body = serde_json::to_vec(&Value::Object(map)).unwrap();
+            let r: TextReq = parse(&body).unwrap();
+            prop_assert_eq!(r.to_user_id, to);
+            prop_assert_eq!(r.content, content);
+        }
+
+        /// Nesting deeper than the parser's limit is refused, not a stack overflow.
+        #[test]
+        fn deep_nesting_is_malformed(depth in 129usize..20_000) {
+            let body = format!("{{\"content\":{}{}}}", "[".repeat(depth), "]".repeat(depth));
+            prop_assert!(parse::<TextReq>(body.as_bytes()).is_err());
+        }
     }
 
     #[test]

@@ -5,11 +5,82 @@
 use serde_json::json;
 
 use crate::support::*;
+use chat_zinx::harness::NatsServer;
 use chat_zinx::protocol::ids;
 
-#[tokio::test]
-async fn a_username_that_reads_as_an_id_or_hides_characters_is_refused() {
-    let server = TestServer::start().await;
+/// Where the daemon keeps its data. The attacks that involve stored state (names, cursors,
+/// idempotency keys, revoked tokens, login failures) are replayed on both.
+#[derive(Clone, Copy)]
+enum Backend {
+    InProcess,
+    Nats,
+}
+
+/// A daemon on one backend; its nats-server lives as long as it does.
+struct Target {
+    server: TestServer,
+    nats: Option<NatsServer>,
+}
+
+impl std::ops::Deref for Target {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.server
+    }
+}
+
+impl Target {
+    async fn stop(self) {
+        self.server.stop().await;
+        drop(self.nats);
+    }
+}
+
+async fn target(backend: Backend) -> Target {
+    match backend {
+        Backend::InProcess => Target {
+            server: TestServer::start().await,
+            nats: None,
+        },
+        Backend::Nats => {
+            let nats = NatsServer::start().await;
+            let url = nats.url();
+            Target {
+                server: TestServer::with(move |c| c.nats.url = Some(url)).await,
+                nats: Some(nats),
+            }
+        }
+    }
+}
+
+/// For each attack `name(backend)`: a module `name` with the tests `in_process` and `on_nats`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::Backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_process() {
+                super::$name(Backend::InProcess).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_nats() {
+                super::$name(Backend::Nats).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    a_username_that_reads_as_an_id_or_hides_characters_is_refused,
+    a_group_name_with_hidden_characters_is_refused,
+    a_sync_cursor_past_the_log_end_is_refused_and_offline_delivery_goes_on,
+    a_reused_client_msg_id_for_a_different_message_is_refused_not_dropped,
+    a_logout_revokes_that_sessions_token_and_no_other,
+    password_guessing_is_refused_after_a_few_failures,
+);
+
+async fn a_username_that_reads_as_an_id_or_hides_characters_is_refused(backend: Backend) {
+    let server = target(backend).await;
     let mut victim = server.user("victim").await;
     let victim_id = victim.id();
     let mut attacker = server.client().await;
@@ -64,9 +135,8 @@ async fn a_username_that_reads_as_an_id_or_hides_characters_is_refused() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_group_name_with_hidden_characters_is_refused() {
-    let server = TestServer::start().await;
+async fn a_group_name_with_hidden_characters_is_refused(backend: Backend) {
+    let server = target(backend).await;
     let mut alice = server.user("alice").await;
     for name in ["crabs\u{200d}", " crabs", "cr\u{7}abs"] {
         alice
@@ -97,9 +167,8 @@ async fn a_group_name_with_hidden_characters_is_refused() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_sync_cursor_past_the_log_end_is_refused_and_offline_delivery_goes_on() {
-    let server = TestServer::start().await;
+async fn a_sync_cursor_past_the_log_end_is_refused_and_offline_delivery_goes_on(backend: Backend) {
+    let server = target(backend).await;
     let mut alice = server.user("alice").await;
     let mut bob = server.user_v2("bob").await;
     bob.send(ids::SYNC_REQ, json!({"cursor": "c1000000"})).await;
@@ -134,9 +203,8 @@ async fn a_sync_cursor_past_the_log_end_is_refused_and_offline_delivery_goes_on(
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_reused_client_msg_id_for_a_different_message_is_refused_not_dropped() {
-    let server = TestServer::start().await;
+async fn a_reused_client_msg_id_for_a_different_message_is_refused_not_dropped(backend: Backend) {
+    let server = target(backend).await;
     let mut alice = server.user_v2("alice").await;
     let mut bob = server.user_v2("bob").await;
     let mut carol = server.user_v2("carol").await;
@@ -195,9 +263,8 @@ async fn a_reused_client_msg_id_for_a_different_message_is_refused_not_dropped()
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_logout_revokes_that_sessions_token_and_no_other() {
-    let server = TestServer::start().await;
+async fn a_logout_revokes_that_sessions_token_and_no_other(backend: Backend) {
+    let server = target(backend).await;
     let mut phone = server.client().await;
     phone.register("alice").await;
     phone.login("alice").await;
@@ -236,9 +303,8 @@ async fn a_logout_revokes_that_sessions_token_and_no_other() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn password_guessing_is_refused_after_a_few_failures() {
-    let server = TestServer::start().await;
+async fn password_guessing_is_refused_after_a_few_failures(backend: Backend) {
+    let server = target(backend).await;
     server.user("victim").await;
     let mut guesser = server.client().await;
     let attempt = |password: &str| json!({"username": "victim", "password": password});
