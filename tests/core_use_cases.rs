@@ -60,7 +60,8 @@ struct LocalState {
 }
 
 enum LoginFilter {
-    Recording(HashSet<Seq>),
+    /// Pushed live so far, and the backlog pages read so far.
+    Recording(HashSet<Seq>, HashSet<Seq>),
     Dropping(HashSet<Seq>),
 }
 
@@ -82,7 +83,8 @@ impl FakeLocal {
         let mut s = self.state();
         s.conns.entry(user).or_default().push(conn);
         s.groups.entry(user).or_default().extend(groups);
-        s.login.insert(conn, LoginFilter::Recording(HashSet::new()));
+        s.login
+            .insert(conn, LoginFilter::Recording(HashSet::new(), HashSet::new()));
         drop(s);
         self.changed.notify_one();
     }
@@ -148,11 +150,14 @@ impl FakeLocal {
                 } else {
                     let seq = message.seq;
                     match s.login.get_mut(&conn) {
-                        Some(LoginFilter::Dropping(backlog)) if backlog.contains(&seq) => {
+                        Some(LoginFilter::Dropping(backlog))
+                        | Some(LoginFilter::Recording(_, backlog))
+                            if backlog.contains(&seq) =>
+                        {
                             any = true;
                             continue;
                         }
-                        Some(LoginFilter::Recording(pushed)) => {
+                        Some(LoginFilter::Recording(pushed, _)) => {
                             pushed.insert(seq);
                         }
                         _ => {}
@@ -227,22 +232,30 @@ impl LocalDelivery for FakeLocal {
         self.push_to_users(message, users, None, true)
     }
 
-    fn backlog_read(&self, user: UserId, conn: ConnId, backlog: &[Seq]) -> HashSet<Seq> {
+    fn backlog_page(&self, user: UserId, conn: ConnId, page: &[Seq]) -> HashSet<Seq> {
         let mut s = self.state();
         if !s.conns.get(&user).is_some_and(|c| c.contains(&conn)) {
             return HashSet::new();
         }
-        let pushed = match s.login.remove(&conn) {
-            Some(LoginFilter::Recording(pushed)) => pushed,
-            _ => HashSet::new(),
+        let Some(LoginFilter::Recording(pushed, read)) = s.login.get_mut(&conn) else {
+            return HashSet::new();
         };
-        let dropping = backlog
-            .iter()
-            .copied()
-            .filter(|seq| !pushed.contains(seq))
-            .collect();
-        s.login.insert(conn, LoginFilter::Dropping(dropping));
-        pushed
+        let mut already = HashSet::new();
+        for &seq in page {
+            if pushed.contains(&seq) {
+                already.insert(seq);
+            } else {
+                read.insert(seq);
+            }
+        }
+        already
+    }
+
+    fn backlog_done(&self, _user: UserId, conn: ConnId) {
+        let mut s = self.state();
+        if let Some(LoginFilter::Recording(_, read)) = s.login.remove(&conn) {
+            s.login.insert(conn, LoginFilter::Dropping(read));
+        }
     }
 
     fn active_groups(&self) -> HashSet<GroupId> {
@@ -929,6 +942,75 @@ async fn the_login_backlog_leaves_out_ones_own_messages_and_caps_groups() {
     });
     let backlog = w.core.backlog(&bob).await.unwrap();
     assert_eq!(contents(&backlog.messages), vec!["a2"]);
+}
+
+/// The backlog is read in pages of at most `PAGE_MESSAGES`, merged from every conversation in
+/// log order, each conversation read a few messages at a time; the pages together are exactly
+/// the backlog (direct messages all, groups capped), whatever the conversations' interleaving.
+#[tokio::test]
+async fn the_backlog_comes_in_bounded_pages_merged_in_log_order() {
+    use chat_zinx::core::service::PAGE_MESSAGES;
+    let w = world_with(Limits {
+        group_backlog: 30,
+        ..limits()
+    })
+    .await;
+    let bob = w.user("bob").await;
+    let mut senders = Vec::new();
+    for name in ["alice", "carol", "dave"] {
+        senders.push(w.user(name).await);
+    }
+    let g = w.group(&senders[0], "team", &[&bob]).await;
+    let mut expected = Vec::new();
+    let mut group_sent = Vec::new();
+    for i in 0..150 {
+        let from = &senders[i % 3];
+        if i % 5 == 4 {
+            let c = format!("g{i}");
+            w.send_group(&senders[0], 1, g, &c).await;
+            group_sent.push(c);
+        } else {
+            let c = format!("{}{i}", from.username);
+            w.send(from, 1, text("bob", &c, "")).await;
+            expected.push(c);
+        }
+    }
+    // The newest 30 group messages, in their place in the log.
+    let kept: std::collections::HashSet<String> = group_sent[group_sent.len() - 30..]
+        .iter()
+        .cloned()
+        .collect();
+    let mut in_log_order = Vec::new();
+    for i in 0..150 {
+        let c = if i % 5 == 4 {
+            format!("g{i}")
+        } else {
+            format!("{}{i}", senders[i % 3].username)
+        };
+        if i % 5 != 4 || kept.contains(&c) {
+            in_log_order.push(c);
+        }
+    }
+    assert_eq!(expected.len() + 30, in_log_order.len());
+
+    let mut reader = w.core.open_backlog(&bob).await.unwrap();
+    let mut pages = Vec::new();
+    loop {
+        let page = w.core.next_backlog_page(&mut reader).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= PAGE_MESSAGES, "a page of {}", page.len());
+        pages.push(page);
+    }
+    assert!(pages.len() >= 2, "{} pages", pages.len());
+    let all: Vec<StoredMessage> = pages.into_iter().flatten().collect();
+    assert_eq!(contents(&all), in_log_order);
+    // The same as the whole backlog.
+    assert_eq!(
+        contents(&w.core.backlog(&bob).await.unwrap().messages),
+        in_log_order
+    );
 }
 
 #[tokio::test]

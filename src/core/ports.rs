@@ -276,14 +276,16 @@ pub trait LocalDelivery: Send + Sync + 'static {
     /// node) to their local connections; returns the users that missed it, including those
     /// not (or no longer) connected here.
     fn deliver_routed(&self, message: &Arc<StoredMessage>, users: &[UserId]) -> Vec<UserId>;
-    /// The login backlog of connection `conn` of `user` has been read: `backlog` are the
-    /// positions of its messages. A connection that logs in records the positions pushed to
-    /// it live from the moment it joins; this returns them (the backlog leaves those out) and,
-    /// in the same step, starts dropping live pushes to `conn` of a message in `backlog` for
-    /// the rest of the session (it is in the backlog the connection gets). Together they
-    /// bring each message to the connection once, however a push and the read interleave.
-    /// Empty for a connection that is not here (any more).
-    fn backlog_read(&self, user: UserId, conn: ConnId, backlog: &[Seq]) -> HashSet<Seq>;
+    /// A page of the login backlog of connection `conn` of `user` has been read: `page` are
+    /// the positions of its messages. A connection that logs in records the positions pushed
+    /// to it live from the moment it joins; this returns those of `page` (the backlog leaves
+    /// them out) and, in the same step, starts dropping live pushes to `conn` of the other
+    /// messages of `page` for the rest of the session (they are in the backlog the connection
+    /// gets). Together they bring each message to the connection once, however a push and
+    /// the read interleave. Empty for a connection that is not here (any more).
+    fn backlog_page(&self, user: UserId, conn: ConnId, page: &[Seq]) -> HashSet<Seq>;
+    /// The backlog of `conn` is read to its end (or given up): stop recording live pushes.
+    fn backlog_done(&self, user: UserId, conn: ConnId);
 
     // -- group interest: which groups' messages this node must receive ------------------------
     /// Groups with a local online (or just closed, see [`Self::tombstone_grace`]) member.

@@ -363,13 +363,24 @@ impl LocalDelivery for Hub {
         self.push_to_users(message, users, None, true)
     }
 
-    fn backlog_read(&self, user: UserId, conn: ConnId, backlog: &[Seq]) -> HashSet<Seq> {
+    fn backlog_page(&self, user: UserId, conn: ConnId, page: &[Seq]) -> HashSet<Seq> {
         let s = self.read();
         s.users
             .get(&user)
             .and_then(|e| e.conns.iter().find(|c| c.shared.conn_id == conn))
-            .map(|c| c.shared.backlog_read(backlog))
+            .map(|c| c.shared.backlog_page(page))
             .unwrap_or_default()
+    }
+
+    fn backlog_done(&self, user: UserId, conn: ConnId) {
+        let s = self.read();
+        if let Some(c) = s
+            .users
+            .get(&user)
+            .and_then(|e| e.conns.iter().find(|c| c.shared.conn_id == conn))
+        {
+            c.shared.backlog_done();
+        }
     }
 
     fn active_groups(&self) -> HashSet<GroupId> {

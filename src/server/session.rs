@@ -474,26 +474,56 @@ impl Session {
             warn!(user_id = me.id, error = %e, "presence registration failed; the user may show offline elsewhere");
         }
         info!(conn_id = self.conn_id, user_id = me.id, "logged in");
-        // Less what live pushes brought since the hub attach; from now on a live push of a
-        // backlog message is left out (`ChatCore::login_backlog`).
-        let backlog = match core.login_backlog(&me, self.conn_id).await {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(user_id = me.id, error = %e, "cannot read the backlog; the client gets it at its next login or sync");
+        // Page by page: a page is queued once the connection has room for it (its byte
+        // budget), so a large backlog is never held whole. Less what live pushes brought since
+        // the hub attach; from now on a live push of a backlog message is left out
+        // (`ChatCore::next_login_backlog_page`).
+        let streamed = Box::pin(self.stream_backlog(&me)).await;
+        core.backlog_done(me.id, self.conn_id);
+        let (seen_mark, upto) = match streamed {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => {
+                warn!(user_id = me.id, error = %e, "cannot read the backlog; the client gets the rest at its next login or sync");
                 return Ok(());
             }
+            Err(Closed) => return Err(Closed),
         };
-        for msg in &backlog.messages {
-            self.send_raw(Outbound {
-                frame: wire::push_frame(msg),
-                seq: msg.seq,
-            })
-            .await?;
-        }
-        if let Err(e) = core.settle_backlog(&me, &backlog).await {
+        if let Err(e) = core.settle_backlog_at(&me, seen_mark, upto).await {
             warn!(user_id = me.id, error = %e, "cannot save the delivery cursor; some messages repeat at the next login");
         }
         Ok(())
+    }
+
+    /// Queues the login backlog page by page; returns the point to settle the delivery
+    /// cursor at (`Ok(Err)` when the store failed on the way: the cursor stays).
+    async fn stream_backlog(
+        &self,
+        me: &Me,
+    ) -> Result<crate::core::error::ChatResult<(Option<Seq>, Seq)>, Closed> {
+        let core = &self.ctx.core;
+        let mut reader = match core.open_backlog(me).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        loop {
+            let page = match core
+                .next_login_backlog_page(self.conn_id, &mut reader)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            if page.is_empty() {
+                return Ok(Ok((reader.seen_mark, reader.upto)));
+            }
+            for msg in &page {
+                self.send_raw(Outbound {
+                    frame: wire::push_frame(msg),
+                    seq: msg.seq,
+                })
+                .await?;
+            }
+        }
     }
 
     /// Unbinds the connection from its user (logout, re-login).

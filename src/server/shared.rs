@@ -16,10 +16,15 @@ use super::budget::WriteBudget;
 use super::outbox::{Outbound, Outbox, PushError};
 
 /// How live pushes and the login backlog share out the messages of a login (see
-/// `LocalDelivery::backlog_read`).
+/// `LocalDelivery::backlog_page`).
 enum LoginFilter {
-    /// The backlog is being read: the positions pushed live since the login.
-    Recording(HashSet<Seq>),
+    /// The backlog is being read, page by page: the positions pushed live since the login,
+    /// and those of the backlog's pages so far (ascending: pages come in log order), whose
+    /// live pushes are dropped.
+    Recording {
+        pushed: HashSet<Seq>,
+        read: Vec<Seq>,
+    },
     /// The backlog was read: its positions (sorted), whose live pushes are dropped.
     Dropping(Box<[Seq]>),
 }
@@ -157,35 +162,51 @@ impl ConnShared {
         self.login.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The connection logs in: from now until [`Self::backlog_read`], record what is pushed
+    /// The connection logs in: from now until [`Self::backlog_done`], record what is pushed
     /// live. Called before the connection joins the hub.
     pub fn start_recording(&self) {
-        *self.login() = Some(Box::new(LoginFilter::Recording(HashSet::new())));
+        *self.login() = Some(Box::new(LoginFilter::Recording {
+            pushed: HashSet::new(),
+            read: Vec::new(),
+        }));
         self.login_on.store(true, Ordering::Release);
     }
 
-    /// The login backlog was read, `backlog` its positions: returns what was pushed live since
-    /// [`Self::start_recording`] and drops live pushes of `backlog` from now on, in one step
-    /// (under the lock that [`Self::push_live`] takes).
-    pub fn backlog_read(&self, backlog: &[Seq]) -> HashSet<Seq> {
+    /// A page of the login backlog was read, `page` its positions: returns those pushed live
+    /// since [`Self::start_recording`] and drops live pushes of the others from now on, in
+    /// one step (under the lock that [`Self::push_live`] takes).
+    pub fn backlog_page(&self, page: &[Seq]) -> HashSet<Seq> {
         let mut login = self.login();
-        let pushed = match login.take().map(|f| *f) {
-            Some(LoginFilter::Recording(set)) => set,
-            _ => HashSet::new(),
+        let Some(LoginFilter::Recording { pushed, read }) = login.as_deref_mut() else {
+            return HashSet::new();
         };
-        let mut dropping: Vec<Seq> = backlog
-            .iter()
-            .copied()
-            .filter(|s| !pushed.contains(s))
-            .collect();
-        if dropping.is_empty() {
+        let mut already = HashSet::new();
+        for &seq in page {
+            if pushed.contains(&seq) {
+                already.insert(seq);
+            } else {
+                read.push(seq);
+            }
+        }
+        already
+    }
+
+    /// The login backlog was read to its end (or given up): live pushes are no longer
+    /// recorded; those of a message in the backlog are still dropped.
+    pub fn backlog_done(&self) {
+        let mut login = self.login();
+        let mut read = match login.take().map(|f| *f) {
+            Some(LoginFilter::Recording { read, .. }) => read,
+            Some(LoginFilter::Dropping(d)) => d.into_vec(),
+            None => Vec::new(),
+        };
+        if read.is_empty() {
             self.login_on.store(false, Ordering::Release);
         } else {
-            dropping.sort_unstable();
-            dropping.dedup();
-            *login = Some(Box::new(LoginFilter::Dropping(dropping.into_boxed_slice())));
+            read.sort_unstable();
+            read.dedup();
+            *login = Some(Box::new(LoginFilter::Dropping(read.into_boxed_slice())));
         }
-        pushed
     }
 
     /// The session ended (logout, re-login): no login filter any more.
@@ -202,7 +223,10 @@ impl ConnShared {
         }
         let mut login = self.login();
         match login.as_deref_mut() {
-            Some(LoginFilter::Recording(pushed)) => {
+            Some(LoginFilter::Recording { read, .. }) if read.binary_search(&out.seq).is_ok() => {
+                Ok(false)
+            }
+            Some(LoginFilter::Recording { pushed, .. }) => {
                 let seq = out.seq;
                 self.outbox.try_push(out)?;
                 pushed.insert(seq);
@@ -243,13 +267,20 @@ mod tests {
         shared.start_recording();
         // Pushed while the backlog is read: recorded, the backlog leaves it out.
         assert!(push(&shared, 5));
-        let pushed = shared.backlog_read(&[3, 5, 7]);
+        assert!(push(&shared, 9));
+        let pushed = shared.backlog_page(&[3, 5]);
         assert_eq!(pushed, HashSet::from([5]));
+        // Pushed between two pages: dropped if a page read so far has it.
+        assert!(!push(&shared, 3));
+        assert!(push(&shared, 11));
+        let pushed = shared.backlog_page(&[7, 9]);
+        assert_eq!(pushed, HashSet::from([9]));
+        shared.backlog_done();
         // Pushed after the read: dropped if the backlog has it, queued otherwise.
         assert!(!push(&shared, 7));
         assert!(!push(&shared, 3));
         assert!(push(&shared, 5));
-        assert!(push(&shared, 8));
+        assert!(push(&shared, 12));
         shared.end_login();
         assert!(push(&shared, 7));
     }

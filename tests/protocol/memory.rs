@@ -475,3 +475,66 @@ async fn fail_login(c: &mut Client, name: &str) -> Value {
     .await;
     c.expect(ids::LOGIN_RESP).await
 }
+
+/// Finding 10: the whole offline backlog was read into memory at login (a 62 MB backlog cost
+/// 68 MB of RSS). It is now read and queued page by page: a 47 MB backlog is pushed whole and
+/// in order while the node grows by far less than its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_login_backlog_is_streamed_in_pages_not_held_whole() {
+    const BACKLOG: usize = 6000;
+    let server = TestServer::with(|c| {
+        c.protocol.rate_per_sec = 1_000_000;
+        c.protocol.rate_burst = 1_000_000;
+    })
+    .await;
+    let mut bob = server.client().await;
+    bob.register("bob").await;
+    drop(bob);
+    // v1: no acknowledgements to read; the history request after the burst waits for it.
+    let mut alice = server.user("alice").await;
+    let mut burst = Vec::new();
+    for i in 0..BACKLOG {
+        let body = json!({"to_user_id": "bob", "content": content(i)}).to_string();
+        burst.extend_from_slice(&codec::encode(ids::TEXT_MSG, body.as_bytes()));
+    }
+    alice.send_raw(&burst).await;
+    alice
+        .send(
+            ids::HISTORY_REQ,
+            json!({"target_username": "bob", "limit": 1}),
+        )
+        .await;
+    alice.expect(ids::HISTORY_RESP).await;
+
+    let rss_before = rss();
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak.max(rss())
+        })
+    };
+    let mut bob = server.client().await;
+    bob.login("bob").await;
+    for i in 0..BACKLOG {
+        let (id, body) = bob.recv().await;
+        assert_eq!(id, ids::TEXT_MSG, "{body}");
+        assert_eq!(body["content"], content(i), "the backlog in order");
+    }
+    bob.assert_quiet().await;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let growth = sampler.join().unwrap().saturating_sub(rss_before);
+    // Whole, the backlog alone is BACKLOG × 8 000 = 48 MB (and its frames as much again).
+    assert!(
+        growth < 16 << 20,
+        "a {} MB login backlog grew the node by {} MiB",
+        BACKLOG * CONTENT / 1_000_000,
+        growth >> 20
+    );
+    server.stop().await;
+}

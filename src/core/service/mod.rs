@@ -11,10 +11,13 @@
 use std::sync::{Arc, RwLock};
 
 mod accounts;
+mod backlog;
 mod groups;
 mod reads;
 mod sends;
 mod sessions;
+
+pub use backlog::{BacklogReader, PAGE_BYTES, PAGE_MESSAGES, READ_AHEAD};
 
 use super::auth::Auth;
 use super::directory::{DeliveredSends, MembershipCache, UserDirectory};

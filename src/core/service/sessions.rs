@@ -96,89 +96,66 @@ impl ChatCore {
 
     /// Messages the user missed since its delivery cursor, oldest first (direct messages all or
     /// up to the configured cap per conversation, group messages the newest `group_backlog`),
-    /// leaving out what the user sent.
+    /// leaving out what the user sent: every page of [`Self::open_backlog`] at once (the
+    /// session reads it page by page instead).
     pub async fn backlog(&self, me: &Me) -> ChatResult<Backlog> {
-        let store = &self.backends.store;
-        let cursor = store.cursor(me.id).await?;
-        let start = cursor.resume_after();
-        let tail = store.log_tail().await?;
-        let limits = self.limits();
-        let mut out = Vec::new();
-        for conv in self.conversations(me.id).await? {
-            match conv {
-                ConvId::Group(_) => {
-                    let cap = limits.group_backlog;
-                    if cap == 0 {
-                        continue;
-                    }
-                    let page = store.history(conv, Some(tail + 1), cap).await?;
-                    out.extend(page.messages.into_iter().filter(|m| m.seq > start));
-                }
-                ConvId::Direct(..) => {
-                    let cap = if limits.direct_backlog == 0 {
-                        usize::MAX
-                    } else {
-                        limits.direct_backlog
-                    };
-                    if cap != usize::MAX {
-                        let page = store.history(conv, Some(tail + 1), cap).await?;
-                        out.extend(page.messages.into_iter().filter(|m| m.seq > start));
-                        continue;
-                    }
-                    let mut after = start;
-                    loop {
-                        let page = store.after(conv, after, SYNC_MAX).await?;
-                        let full = page.len() == SYNC_MAX;
-                        for m in page {
-                            if m.seq > tail {
-                                break;
-                            }
-                            after = m.seq;
-                            out.push(m);
-                        }
-                        if !full || after >= tail {
-                            break;
-                        }
-                    }
-                }
+        let mut reader = self.open_backlog(me).await?;
+        let mut messages = Vec::new();
+        loop {
+            let page = self.next_backlog_page(&mut reader).await?;
+            if page.is_empty() {
+                break;
             }
+            messages.extend(page);
         }
-        // What the user sent was acknowledged to the sending device; pushing it back at login
-        // would show one's own messages as incoming (a v2 device gets them through sync).
-        out.retain(|m| m.sender_id != me.id);
-        out.sort_by_key(|m| m.seq);
         Ok(Backlog {
-            messages: out,
-            seen_mark: cursor.undelivered_from,
-            upto: tail,
+            messages,
+            seen_mark: reader.seen_mark,
+            upto: reader.upto,
         })
     }
 
-    /// The backlog of connection `conn`, which just logged in (joined this node's
-    /// connections): [`Self::backlog`] less what was pushed to the connection live meanwhile,
-    /// and from now on a live push to it of a message of this backlog is dropped
-    /// ([`LocalDelivery::backlog_read`]). A message stored while the backlog is read thus
-    /// reaches the connection once: in the backlog or live, whichever the read and its push
-    /// make it. On an error the recording ends all the same (nothing is dropped).
-    ///
-    /// [`LocalDelivery::backlog_read`]: crate::core::ports::LocalDelivery::backlog_read
+    /// The whole login backlog of connection `conn`: every page of
+    /// [`Self::next_login_backlog_page`], then [`Self::backlog_done`] (also on an error).
     pub async fn login_backlog(&self, me: &Me, conn: ConnId) -> ChatResult<Backlog> {
-        let read = self.backlog(me).await;
-        let seqs: Vec<Seq> = match &read {
-            Ok(b) => b.messages.iter().map(|m| m.seq).collect(),
-            Err(_) => Vec::new(),
-        };
-        let pushed = self.local().backlog_read(me.id, conn, &seqs);
-        let mut backlog = read?;
-        backlog.messages.retain(|m| !pushed.contains(&m.seq));
-        Ok(backlog)
+        let read = async {
+            let mut reader = self.open_backlog(me).await?;
+            let mut messages = Vec::new();
+            loop {
+                let page = self.next_login_backlog_page(conn, &mut reader).await?;
+                if page.is_empty() {
+                    break;
+                }
+                messages.extend(page);
+            }
+            Ok(Backlog {
+                messages,
+                seen_mark: reader.seen_mark,
+                upto: reader.upto,
+            })
+        }
+        .await;
+        self.backlog_done(me.id, conn);
+        read
     }
 
     /// The backlog has been queued to the connection: move the cursor past it.
     pub async fn settle_backlog(&self, me: &Me, backlog: &Backlog) -> ChatResult<()> {
+        self.settle_backlog_at(me, backlog.seen_mark, backlog.upto)
+            .await
+    }
+
+    /// [`Self::settle_backlog`] for a backlog read page by page: its `seen_mark` and `upto`
+    /// ([`BacklogReader`]).
+    pub async fn settle_backlog_at(
+        &self,
+        me: &Me,
+        seen_mark: Option<Seq>,
+        upto: Seq,
+    ) -> ChatResult<()> {
         self.backends
             .store
-            .settle_cursor(me.id, backlog.seen_mark, backlog.upto)
+            .settle_cursor(me.id, seen_mark, upto)
             .await?;
         Ok(())
     }
