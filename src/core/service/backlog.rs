@@ -7,11 +7,14 @@
 //! [`READ_AHEAD`] messages, at least one per conversation), and hands out pages of at most
 //! [`PAGE_MESSAGES`] messages or about [`PAGE_BYTES`] bytes of content in log order. The session
 //! queues a page, waits until the connection has room (its byte budget), and reads the next.
+//! A sync page (403) is read from the same merge ([`LogMerge`]), so it reads about what it
+//! returns, not `limit` messages of every conversation.
 
 use std::collections::VecDeque;
 
 use super::*;
 use crate::core::error::ChatResult;
+use crate::core::ports::{BackendResult, Store};
 
 /// Messages read ahead over all conversations of a backlog (at least one per conversation,
 /// at most 64 per conversation).
@@ -32,12 +35,90 @@ struct Source {
     exhausted: bool,
 }
 
-/// A backlog being read (see the module doc); from [`ChatCore::open_backlog`].
-pub struct BacklogReader {
-    user: UserId,
+/// A user's conversations merged in log order, read a few messages ahead each (see the
+/// module doc): what a login backlog and a sync page are read from.
+pub(in crate::core) struct LogMerge {
     sources: Vec<Source>,
     /// Messages read per conversation and store call.
     per_read: usize,
+    /// Nothing after this position.
+    upto: Seq,
+}
+
+impl LogMerge {
+    /// The messages of `convs` after `start` up to `upto`; `per_read` from the number of
+    /// conversations (see [`READ_AHEAD`]).
+    pub(in crate::core) fn new(
+        convs: impl IntoIterator<Item = ConvId>,
+        start: Seq,
+        upto: Seq,
+    ) -> Self {
+        let sources: Vec<Source> = convs
+            .into_iter()
+            .map(|conv| Source {
+                conv,
+                after: start,
+                ahead: VecDeque::new(),
+                exhausted: false,
+            })
+            .collect();
+        LogMerge {
+            per_read: (READ_AHEAD / sources.len().max(1)).clamp(1, 64),
+            sources,
+            upto,
+        }
+    }
+
+    /// The next message in log order, if any.
+    pub(in crate::core) async fn next(
+        &mut self,
+        store: &dyn Store,
+    ) -> BackendResult<Option<StoredMessage>> {
+        self.fill(store).await?;
+        let Some(oldest) = self
+            .sources
+            .iter_mut()
+            .filter(|s| !s.ahead.is_empty())
+            .min_by_key(|s| s.ahead[0].seq)
+        else {
+            return Ok(None);
+        };
+        Ok(oldest.ahead.pop_front())
+    }
+
+    /// Whether a message is left.
+    pub(in crate::core) async fn has_next(&mut self, store: &dyn Store) -> BackendResult<bool> {
+        self.fill(store).await?;
+        Ok(!self.sources.is_empty())
+    }
+
+    /// Every conversation shows its next message (or is done): the oldest head is then the
+    /// next message of all.
+    async fn fill(&mut self, store: &dyn Store) -> BackendResult<()> {
+        for s in self.sources.iter_mut() {
+            if s.ahead.is_empty() && !s.exhausted {
+                let got = store.after(s.conv, s.after, self.per_read).await?;
+                s.exhausted = got.len() < self.per_read;
+                for m in got {
+                    if m.seq > self.upto {
+                        s.exhausted = true;
+                        break;
+                    }
+                    s.after = m.seq;
+                    s.ahead.push_back(m);
+                }
+            }
+        }
+        self.sources
+            .retain(|s| !(s.exhausted && s.ahead.is_empty()));
+        Ok(())
+    }
+}
+
+/// A backlog being read (see the module doc); from [`ChatCore::open_backlog`].
+pub struct BacklogReader {
+    user: UserId,
+    merge: LogMerge,
     /// The user's undelivered mark when the backlog was opened.
     pub seen_mark: Option<Seq>,
     /// The log's end when the backlog was opened: the backlog is what is before it.
@@ -56,8 +137,8 @@ impl ChatCore {
         let tail = store.log_tail().await?;
         let limits = self.limits();
         let convs = self.conversations(me.id).await?;
-        let per_read = (READ_AHEAD / convs.len().max(1)).clamp(1, 64);
-        let mut sources = Vec::with_capacity(convs.len());
+        let mut merge = LogMerge::new([], start, tail);
+        merge.per_read = (READ_AHEAD / convs.len().max(1)).clamp(1, 64);
         for conv in convs {
             let cap = match conv {
                 ConvId::Group(_) => Some(limits.group_backlog),
@@ -83,8 +164,8 @@ impl ChatCore {
                         .filter(|m| m.seq > start)
                         .collect();
                     newest.reverse();
-                    source.exhausted = newest.len() <= per_read;
-                    newest.truncate(per_read);
+                    source.exhausted = newest.len() <= merge.per_read;
+                    newest.truncate(merge.per_read);
                     if let Some(last) = newest.last() {
                         source.after = last.seq;
                     }
@@ -94,12 +175,11 @@ impl ChatCore {
                     }
                 }
             }
-            sources.push(source);
+            merge.sources.push(source);
         }
         Ok(BacklogReader {
             user: me.id,
-            sources,
-            per_read,
+            merge,
             seen_mark: cursor.undelivered_from,
             upto: tail,
         })
@@ -110,37 +190,13 @@ impl ChatCore {
         &self,
         reader: &mut BacklogReader,
     ) -> ChatResult<Vec<StoredMessage>> {
-        let store = &self.backends.store;
+        let store = &*self.backends.store;
         let mut page = Vec::new();
         let mut bytes = 0;
         while page.len() < PAGE_MESSAGES && (page.is_empty() || bytes < PAGE_BYTES) {
-            // Every conversation shows its next message (or is done) before the oldest is taken.
-            for s in reader.sources.iter_mut() {
-                if s.ahead.is_empty() && !s.exhausted {
-                    let got = store.after(s.conv, s.after, reader.per_read).await?;
-                    s.exhausted = got.len() < reader.per_read;
-                    for m in got {
-                        if m.seq > reader.upto {
-                            s.exhausted = true;
-                            break;
-                        }
-                        s.after = m.seq;
-                        s.ahead.push_back(m);
-                    }
-                }
-            }
-            reader
-                .sources
-                .retain(|s| !(s.exhausted && s.ahead.is_empty()));
-            let Some(oldest) = reader
-                .sources
-                .iter_mut()
-                .filter(|s| !s.ahead.is_empty())
-                .min_by_key(|s| s.ahead[0].seq)
-            else {
+            let Some(m) = reader.merge.next(store).await? else {
                 break;
             };
-            let m = oldest.ahead.pop_front().expect("not empty");
             // What the user sent was acknowledged to the sending device; pushing it back at
             // login would show one's own messages as incoming (a v2 device gets them through
             // sync).

@@ -6,6 +6,7 @@ use super::*;
 use crate::core::directory::is_uuid_shaped;
 use crate::core::error::{ChatError, ChatResult};
 use crate::core::model::*;
+use crate::core::service::backlog::LogMerge;
 
 impl ChatCore {
     /// The last `limit` direct messages with a user, oldest first. The target is looked up by
@@ -95,19 +96,27 @@ impl ChatCore {
                 tail,
             });
         }
+        // Merged in log order, a few messages ahead per conversation: a page never reads
+        // (conversations × limit) messages to return `limit`.
+        let mut merge = LogMerge::new(self.conversations(me.id).await?, start, tail);
         let mut all = Vec::new();
-        let mut truncated = false;
-        for conv in self.conversations(me.id).await? {
-            let page = store.after(conv, start, limit + 1).await?;
-            truncated |= page.len() > limit;
-            all.extend(page.into_iter().filter(|m| m.seq <= tail));
+        let mut has_more = false;
+        while all.len() < limit {
+            let Some(m) = merge.next(&**store).await? else {
+                break;
+            };
+            if !fits(&m) {
+                // The first always goes.
+                if all.is_empty() {
+                    all.push(m);
+                }
+                has_more = true;
+                break;
+            }
+            all.push(m);
         }
-        all.sort_by_key(|m| m.seq);
-        let mut has_more = truncated || all.len() > limit;
-        all.truncate(limit);
-        if let Some(stop) = all.iter().position(|m| !fits(m)) {
-            all.truncate(stop.max(1));
-            has_more = true;
+        if all.len() == limit && !has_more {
+            has_more = merge.has_next(&**store).await?;
         }
         let next = if has_more {
             all.last().map_or(start, |m| m.seq)
