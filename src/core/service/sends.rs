@@ -167,7 +167,7 @@ impl ChatCore {
     /// Last step of a send, first half: finds who gets an appended message live: this
     /// node's connections, and which other nodes (presence, for a direct message). Sends of
     /// one connection may do this concurrently (the presence lookups overlap); their
-    /// [`Self::deliver`] calls are what they issue in the connection's order, so that pushes,
+    /// [`Self::push_and_publish`] calls are what they issue in the connection's order, so that pushes,
     /// here and on other nodes, keep the send order whatever order the store acknowledged the
     /// appends in.
     ///
