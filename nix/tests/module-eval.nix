@@ -44,6 +44,12 @@ let
     };
   };
 
+  # The package default is taken from the system's pkgs, so an overlay applies.
+  withOverlay = eval {
+    nixpkgs.pkgs = lib.mkForce (pkgs.extend (_final: prev: { chat-zinx = prev.hello; }));
+    services.chat-zinx.enable = true;
+  };
+
   withNatsPassword = eval {
     services.chat-zinx = {
       enable = true;
@@ -73,6 +79,8 @@ assert lib.assertMsg (failedAssertions config == [ ])
   (lib.concatStringsSep "\n" (failedAssertions config));
 assert lib.assertMsg (failedAssertions withSecretInStore != [ ])
   "settings.consul.token must be refused";
+assert lib.assertMsg (lib.getName withOverlay.services.chat-zinx.package == "hello")
+  "the package default is pkgs.chat-zinx of the system's pkgs (overlays apply)";
 assert lib.assertMsg (failedAssertions withNatsPassword != [ ])
   "a password in settings.nats.url must be refused";
 assert lib.assertMsg (lib.any (lib.hasInfix "not both") (failedAssertions withTwoSecretFiles))
