@@ -56,13 +56,13 @@
         default = pkgs.callPackage ./nix/devshell.nix { };
       });
 
-      formatter = forAllSystems (pkgs: pkgs.nixpkgs-fmt);
+      # `nix fmt`: nixfmt (the official Nix formatter, RFC 166 style) on every .nix file of the
+      # tree, through treefmt (nixfmt-tree), so that it needs no paths.
+      formatter = forAllSystems (pkgs: pkgs.nixfmt-tree);
 
-      nixosModules.default = { lib, pkgs, ... }: {
-        imports = [ ./nix/module.nix ];
-        services.chat-zinx.package =
-          lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
-      };
+      # The package defaults to the system's pkgs.chat-zinx (an overlay, this flake's
+      # overlays.default or the user's, applies), else it is built with the system's nixpkgs.
+      nixosModules.default = ./nix/module.nix;
 
       nixosConfigurations = roles;
 
@@ -75,7 +75,7 @@
             chatZinxModule = self.nixosModules.default;
           };
           formatting = pkgs.runCommand "chat-zinx-nix-formatting" { } ''
-            ${lib.getExe pkgs.nixpkgs-fmt} --check ${./flake.nix} ${./nix}
+            ${lib.getExe pkgs.nixfmt} --check ${./flake.nix} ${./nix}
             touch $out
           '';
         }))

@@ -1,6 +1,6 @@
 # `nix develop`: the Rust toolchain of the package, the test runner and the servers the
 # integration tests start (scripts/test; src/harness), and the Nix tools.
-{ mkShell, chat-zinx, clippy, rustfmt, rust-analyzer, cargo-nextest, nats-server, redis, consul, systemd, deadnix, nixpkgs-fmt, python3 }:
+{ mkShell, chat-zinx, clippy, rustfmt, rust-analyzer, cargo-nextest, nats-server, redis, consul, systemd, deadnix, nixfmt, python3 }:
 
 mkShell {
   inputsFrom = [ chat-zinx ];
@@ -17,7 +17,7 @@ mkShell {
     systemd
     # scripts/check-nix.
     deadnix
-    nixpkgs-fmt
+    nixfmt
     python3.pkgs.pyflakes
   ];
 }

@@ -111,8 +111,11 @@ let
         File holding the secret that signs login tokens (at least 16 bytes). Every node of a
         cluster needs the same one, so that a client resumes its session on any node. It is
         passed as a systemd credential (`LoadCredential=`), so it can stay readable by root
-        only, and `settings.auth.token_secret_file` is set to the credential. `null`: each
-        node generates its own in its state directory.
+        only, and the file the module writes gets `auth.token_secret_file` set to the
+        credential (so do not set `settings.auth.token_secret_file` too). `null`: with
+        `settings.nats.url` set the nodes agree on one secret through NATS JetStream (created
+        by the first node to start); without NATS the node generates its own in its state
+        directory.
       '';
     };
   };
@@ -126,12 +129,18 @@ let
 
   portOf = address: lib.toInt (lib.last (lib.splitString ":" address));
 
-  # Settings without the unset (null) options, as written to the file.
-  fileSettings = node: lib.filterAttrsRecursive (_: v: v != null) node.settings;
+  # Settings without the unset (null) options, as written to the file; `tokenSecretFile`
+  # becomes `auth.token_secret_file` here (not through the option, so that setting both is an
+  # assertion with a message rather than a "conflicting definition values").
+  fileSettings = name: node:
+    lib.recursiveUpdate (lib.filterAttrsRecursive (_: v: v != null) node.settings)
+      (lib.optionalAttrs (node.tokenSecretFile != null) {
+        auth.token_secret_file = credentialPath name;
+      });
 
   configFile = name: node:
     let
-      file = tomlFormat.generate "${unitName name}.toml" (fileSettings node);
+      file = tomlFormat.generate "${unitName name}.toml" (fileSettings name node);
     in
     if cfg.checkConfig && pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform then
       pkgs.runCommand "${unitName name}-checked.toml" { } ''
@@ -181,6 +190,10 @@ let
       requires = socketUnits;
       after = socketUnits ++ [ "network-online.target" ];
       wants = [ "network-online.target" ];
+      # `nixos-rebuild switch` restarts a changed service in place instead of stopping it and
+      # its sockets (the default for a socket-activated unit): the listening sockets stay
+      # open, so clients queue in the kernel while the new daemon starts.
+      stopIfChanged = false;
       # Keep retrying while a backend (NATS, Redis, Consul) is down.
       unitConfig.StartLimitIntervalSec = 0;
       serviceConfig = {
@@ -253,6 +266,10 @@ let
     let
       where = "services.chat-zinx" + lib.optionalString (name != "") ".instances.${name}";
       redisUrl = node.settings.redis.url;
+      natsUrl = node.settings.nats.url;
+      # A URL (or a comma-separated list of them) with credentials: scheme://user:password@...,
+      # scheme://:password@... or (NATS) scheme://token@...
+      hasPassword = url: url != null && builtins.match "(.*,)?[^/,]*//[^/@,]+@.*" url != null;
     in
     [
       {
@@ -260,8 +277,16 @@ let
         message = "${where}.settings.consul.token would put the Consul ACL token in the world-readable Nix store: set CHAT_ZINX_CONSUL__TOKEN in ${where}.environmentFile instead.";
       }
       {
-        assertion = redisUrl == null || builtins.match "[^/]*//[^/@]*:[^/@]+@.*" redisUrl == null;
+        assertion = !hasPassword redisUrl;
         message = "${where}.settings.redis.url contains a password, which would land in the world-readable Nix store: set CHAT_ZINX_REDIS__URL in ${where}.environmentFile instead.";
+      }
+      {
+        assertion = !hasPassword natsUrl;
+        message = "${where}.settings.nats.url contains credentials (user:password@ or token@), which would land in the world-readable Nix store: set CHAT_ZINX_NATS__URL in ${where}.environmentFile instead.";
+      }
+      {
+        assertion = node.tokenSecretFile == null || node.settings.auth.token_secret_file == null;
+        message = "${where}: set either tokenSecretFile (the module hands the file to the service as a systemd credential and points auth.token_secret_file at it) or settings.auth.token_secret_file, not both: remove settings.auth.token_secret_file.";
       }
       {
         assertion = name == "" || (builtins.match "[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*" name != null && !lib.hasSuffix "http" name);
@@ -277,7 +302,15 @@ in
   options.services.chat-zinx = nodeOptions // {
     enable = lib.mkEnableOption "the chat-zinx chat daemon (units chat-zinx.service, chat-zinx.socket, chat-zinx-http.socket)";
 
-    package = lib.mkPackageOption pkgs "chat-zinx" { };
+    package = mkOption {
+      type = types.package;
+      # From the system's pkgs, so that overlays apply: pkgs.chat-zinx where an overlay (this
+      # flake's overlays.default, or the user's) provides it, else built from this checkout
+      # with the system's own nixpkgs.
+      default = pkgs.chat-zinx or (pkgs.callPackage ./package.nix { });
+      defaultText = lib.literalExpression "pkgs.chat-zinx or (pkgs.callPackage ./nix/package.nix { })";
+      description = "The chat-zinx package (the daemon and its client).";
+    };
 
     checkConfig = mkOption {
       type = types.bool;
@@ -304,7 +337,7 @@ in
         .socket, -http.socket), state directory (/var/lib/chat-zinx-<name>) and settings;
         give each its own `server.listen` and `server.http_listen`.
       '';
-      type = types.attrsOf (types.submodule ({ name, config, ... }: {
+      type = types.attrsOf (types.submodule {
         options = nodeOptions // {
           enable = lib.mkEnableOption "this chat-zinx node" // { default = true; };
           package = mkOption {
@@ -314,16 +347,11 @@ in
             description = "The chat-zinx package of this node.";
           };
         };
-        config.settings.auth.token_secret_file =
-          lib.mkIf (config.tokenSecretFile != null) (credentialPath name);
-      }));
+      });
     };
   };
 
   config = {
-    services.chat-zinx.settings.auth.token_secret_file =
-      lib.mkIf (cfg.tokenSecretFile != null) (credentialPath "");
-
     assertions = lib.concatLists (lib.mapAttrsToList nodeAssertions nodes) ++ [
       {
         assertion = lib.allUnique listenAddresses;

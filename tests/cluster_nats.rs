@@ -21,6 +21,49 @@ async fn node_on(nats: &NatsServer, secret: &std::path::Path) -> TestServer {
     .await
 }
 
+/// A node on NATS without `auth.token_secret_file` signs with the cluster's secret (stored in
+/// the JetStream KV by the first node); a configured file wins over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_secret_comes_from_nats_unless_a_file_is_configured() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let on_nats = |url: String| {
+        move |c: &mut chat_zinx::config::Config| {
+            c.nats.url = Some(url);
+            c.nats.request_timeout = Duration::from_secs(1);
+        }
+    };
+    let first = TestServer::with(on_nats(url.clone())).await;
+    let second = TestServer::with(on_nats(url.clone())).await;
+    let shared = tempfile::tempdir().unwrap();
+    let own_file = node_on(&nats, &shared.path().join("token_secret")).await;
+
+    let alice = first.user_v2("alice").await;
+    let token = alice.token();
+    let login = |server: &TestServer| {
+        let (addr, token) = (server.addr, token.clone());
+        async move {
+            let mut c = Client::connect(addr).await;
+            c.hello().await;
+            c.send(ids::LOGIN_REQ, json!({"token": token})).await;
+            c.expect(ids::LOGIN_RESP).await["code"].clone()
+        }
+    };
+    assert_eq!(
+        login(&second).await,
+        0,
+        "the second node has the same secret"
+    );
+    assert_ne!(
+        login(&own_file).await,
+        0,
+        "a node with its own secret file does not accept the cluster's tokens"
+    );
+    for s in [first, second, own_file] {
+        s.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_groups_and_messages_survive_a_daemon_restart() {
     let nats = NatsServer::start().await;

@@ -24,7 +24,18 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon whose token secret file is `dir/token_secret`, shared by the test's daemons.
     async fn spawn(dir: &Path, name: &str, env: &[(&str, String)]) -> Daemon {
+        Self::spawn_with_secret(dir, name, env, Some(&dir.join("token_secret"))).await
+    }
+
+    /// A daemon with `auth.token_secret_file` = `secret`, or unset.
+    async fn spawn_with_secret(
+        dir: &Path,
+        name: &str,
+        env: &[(&str, String)],
+        secret: Option<&Path>,
+    ) -> Daemon {
         let state = dir.join(name);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-zinx"));
         cmd.arg("serve")
@@ -35,14 +46,13 @@ impl Daemon {
             .env("CHAT_ZINX_SERVER__HTTP_LISTEN", "127.0.0.1:0")
             .env("CHAT_ZINX_SERVER__NODE_ID", name)
             .env("CHAT_ZINX_SERVER__STATE_DIR", &state)
-            .env(
-                "CHAT_ZINX_AUTH__TOKEN_SECRET_FILE",
-                dir.join("token_secret"),
-            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(secret) = secret {
+            cmd.env("CHAT_ZINX_AUTH__TOKEN_SECRET_FILE", secret);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -94,6 +104,68 @@ async fn login_v2(addr: SocketAddr, name: &str, register: bool) -> Client {
     }
     c.login(name).await;
     c
+}
+
+/// Logs in with `token` on the node at `addr`; the LOGIN_RESP code.
+async fn token_login_code(addr: SocketAddr, token: &str) -> Value {
+    let mut c = Client::connect(addr).await;
+    c.hello().await;
+    c.send(ids::LOGIN_REQ, json!({"token": token})).await;
+    c.expect(ids::LOGIN_RESP).await["code"].clone()
+}
+
+/// The README's cluster recipe as written: three nodes started at once on one token secret
+/// file that does not exist yet. The file appears whole (written aside, then linked), so no
+/// node reads it half written: all three serve, and a token of one node logs in on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_started_at_once_on_a_missing_secret_file_all_serve_and_share_it() {
+    let (nats, redis) = (NatsServer::start().await, RedisServer::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let env = backend_env(&nats, &redis);
+    let (a, b, c) = tokio::join!(
+        Daemon::spawn(dir.path(), "n1", &env),
+        Daemon::spawn(dir.path(), "n2", &env),
+        Daemon::spawn(dir.path(), "n3", &env),
+    );
+    let alice = login_v2(a.addr, "alice", true).await;
+    let token = alice.token();
+    for node in [&b, &c, &a] {
+        assert_eq!(token_login_code(node.addr, &token).await, 0);
+    }
+    let secret = std::fs::read(dir.path().join("token_secret")).unwrap();
+    assert_eq!(secret.len(), 64, "the whole secret, hex");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// Without `auth.token_secret_file`, three nodes started at once on one NATS agree on one
+/// secret through the JetStream KV (the first to create it wins, the others read it): a token
+/// of one node logs in on the others, and no node wrote a secret file of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_secret_file_three_nodes_agree_on_one_secret_through_nats() {
+    let (nats, redis) = (NatsServer::start().await, RedisServer::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let env = backend_env(&nats, &redis);
+    let (a, b, c) = tokio::join!(
+        Daemon::spawn_with_secret(dir.path(), "n1", &env, None),
+        Daemon::spawn_with_secret(dir.path(), "n2", &env, None),
+        Daemon::spawn_with_secret(dir.path(), "n3", &env, None),
+    );
+    let bob = login_v2(c.addr, "bob", true).await;
+    let token = bob.token();
+    for node in [&a, &b, &c] {
+        assert_eq!(token_login_code(node.addr, &token).await, 0);
+    }
+    for name in ["n1", "n2", "n3"] {
+        assert!(
+            !dir.path().join(name).join("token_secret").exists(),
+            "{name} made up a secret of its own"
+        );
+    }
 }
 
 /// A group message reaches every online member on every node exactly once, in order.

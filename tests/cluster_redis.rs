@@ -243,13 +243,19 @@ async fn p2p_both_ways_and_offline_on_one_node_then_login_on_the_other() {
 }
 
 /// The cluster families of /metrics move with real traffic: JetStream appends, Redis presence
-/// reads and cross-node deliveries are counted and timed.
+/// reads and cross-node deliveries are counted and timed; the bus counts what it hands the
+/// receiving node (`bus_messages_total{direction="in"}`), and every backend call is in
+/// `backend_queue_depth{queue="in_flight"}` while it waits (back to 0 once answered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_backend_calls_and_cross_node_deliveries() {
     let cluster = Cluster::start().await;
     let a = cluster.node(|_| {}).await;
     let b = cluster.node(|_| {}).await;
     let http = a
+        .node()
+        .serve_http(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let http_b = b
         .node()
         .serve_http(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
         .unwrap();
@@ -292,12 +298,31 @@ async fn metrics_count_backend_calls_and_cross_node_deliveries() {
             })
             .map(|(name, labels)| format!("{name} {labels:?}"))
             .collect();
-        if missing.is_empty() {
+        let r = tokio::task::spawn_blocking(move || http_client::get(http_b, "/metrics"))
+            .await
+            .unwrap();
+        let scrape_b = http_client::parse(&r.body);
+        let received = http_client::value(
+            &scrape_b,
+            "chat_zinx_bus_messages_total",
+            &[("direction", "in")],
+        );
+        if missing.is_empty() && received.is_some_and(|v| v >= 1.0) {
+            // The calls were counted when they returned, so none of them is in flight now
+            // (node a is idle): the gauge went up and came back.
+            for backend in ["jetstream", "redis"] {
+                let depth = http_client::value(
+                    &scrape,
+                    "chat_zinx_backend_queue_depth",
+                    &[("backend", backend), ("queue", "in_flight")],
+                );
+                assert!(depth.is_some(), "no in_flight gauge for {backend}");
+            }
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "never counted: {missing:?}"
+            "never counted: {missing:?}, bus in on node b: {received:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -7,18 +7,31 @@ let
   peers = [ "nats-1" "nats-2" "nats-3" ];
   natsConfig = (pkgs.formats.json { }).generate "nats.conf" config.services.nats.settings;
   # The host name is read when the server starts (after cloud-init set it), not when the
-  # unit is loaded, as the %H specifier would be.
+  # unit is loaded, as the %H specifier would be. It comes from uname(2) (the UTS namespace
+  # ProtectHostname= gives the unit is a copy of the host's at start), not from
+  # /proc/sys/kernel/hostname, which the upstream unit's ProcSubset=pid hides. A name that is
+  # not one of the peers would make a fourth, unrouted member: refuse it.
   start = pkgs.writeShellScript "nats-server-start" ''
-    exec ${lib.getExe' pkgs.nats-server "nats-server"} -c ${natsConfig} \
-      --server_name "$(</proc/sys/kernel/hostname)"
+    name="$(${pkgs.coreutils}/bin/uname -n)"
+    case "$name" in
+      ${lib.concatStringsSep "|" peers}) ;;
+      *)
+        echo "nats-server-start: this host is named '$name', not one of ${toString peers}:" \
+          "set the host name in the machine's cloud-init user data (hostname:) and reboot" >&2
+        exit 1
+        ;;
+    esac
+    exec ${lib.getExe' pkgs.nats-server "nats-server"} -c ${natsConfig} --server_name "$name"
   '';
 in
 {
   services.nats = {
     enable = true;
-    host = "0.0.0.0";
     jetstream = true;
     settings = {
+      # The nixos-25.11 module declares no `host` option (nix/README.md): the listen address
+      # goes in the settings, as in nats-server's own configuration file.
+      host = "0.0.0.0";
       http = "127.0.0.1:8222";
       cluster = {
         name = "chat-zinx";

@@ -28,9 +28,10 @@ let
     services.nats = {
       enable = true;
       serverName = name;
-      host = "0.0.0.0";
       jetstream = true;
       settings = {
+        # No `host` option in the nixos-25.11 module: the listen address is a setting.
+        host = "0.0.0.0";
         # Monitoring endpoint (/healthz, /jsz), loopback only.
         http = "127.0.0.1:8222";
         cluster = {

@@ -44,6 +44,27 @@ let
     };
   };
 
+  # The package default is taken from the system's pkgs, so an overlay applies.
+  withOverlay = eval {
+    nixpkgs.pkgs = lib.mkForce (pkgs.extend (_final: prev: { chat-zinx = prev.hello; }));
+    services.chat-zinx.enable = true;
+  };
+
+  withNatsPassword = eval {
+    services.chat-zinx = {
+      enable = true;
+      settings.nats.url = "nats://n1:4222,nats://chat:not-in-the-store@n2:4222";
+    };
+  };
+
+  withTwoSecretFiles = eval {
+    services.chat-zinx = {
+      enable = true;
+      tokenSecretFile = "/run/secrets/chat-zinx-token-secret";
+      settings.auth.token_secret_file = "/var/lib/chat-zinx/token_secret";
+    };
+  };
+
   units = [
     "chat-zinx.service"
     "chat-zinx.socket"
@@ -58,6 +79,12 @@ assert lib.assertMsg (failedAssertions config == [ ])
   (lib.concatStringsSep "\n" (failedAssertions config));
 assert lib.assertMsg (failedAssertions withSecretInStore != [ ])
   "settings.consul.token must be refused";
+assert lib.assertMsg (lib.getName withOverlay.services.chat-zinx.package == "hello")
+  "the package default is pkgs.chat-zinx of the system's pkgs (overlays apply)";
+assert lib.assertMsg (failedAssertions withNatsPassword != [ ])
+  "a password in settings.nats.url must be refused";
+assert lib.assertMsg (lib.any (lib.hasInfix "not both") (failedAssertions withTwoSecretFiles))
+  "tokenSecretFile with settings.auth.token_secret_file must be an assertion, not a conflict";
 assert lib.assertMsg (builtins.elem 9000 config.networking.firewall.allowedTCPPorts)
   "openFirewall opens the chat port";
 
@@ -79,6 +106,8 @@ pkgs.runCommand "chat-zinx-module-check" { } ''
   expect $service "StateDirectory=chat-zinx"
   expect $service "EnvironmentFile=/run/secrets/chat-zinx.env"
   expect $service "LoadCredential=token_secret:/run/secrets/chat-zinx-token-secret"
+  # nixos-rebuild switch restarts the service in place: its sockets stay open.
+  expect $service "X-StopIfChanged=false"
   expect ${unitFile "chat-zinx-b.service"} "StateDirectory=chat-zinx-b"
 
   config=$(sed -n 's/^ExecStart=.* --config \([^ ]*\) serve$/\1/p' $service)

@@ -68,8 +68,9 @@ rate_per_sec = 200
 rate_burst = 400
 
 [auth]
-# File holding the token signing secret.
-# Unset = state_dir/token_secret, generated once.
+# File holding the token signing secret (created whole, mode 0600, if missing).
+# Unset = with nats.url, one secret for the cluster kept in NATS JetStream (the
+# first node creates it); without, state_dir/token_secret, generated once.
 token_secret_file = "/run/secrets/chat-zinx-token-secret"
 # Lifetime of login tokens (at least 1s).
 token_ttl = "7days"

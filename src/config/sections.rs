@@ -87,7 +87,9 @@ pub struct ProtocolConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// File holding the token signing secret; unset = `state_dir/token_secret`, generated once.
+    /// File holding the token signing secret (created whole, mode 0600, when missing); unset =
+    /// the cluster's secret in the NATS KV when `nats.url` is set, else
+    /// `state_dir/token_secret`, generated once.
     #[serde(deserialize_with = "de::opt_path")]
     pub token_secret_file: Option<PathBuf>,
     /// Lifetime of login tokens.

@@ -196,8 +196,15 @@ impl Auth {
         }
     }
 
-    /// Reads the secret from `path`, creating it (32 random bytes, hex, mode 0600) if missing.
-    /// Every node of a cluster must share it for tokens to work on any node.
+    /// A new token secret: 32 random bytes, hex.
+    pub fn generate_secret() -> Vec<u8> {
+        hex::encode(rand::random::<[u8; 32]>()).into_bytes()
+    }
+
+    /// Reads the secret from `path`, creating it ([`Auth::generate_secret`], mode 0600) if
+    /// missing. The file appears whole (written aside, then linked): nodes sharing a missing
+    /// file all end up with the one that was created first. Every node of a cluster must share
+    /// the secret for tokens to work on any node.
     pub fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
         let shown = path.display().to_string();
         match std::fs::read(path) {
@@ -233,7 +240,7 @@ impl Auth {
                 Ok(trimmed)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let secret = hex::encode(rand::random::<[u8; 32]>()).into_bytes();
+                let secret = Self::generate_secret();
                 match write_private(path, &secret) {
                     Ok(()) => Ok(secret),
                     // Another node sharing the file created it first: use theirs.
@@ -355,11 +362,26 @@ impl Auth {
     }
 }
 
+/// Creates `path` holding `data` (mode 0600) atomically: the data is written and synced to a
+/// temporary file beside it, which is then hard-linked to `path`. A reader never sees a partial
+/// file, and when another process created `path` first the link fails with `AlreadyExists`
+/// (a rename would silently replace theirs, and the two would sign with different secrets).
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -367,9 +389,20 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    // The temporary name goes in every case; `path`, when linked, stays.
+    let _ = std::fs::remove_file(&tmp);
+    written?;
+    // The new directory entry survives a crash too.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -500,6 +533,31 @@ mod tests {
             Auth::load_or_create_secret(&short),
             Err(SecretError::TooShort { .. })
         ));
+    }
+
+    #[test]
+    fn racing_creators_of_one_secret_file_all_get_the_same_complete_secret() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("secret-{round}"));
+            let barrier = std::sync::Barrier::new(8);
+            let secrets: Vec<Vec<u8>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Auth::load_or_create_secret(&path).unwrap()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(secrets.iter().all(|s| s == &secrets[0]), "round {round}");
+            assert_eq!(secrets[0].len(), 64);
+            assert_eq!(std::fs::read(&path).unwrap(), secrets[0]);
+            // Only the secret is left in the directory: no temporary file.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
     }
 
     fn set_mode(path: &std::path::Path, mode: u32) {

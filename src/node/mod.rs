@@ -118,20 +118,22 @@ impl Node {
     ) -> anyhow::Result<Node> {
         let state_dir = config.state_dir();
         let node_id = node_id(config, &state_dir)?;
-        let secret_path = config
-            .auth
-            .token_secret_file
-            .clone()
-            .unwrap_or_else(|| state_dir.join("token_secret"));
-        let secret = Auth::load_or_create_secret(&secret_path)?;
-        let auth = Auth::new(secret, config.auth.token_ttl, config.auth.hash_concurrency);
-
         // First, so that the backends can count into it (`Metrics::observe_backend_call`).
         let metrics = Metrics::default();
-        let (backends, links) = match backends {
-            Some(given) => (given, Vec::new()),
-            None => wiring::backends(config, &node_id, &metrics).await?,
+        let (backends, links, cluster_secret) = match backends {
+            Some(given) => (given, Vec::new(), None),
+            None => {
+                let wired = wiring::backends(config, &node_id, &metrics).await?;
+                (wired.backends, wired.links, wired.cluster_secret)
+            }
         };
+        // A configured file wins; else the cluster's secret (NATS); else this node's own.
+        let secret = match (&config.auth.token_secret_file, cluster_secret) {
+            (Some(path), _) => Auth::load_or_create_secret(path)?,
+            (None, Some(shared)) => shared,
+            (None, None) => Auth::load_or_create_secret(&state_dir.join("token_secret"))?,
+        };
+        let auth = Auth::new(secret, config.auth.token_ttl, config.auth.hash_concurrency);
 
         let hub = Arc::new(Hub::new(TOMBSTONE_GRACE));
         let core = Arc::new(ChatCore::new(

@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::backend::link::{Guarded, Link};
 use crate::backend::{consul, memory, nats, redis};
 use crate::config::{Config, ConsulConfig, RedisConfig};
+use crate::core::auth::Auth;
 use crate::core::ports::{Backends, Bus, Store};
 use crate::core::service::Limits;
 use crate::server::ConnSettings;
@@ -19,13 +20,18 @@ use crate::telemetry::metrics::Metrics;
 /// is set, Redis presence when `redis.url` is, the Consul registry when `consul.addr` is; the
 /// in-process adapters otherwise. The cluster adapters' calls are counted in `metrics`, and the
 /// NATS ones fail fast while its connection is down (its [`Link`], returned for readiness).
-pub async fn backends(
-    config: &Config,
-    node_id: &str,
-    metrics: &Metrics,
-) -> anyhow::Result<(Backends, Vec<Arc<Link>>)> {
+/// The adapters the configuration names, their links, and the cluster's token secret when it
+/// comes from NATS (`nats.url` set, `auth.token_secret_file` not).
+pub struct Wired {
+    pub backends: Backends,
+    pub links: Vec<Arc<Link>>,
+    pub cluster_secret: Option<Vec<u8>>,
+}
+
+pub async fn backends(config: &Config, node_id: &str, metrics: &Metrics) -> anyhow::Result<Wired> {
     let mut backends = memory::backends();
     let mut links = Vec::new();
+    let mut cluster_secret = None;
     if let Some(url) = &config.redis.url {
         let presence = redis::RedisPresence::connect(url, node_id, presence_options(&config.redis))
             .await
@@ -61,6 +67,19 @@ pub async fn backends(
             let conn = nats::Nats::connect(&settings)
                 .await
                 .with_context(|| format!("cannot set up NATS JetStream at {url} (nats.url): is nats-server running with JetStream enabled (-js)?"))?;
+            if config.auth.token_secret_file.is_none() {
+                // One secret for the whole cluster without distributing a file; a configured
+                // file wins.
+                let secret = conn
+                    .cluster_token_secret(Auth::generate_secret())
+                    .await
+                    .context("cannot agree on the cluster's token secret through NATS JetStream (nats.url); set auth.token_secret_file to a file shared by every node instead")?;
+                tracing::info!(
+                    node_id,
+                    "token secret shared by the cluster through NATS JetStream (meta bucket)"
+                );
+                cluster_secret = Some(secret);
+            }
             let link = conn.link();
             let store: Arc<dyn Store> = Arc::new(nats::NatsStore(conn.clone()));
             let bus: Arc<dyn Bus> = Arc::new(nats::NatsBus(conn));
@@ -81,7 +100,11 @@ pub async fn backends(
         redis: config.redis.url.is_some(),
         consul: config.consul.addr.is_some(),
     };
-    Ok((instrument(backends, metrics, cluster), links))
+    Ok(Wired {
+        backends: instrument(backends, metrics, cluster),
+        links,
+        cluster_secret,
+    })
 }
 
 /// The settings of Redis presence from `[redis]`.

@@ -31,7 +31,9 @@ async fn timed_since<T>(
     start: Instant,
     call: impl Future<Output = BackendResult<T>>,
 ) -> BackendResult<T> {
+    let in_flight = metrics.backend_call_in_flight(backend);
     let result = call.await;
+    drop(in_flight);
     // A business answer (conflict, not found) is a successful call.
     let ok = !matches!(result, Err(BackendError::Unavailable { .. }));
     metrics.observe_backend_call(backend, op, start.elapsed(), ok);
@@ -266,9 +268,28 @@ impl Presence for Timed<dyn Presence> {
     }
 }
 
+/// The node's inbound side of the bus, counting what it receives.
+struct CountedInbound {
+    inner: Arc<dyn BusInbound>,
+    metrics: Metrics,
+}
+
+#[async_trait]
+impl BusInbound for CountedInbound {
+    async fn deliver(&self, event: BusEvent) {
+        self.metrics.bus_received();
+        self.inner.deliver(event).await
+    }
+}
+
 #[async_trait]
 impl Bus for Timed<dyn Bus> {
     async fn attach(&self, node_id: &str, inbound: Arc<dyn BusInbound>) -> BackendResult<()> {
+        // Every event the bus hands this node counts as `bus_messages_total{direction="in"}`.
+        let inbound: Arc<dyn BusInbound> = Arc::new(CountedInbound {
+            inner: inbound,
+            metrics: self.metrics.clone(),
+        });
         t!(self, "attach", self.inner.attach(node_id, inbound))
     }
     async fn publish_node(&self, node_id: &str, event: BusEvent) -> BackendResult<()> {
@@ -359,5 +380,54 @@ impl Registry for Timed<dyn Registry> {
     }
     async fn health(&self) -> BackendResult<()> {
         t!(self, "health", self.inner.health())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_flight(m: &Metrics, backend: &str) -> String {
+        let lat = crate::telemetry::metrics::DeliveryLatency::default();
+        let text = m.render(&crate::telemetry::metrics::LiveStats {
+            node_id: "n1",
+            open_connections: 0,
+            logged_in_connections: 0,
+            unauthenticated_connections: 0,
+            users: 0,
+            outbox_frames: 0,
+            outbox_frames_max: 0,
+            outbox_bytes: 0,
+            outbox_bytes_budget: 0,
+            outbox_bytes_max: 0,
+            slow_consumer_closes: &[],
+            pushes: 0,
+            pushes_missed: 0,
+            slow_consumers: 0,
+            delivery_latency: &lat,
+            backends: None,
+        });
+        let prefix =
+            format!("chat_zinx_backend_queue_depth{{backend=\"{backend}\",queue=\"in_flight\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_call_is_in_flight_until_it_returns() {
+        let m = Metrics::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let call = timed(&m, "redis", "sessions", async move {
+            rx.await.ok();
+            Ok(())
+        });
+        tokio::pin!(call);
+        assert!(futures_util::poll!(call.as_mut()).is_pending());
+        assert_eq!(in_flight(&m, "redis"), "1");
+        tx.send(()).unwrap();
+        call.await.unwrap();
+        assert_eq!(in_flight(&m, "redis"), "0");
     }
 }

@@ -12,7 +12,7 @@
 //! * [`Metrics::observe_backend_call`]: one call to NATS/JetStream, Redis or Consul;
 //! * [`Metrics::cross_node_delivery`]: one message handed to another node (or not);
 //! * [`Metrics::bus_published`] / [`Metrics::bus_received`]: bus throughput;
-//! * [`Metrics::set_backend_queue_depth`]: a client-side queue (pending publishes, ...);
+//! * [`Metrics::backend_call_in_flight`]: calls to a backend waiting for its answer;
 //! * [`Metrics::set_cluster_nodes`]: nodes the registry knows.
 
 use std::sync::Arc;
@@ -156,6 +156,15 @@ struct Inner {
     backend_queue_depth: Family<QueueLabels, Gauge>,
     cluster_nodes: Gauge,
     reloads: Family<OutcomeLabels, Counter>,
+}
+
+/// A backend call under way (see [`Metrics::backend_call_in_flight`]); dropping it ends it.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The node's metrics. Cloning shares them.
@@ -451,12 +460,19 @@ impl Metrics {
             .inc();
     }
 
-    /// Items waiting in a backend client's queue right now.
-    pub fn set_backend_queue_depth(&self, backend: &'static str, queue: &'static str, depth: u64) {
-        self.inner
+    /// One call to `backend` waiting for its answer until the guard drops:
+    /// `backend_queue_depth{backend, queue="in_flight"}` counts them.
+    pub fn backend_call_in_flight(&self, backend: &'static str) -> InFlight {
+        let gauge = self
+            .inner
             .backend_queue_depth
-            .get_or_create(&QueueLabels { backend, queue })
-            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+            .get_or_create(&QueueLabels {
+                backend,
+                queue: "in_flight",
+            })
+            .clone();
+        gauge.inc();
+        InFlight(gauge)
     }
 
     /// Nodes the cluster registry lists.
@@ -656,7 +672,10 @@ mod tests {
         m.cross_node_delivery(true);
         m.cross_node_delivery(false);
         m.bus_published();
-        m.set_backend_queue_depth("nats", "pending", 12);
+        let in_flight = [
+            m.backend_call_in_flight("jetstream"),
+            m.backend_call_in_flight("jetstream"),
+        ];
         m.set_cluster_nodes(3);
         m.config_reload(false);
         let lat = DeliveryLatency::default();
@@ -667,11 +686,15 @@ mod tests {
             "chat_zinx_cross_node_deliveries_total{outcome=\"ok\"} 1",
             "chat_zinx_cross_node_deliveries_total{outcome=\"failed\"} 1",
             "chat_zinx_bus_messages_total{direction=\"out\"} 1",
-            "chat_zinx_backend_queue_depth{backend=\"nats\",queue=\"pending\"} 12",
+            "chat_zinx_backend_queue_depth{backend=\"jetstream\",queue=\"in_flight\"} 2",
             "chat_zinx_cluster_nodes 3",
             "chat_zinx_config_reloads_total{outcome=\"rejected\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+        drop(in_flight);
+        let text = m.render(&live(&lat, None));
+        let line = "chat_zinx_backend_queue_depth{backend=\"jetstream\",queue=\"in_flight\"} 0";
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
 }

@@ -121,3 +121,42 @@ impl Nats {
         Ok(Some(g))
     }
 }
+
+/// Key of the cluster's token secret in the meta bucket (readable with the nodes' NATS
+/// credentials only, like every other key there).
+const TOKEN_SECRET_KEY: &str = "auth.token_secret";
+
+impl Nats {
+    /// The token secret every node of this cluster signs with, agreed through the meta bucket:
+    /// `candidate` when this node stores it first (create-if-absent), else the stored one (a
+    /// node that loses the create race reads the winner's).
+    pub async fn cluster_token_secret(&self, candidate: Vec<u8>) -> BackendResult<Vec<u8>> {
+        // A stored secret is never deleted by the daemon; the loop only covers a key deleted by
+        // hand between this node's create and its read.
+        for _ in 0..8 {
+            match self
+                .meta
+                .create(TOKEN_SECRET_KEY, Bytes::from(candidate.clone()))
+                .await
+            {
+                Ok(_) => return Ok(candidate),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+            match self.meta.get(TOKEN_SECRET_KEY).await.map_err(unavailable)? {
+                Some(stored) if stored.len() >= 16 => return Ok(stored.to_vec()),
+                Some(_) => {
+                    return Err(unavailable_because(format!(
+                        "the token secret stored in the KV bucket {} (key {TOKEN_SECRET_KEY}) is shorter than 16 bytes: delete that key (every login token becomes invalid) or set auth.token_secret_file",
+                        self.meta.name
+                    )))
+                }
+                None => continue,
+            }
+        }
+        Err(unavailable_because(format!(
+            "the token secret key {TOKEN_SECRET_KEY} keeps disappearing from the KV bucket {}: is something deleting it?",
+            self.meta.name
+        )))
+    }
+}
