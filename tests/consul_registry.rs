@@ -114,6 +114,7 @@ fn node(id: &str, port: u16, connections: u64) -> NodeInfo {
     NodeInfo {
         node_id: id.into(),
         addr: format!("127.0.0.1:{port}"),
+        tls_addr: None,
         connections,
         capacity: 100,
         draining: false,
