@@ -3,6 +3,8 @@
 //! rotation on reload (SIGHUP's path) with a good and a bad new pair. Certificates are made
 //! here, by a CA of the test's own (rcgen).
 
+#[path = "support/pki.rs"]
+mod pki;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -13,53 +15,13 @@ use chat_zinx::client::connection::{Connection, Inbound, TlsClient};
 use chat_zinx::config::Config;
 use chat_zinx::node::{Listeners, Node};
 use chat_zinx::protocol::ids;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use pki::Ca;
 use serde_json::{json, Value};
 use support::{body_json, Client, PASSWORD, WAIT};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chat-zinx");
-
-/// A CA of the test's own, and its PEM certificate on disk (what `--ca` gets).
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem_file: PathBuf,
-}
-
-impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("chat-zinx test CA {name}"));
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let pem_file = dir.join(format!("{name}-ca.pem"));
-        std::fs::write(&pem_file, cert.pem()).unwrap();
-        Ca {
-            issuer: Issuer::new(params, key),
-            pem_file,
-        }
-    }
-
-    /// A server certificate for `localhost` and 127.0.0.1: (certificate PEM, key PEM, DER).
-    fn issue(&self) -> (String, String, Vec<u8>) {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "chat-zinx test node");
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-    }
-
-    fn client(&self) -> TlsClient {
-        TlsClient::new(Some(&self.pem_file), None).unwrap()
-    }
-}
 
 /// A node with a plain and a TLS listener (or only the TLS one) on the in-process backends.
 struct TlsNode {
