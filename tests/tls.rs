@@ -154,6 +154,15 @@ async fn login(conn: &mut Connection, name: &str) -> Value {
     r["data"].clone()
 }
 
+/// A v2 group send: its 311, then its 402 (returned).
+async fn group_send(conn: &mut Connection, body: Value) -> Value {
+    let ack = request(conn, ids::GROUP_TEXT_REQ, body, ids::GROUP_TEXT_ACK).await;
+    assert_eq!(ack["status"], 0, "{ack}");
+    let (id, ack) = next(conn).await;
+    assert_eq!(id, ids::SEND_ACK, "{ack}");
+    ack
+}
+
 async fn ping(conn: &mut Connection) {
     conn.send(ids::PING, b"ping").await.unwrap();
     let (id, _) = next(conn).await;
@@ -462,4 +471,135 @@ async fn a_bad_new_pair_is_refused_and_the_old_certificate_stays() {
     let mut c = tls_connect(&node, &ca.client()).await.unwrap();
     ping(&mut c).await;
     node.stop().await;
+}
+
+/// A TLS connection counts against `server.max_connections` from its TCP accept on, before its
+/// handshake, exactly as a plain socket: stalled handshakes fill the node's headroom and a
+/// plain connection is then refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_count_against_the_connection_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "main");
+    let node = TlsNode::start(&ca, dir.path(), true, |c| {
+        c.server.max_connections = 1;
+        c.tls.handshake_timeout = Duration::from_secs(300);
+    })
+    .await;
+    // max_connections + max_connections / 10 + 16 are taken (the rest are redirected or told
+    // why); these never finish their handshake.
+    let cap = 1 + 16;
+    let mut stalled = Vec::new();
+    for _ in 0..cap {
+        stalled.push(TcpStream::connect(node.tls).await.unwrap());
+    }
+    let ctx = &node.node().ctx;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ctx.open.load(std::sync::atomic::Ordering::Relaxed) < cap {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled handshakes are not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut plain = Client::connect(node.plain.unwrap()).await;
+    let frames = plain.until_closed().await;
+    assert!(frames.is_empty(), "refused at once: {frames:?}");
+    // A handshake that ends frees its place.
+    drop(stalled.pop());
+    while ctx.open.load(std::sync::atomic::Ordering::Relaxed) >= cap {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place is not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Taken (the handshake completes) and, past max_connections, told "this node is full"
+    // (code 13) by the session, as a plain connection would be.
+    let mut tls = tls_connect(&node, &ca.client()).await.unwrap();
+    tls.send(ids::PING, b"ping").await.unwrap();
+    let (id, body) = next(&mut tls).await;
+    assert_eq!(id, ids::ERROR, "{body}");
+    assert_eq!(
+        body["code"],
+        chat_zinx::protocol::messages::code::SHUTTING_DOWN,
+        "{body}"
+    );
+    node.stop().await;
+}
+
+/// Two nodes on one NATS log, every client over TLS: a group message sent on one node is
+/// pushed live to a member on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_message_crosses_nodes_between_tls_clients() {
+    let nats = chat_zinx::harness::NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "main");
+    let secret = dir.path().join("token_secret");
+    let on_nats = |c: &mut Config| {
+        c.nats.url = Some(nats.url());
+        c.nats.request_timeout = Duration::from_secs(1);
+        c.auth.token_secret_file = Some(secret.clone());
+    };
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let a = TlsNode::start(&ca, a_dir.path(), false, on_nats).await;
+    let b = TlsNode::start(&ca, b_dir.path(), false, on_nats).await;
+    let mut alice = tls_connect(&a, &ca.client()).await.unwrap();
+    register_and_login(&mut alice, "alice").await;
+    let mut bob = tls_connect(&b, &ca.client()).await.unwrap();
+    register_and_login(&mut bob, "bob").await;
+    let created = request(
+        &mut alice,
+        ids::CREATE_GROUP_REQ,
+        json!({"name": "across", "description": "d"}),
+        ids::CREATE_GROUP_RESP,
+    )
+    .await;
+    let gid = created["id"].as_u64().unwrap();
+    let joined = request(
+        &mut bob,
+        ids::JOIN_GROUP_REQ,
+        json!({"group_id": gid}),
+        ids::JOIN_GROUP_RESP,
+    )
+    .await;
+    assert_eq!(joined["message"], "成功加入群组", "{joined}");
+    // Node b subscribes to the group once it learns of bob's membership; a message before
+    // that is in the log but not pushed live: probe until a push arrives.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let body = json!({"group_id": gid, "content": format!("probe {n}"), "client_msg_id": format!("p{n}")});
+        let ack = group_send(&mut alice, body).await;
+        assert_eq!(ack["code"], 0, "{ack}");
+        bob.send(ids::PING, b"ping").await.unwrap();
+        let mut pushed = false;
+        loop {
+            let (id, body) = next(&mut bob).await;
+            if id == ids::PONG {
+                break;
+            }
+            assert_eq!(id, ids::GROUP_TEXT_PUSH, "{body}");
+            pushed = true;
+        }
+        if pushed {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no cross-node push");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = json!({"group_id": gid, "content": "hello across", "client_msg_id": "final"});
+    let ack = group_send(&mut alice, body).await;
+    assert_eq!(ack["code"], 0, "{ack}");
+    let push = loop {
+        let (id, p) = next(&mut bob).await;
+        assert_eq!(id, ids::GROUP_TEXT_PUSH, "{p}");
+        if p["content"] == "hello across" {
+            break p;
+        }
+    };
+    assert_eq!(push["msg_id"], ack["msg_id"]);
+    a.stop().await;
+    b.stop().await;
 }
