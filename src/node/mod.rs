@@ -260,21 +260,21 @@ impl Node {
         let ids = Arc::new(ConnIds::default());
         // One loop answers the health probes: the plain one, else the TLS one.
         let mut probes = Some(probe_requests);
-        let loops = [
-            (listeners.plain, Transport::Plain),
-            (
-                listeners.tls,
-                match &tls {
-                    Some(server) => Transport::Tls {
-                        server: server.clone(),
-                        handshake_timeout: config.tls.handshake_timeout,
-                    },
-                    None => Transport::Plain,
+        let mut loops = Vec::new();
+        if let Some(listener) = listeners.plain {
+            loops.push((listener, Transport::Plain));
+        }
+        if let (Some(listener), Some(server)) = (listeners.tls, &tls) {
+            let handshake_timeout = config.tls.handshake_timeout;
+            loops.push((
+                listener,
+                Transport::Tls {
+                    server: server.clone(),
+                    handshake_timeout,
                 },
-            ),
-        ];
+            ));
+        }
         for (listener, transport) in loops {
-            let Some(listener) = listener else { continue };
             tasks.spawn(accept_loop(
                 AcceptLoop {
                     listener,
