@@ -212,6 +212,8 @@ pub async fn accept_loop(
                 // The handshake runs on a task of its own, which hands the connection to the
                 // task serving it: a slow handshake holds up neither this loop nor the
                 // connection's own (long-lived) future.
+                // Small handshake flights and frames: no Nagle delay from the start.
+                let _ = stream.set_nodelay(true);
                 let handshake = server.acceptor().accept(stream);
                 let (ctx, shutdown, tasks2) = (ctx.clone(), shutdown.clone(), tasks.clone());
                 let timeout = *handshake_timeout;
