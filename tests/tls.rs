@@ -603,3 +603,94 @@ async fn a_group_message_crosses_nodes_between_tls_clients() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Nodes in a real Consul advertise their TLS port: the client's discovery connects over TLS,
+/// and a client on TLS that is redirected by a draining node moves to the peer's TLS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_and_redirects_keep_a_tls_client_on_tls() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let consul = chat_zinx::harness::ConsulAgent::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "main");
+    let in_consul = |c: &mut Config| c.consul.addr = Some(consul.url());
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let a = TlsNode::start(&ca, a_dir.path(), true, in_consul).await;
+    let b = TlsNode::start(&ca, b_dir.path(), true, in_consul).await;
+    let ca_file = ca.pem_file.to_str().unwrap().to_string();
+    let b_target = b.tls_target();
+
+    // Discovery: both nodes offer TLS, so the client connects to a TLS port.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let nodes =
+            chat_zinx::client::discovery::nodes_from_consul(&consul.url(), "chat-zinx", None, true)
+                .await;
+        if nodes.is_ok_and(|n| n.len() == 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both nodes in Consul"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = cli(&["--consul", &consul.url(), "--ca", &ca_file], &["/ping"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    let connected = lines.iter().find(|v| v["event"] == "connected").unwrap();
+    let addr = connected["addr"].as_str().unwrap();
+    assert!(
+        addr == a.tls_target() || addr == b_target,
+        "a TLS port: {connected}"
+    );
+
+    // A client on a's TLS port; a drains: the 406 names b's TLS port and the client goes there.
+    let mut client = cli(&[&a.tls_target(), "--ca", &ca_file], &["/sleep 60000"])
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(client.stdout.take().unwrap()).lines();
+    loop {
+        if next_json(&mut out).await["event"] == "connected" {
+            break;
+        }
+    }
+    // a knows b (its watch of Consul), so its redirect can name it.
+    let registry = a.node().ctx.core.backends().registry.clone();
+    while registry.nodes().await.map_or(0, |n| n.len()) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "a never saw b");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.stop().await;
+    let reconnected = loop {
+        let v = next_json(&mut out).await;
+        if v["event"] == "redirect" {
+            assert_eq!(v["addr"], b_target, "{v}");
+        }
+        if v["event"] == "reconnected" {
+            break v;
+        }
+    };
+    assert_eq!(reconnected["addr"], b_target, "{reconnected}");
+    let _ = client.kill().await;
+    b.stop().await;
+}
+
+/// The next JSON line of a client's output.
+async fn next_json(
+    out: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> Value {
+    let line = tokio::time::timeout(WAIT, out.next_line())
+        .await
+        .expect("client output in time")
+        .unwrap()
+        .expect("the client runs");
+    serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
+}
