@@ -3,7 +3,8 @@
 # One node per host (`services.chat-zinx`), and further nodes on the same host as named
 # instances (`services.chat-zinx.instances.<name>`). Each node is three units, as in systemd/:
 # the service (Type=notify, watchdog, the same sandboxing) and two socket units that hold its
-# listeners across restarts (socket activation; FileDescriptorName=chat and =http).
+# listeners across restarts (socket activation; FileDescriptorName=chat and =http), and a
+# third with `settings.tls.listen` (the TLS chat listener, FileDescriptorName=chat-tls).
 #
 # Configuration: `settings` is the TOML file of docs/configuration.md (typed options for the
 # main keys, from ./settings.toml; any other key untyped), written to the Nix store and checked
@@ -86,7 +87,7 @@ let
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open the chat port (the port of `settings.server.listen`) in the firewall.";
+      description = "Open the chat ports (of `settings.server.listen` and, when set, `settings.tls.listen`) in the firewall.";
     };
 
     environmentFile = mkOption {
@@ -100,6 +101,31 @@ let
         `CHAT_ZINX_CONSUL__TOKEN=...`, a NATS URL with credentials. Variables override the
         file. A string, not a Nix path, so that it is never copied into the store; keep it
         readable by root only.
+      '';
+    };
+
+    tlsCertFile = mkOption {
+      type = types.nullOr (types.strMatching "/.*");
+      default = null;
+      example = "/var/lib/acme/chat.example.com/fullchain.pem";
+      description = ''
+        PEM certificate chain (the node's certificate first) of the TLS listener
+        (`settings.tls.listen`). Passed as a systemd credential (`LoadCredential=tls_cert`),
+        and the written configuration's `tls.cert_file` points at it (so do not set
+        `settings.tls.cert_file` too). A string, not a Nix path: never copied into
+        the store. systemd copies credentials when the service starts, so a renewed
+        certificate takes a restart (`systemctl restart`); a reload keeps the running one.
+      '';
+    };
+
+    tlsKeyFile = mkOption {
+      type = types.nullOr (types.strMatching "/.*");
+      default = null;
+      example = "/var/lib/acme/chat.example.com/key.pem";
+      description = ''
+        PEM private key of `tlsCertFile`, passed as a systemd credential
+        (`LoadCredential=tls_key`; it can stay readable by root only); the written
+        configuration's `tls.key_file` points at it (so do not set `settings.tls.key_file`).
       '';
     };
 
@@ -122,6 +148,15 @@ let
 
   unitName = name: if name == "" then "chat-zinx" else "chat-zinx-${name}";
   credentialPath = name: "/run/credentials/${unitName name}.service/token_secret";
+  credentialFile = name: credential: "/run/credentials/${unitName name}.service/${credential}";
+
+  # LoadCredential= lines of a node: its secret files, handed over by systemd.
+  credentials = node:
+    lib.optional (node.tokenSecretFile != null) "token_secret:${node.tokenSecretFile}"
+    ++ lib.optional (node.tlsCertFile != null) "tls_cert:${node.tlsCertFile}"
+    ++ lib.optional (node.tlsKeyFile != null) "tls_key:${node.tlsKeyFile}";
+
+  hasTls = node: node.settings.tls.listen != null;
 
   nodes =
     lib.optionalAttrs cfg.enable { "" = cfg; }
@@ -129,14 +164,22 @@ let
 
   portOf = address: lib.toInt (lib.last (lib.splitString ":" address));
 
-  # Settings without the unset (null) options, as written to the file; `tokenSecretFile`
-  # becomes `auth.token_secret_file` here (not through the option, so that setting both is an
-  # assertion with a message rather than a "conflicting definition values").
+  # Settings without the unset (null) options, as written to the file; `tokenSecretFile`,
+  # `tlsCertFile` and `tlsKeyFile` become `auth.token_secret_file`, `tls.cert_file` and
+  # `tls.key_file` here (not through the options, so that setting both is an assertion with a
+  # message rather than a "conflicting definition values").
   fileSettings = name: node:
-    lib.recursiveUpdate (lib.filterAttrsRecursive (_: v: v != null) node.settings)
+    lib.foldl' lib.recursiveUpdate (lib.filterAttrsRecursive (_: v: v != null) node.settings) [
       (lib.optionalAttrs (node.tokenSecretFile != null) {
         auth.token_secret_file = credentialPath name;
-      });
+      })
+      (lib.optionalAttrs (node.tlsCertFile != null) {
+        tls.cert_file = credentialFile name "tls_cert";
+      })
+      (lib.optionalAttrs (node.tlsKeyFile != null) {
+        tls.key_file = credentialFile name "tls_key";
+      })
+    ];
 
   configFile = name: node:
     let
@@ -176,12 +219,26 @@ let
           Service = "${unit}.service";
         };
       };
+    }
+    // lib.optionalAttrs (hasTls node) {
+      "${unit}-tls" = {
+        description = "chat-zinx TLS chat listener${node'}";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = [ node.settings.tls.listen ];
+        socketConfig = {
+          FileDescriptorName = "chat-tls";
+          Backlog = 4096;
+          NoDelay = true;
+          Service = "${unit}.service";
+        };
+      };
     };
 
   service = name: node:
     let
       unit = unitName name;
-      socketUnits = [ "${unit}.socket" "${unit}-http.socket" ];
+      socketUnits = [ "${unit}.socket" "${unit}-http.socket" ]
+        ++ lib.optional (hasTls node) "${unit}-tls.socket";
     in
     {
       description = "chat-zinx chat daemon" + lib.optionalString (name != "") ", node ${name}";
@@ -257,8 +314,8 @@ let
       // lib.optionalAttrs (node.environmentFile != null) {
         EnvironmentFile = node.environmentFile;
       }
-      // lib.optionalAttrs (node.tokenSecretFile != null) {
-        LoadCredential = "token_secret:${node.tokenSecretFile}";
+      // lib.optionalAttrs (credentials node != [ ]) {
+        LoadCredential = credentials node;
       };
     };
 
@@ -292,10 +349,23 @@ let
         assertion = name == "" || (builtins.match "[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*" name != null && !lib.hasSuffix "http" name);
         message = "services.chat-zinx.instances.${name}: instance names are letters, digits, `_` and inner `-`, and do not end in `http` (the unit names chat-zinx-<name>.service, chat-zinx-<name>-http.socket must not collide).";
       }
+      {
+        assertion = name == "" || !lib.hasSuffix "tls" name;
+        message = "services.chat-zinx.instances.${name}: instance names do not end in `tls` (chat-zinx-<name>-tls.socket is the TLS socket of instance <name>).";
+      }
+      {
+        assertion = !(hasTls node) || ((node.tlsCertFile != null || node.settings.tls.cert_file != null) && (node.tlsKeyFile != null || node.settings.tls.key_file != null));
+        message = "${where}.settings.tls.listen needs a certificate: set ${where}.tlsCertFile and ${where}.tlsKeyFile.";
+      }
+      {
+        assertion = (node.tlsCertFile == null || node.settings.tls.cert_file == null) && (node.tlsKeyFile == null || node.settings.tls.key_file == null);
+        message = "${where}: set either tlsCertFile and tlsKeyFile (handed to the service as systemd credentials) or settings.tls.cert_file and settings.tls.key_file, not both: remove the settings.";
+      }
     ];
 
   listenAddresses = lib.concatLists (lib.mapAttrsToList
-    (_: node: [ node.settings.server.listen node.settings.server.http_listen ])
+    (_: node: [ node.settings.server.listen node.settings.server.http_listen ]
+      ++ lib.optional (hasTls node) node.settings.tls.listen)
     nodes);
 in
 {
@@ -363,7 +433,8 @@ in
     systemd.services = lib.mapAttrs' (name: node: lib.nameValuePair (unitName name) (service name node)) nodes;
 
     networking.firewall.allowedTCPPorts = lib.concatLists (lib.mapAttrsToList
-      (_: node: lib.optional node.openFirewall (portOf node.settings.server.listen))
+      (_: node: lib.optionals node.openFirewall ([ (portOf node.settings.server.listen) ]
+        ++ lib.optional (hasTls node) (portOf node.settings.tls.listen)))
       nodes);
 
     # The client (`chat-zinx client`) and `chat-zinx config --check` on the PATH.

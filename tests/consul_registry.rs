@@ -114,6 +114,7 @@ fn node(id: &str, port: u16, connections: u64) -> NodeInfo {
     NodeInfo {
         node_id: id.into(),
         addr: format!("127.0.0.1:{port}"),
+        tls_addr: None,
         connections,
         capacity: 100,
         draining: false,
@@ -250,6 +251,51 @@ async fn registries_see_each_other_least_loaded_first_and_skip_draining_nodes() 
 
     a.deregister("node-a").await.unwrap();
     b.deregister("node-b").await.unwrap();
+    stop_tasks(tasks, shutdown).await;
+}
+
+#[tokio::test]
+async fn a_tls_listener_is_advertised_in_the_meta_and_discovery_prefers_it() {
+    let consul = ConsulAgent::start().await;
+    let s = settings(&consul, Duration::from_secs(5));
+    let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let a = start_registry(&s, &tasks, &shutdown);
+    let b = start_registry(&s, &tasks, &shutdown);
+    let mut with_tls = node("node-tls", 9001, 50);
+    with_tls.tls_addr = Some("127.0.0.1:9443".into());
+    a.register(with_tls).await.unwrap();
+    b.register(node("node-plain", 9002, 10)).await.unwrap();
+
+    let svc = agent_service(&consul.url(), "node-tls").await.unwrap();
+    assert_eq!(svc["Meta"]["tls_port"], "9443");
+    assert!(
+        agent_service(&consul.url(), "node-plain").await.unwrap()["Meta"]
+            .get("tls_port")
+            .is_none(),
+        "no TLS listener, no tls_port"
+    );
+    // The peers learn the TLS address (redirects carry it).
+    let nodes = eventually("b sees both nodes", || async {
+        b.nodes().await.ok().filter(|n| n.len() == 2)
+    })
+    .await;
+    assert_eq!(ids(&nodes), ["node-plain", "node-tls"]);
+    assert_eq!(nodes[0].tls_addr, None);
+    assert_eq!(nodes[1].tls_addr.as_deref(), Some("127.0.0.1:9443"));
+
+    // The client's discovery: TLS where offered, plain elsewhere; only TLS with --tls.
+    use chat_zinx::client::discovery::nodes_from_consul;
+    let all = nodes_from_consul(&consul.url(), "chat-zinx", None, false)
+        .await
+        .unwrap();
+    assert_eq!(all, ["127.0.0.1:9002", "tls://127.0.0.1:9443"]);
+    let tls_only = nodes_from_consul(&consul.url(), "chat-zinx", None, true)
+        .await
+        .unwrap();
+    assert_eq!(tls_only, ["tls://127.0.0.1:9443"]);
+
+    a.deregister("node-tls").await.unwrap();
+    b.deregister("node-plain").await.unwrap();
     stop_tasks(tasks, shutdown).await;
 }
 

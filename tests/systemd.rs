@@ -5,6 +5,8 @@
 //! Needs `systemd-socket-activate` (Debian package `systemd`; scripts/test installs it).
 
 mod http_client;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -86,6 +88,8 @@ struct Daemon {
     stderr: Lines,
     chat: SocketAddr,
     http: SocketAddr,
+    /// The TLS chat socket (`chat-tls`), when asked for.
+    tls: Option<SocketAddr>,
 }
 
 impl Drop for Daemon {
@@ -99,15 +103,28 @@ impl Daemon {
     /// `systemd-socket-activate` listening on two fresh loopback ports (names `chat` and
     /// `http`), running `chat-zinx --config CONFIG serve` on the first connection.
     fn spawn(config: &Path, notify: &Path) -> Daemon {
+        Self::spawn_with(config, notify, false)
+    }
+
+    /// [`Daemon::spawn`], with a third socket named `chat-tls` when `tls`.
+    fn spawn_with(config: &Path, notify: &Path, tls: bool) -> Daemon {
         // The ports are free when picked; another process could take one before
         // systemd-socket-activate binds it, so a failed bind is retried with new ports.
         for _ in 0..5 {
             let chat: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut child = Command::new("systemd-socket-activate")
-                .arg(format!("--listen={chat}"))
-                .arg(format!("--listen={http}"))
-                .arg("--fdname=chat:http")
+            let tls_addr: Option<SocketAddr> =
+                tls.then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+            let mut cmd = Command::new("systemd-socket-activate");
+            cmd.arg(format!("--listen={chat}"))
+                .arg(format!("--listen={http}"));
+            match tls_addr {
+                Some(t) => cmd
+                    .arg(format!("--listen={t}"))
+                    .arg("--fdname=chat:http:chat-tls"),
+                None => cmd.arg("--fdname=chat:http"),
+            };
+            let mut child = cmd
                 // Only what -E names reaches the daemon (and PATH, HOME, TERM).
                 .arg(format!("--setenv=NOTIFY_SOCKET={}", notify.display()))
                 .arg("--setenv=WATCHDOG_USEC=2000000")
@@ -136,13 +153,14 @@ impl Daemon {
                     .iter()
                     .filter(|l| l.starts_with("Listening on"))
                     .count()
-                    == 2
+                    == 2 + usize::from(tls)
                 {
                     return Daemon {
                         child,
                         stderr,
                         chat,
                         http,
+                        tls: tls_addr,
                     };
                 }
                 if let Some(status) = child.try_wait().unwrap() {
@@ -375,4 +393,92 @@ fn runs_socket_activated_notifies_reloads_on_sighup_and_drains_on_sigterm() {
     let ready2 = find(&all, reloading, "READY=1").expect("READY=1 after RELOADING=1");
     let stopping = find(&all, ready2, "STOPPING=1").expect("STOPPING=1 last");
     assert!(find(&all, stopping, "READY=1").is_none(), "{all:#?}");
+}
+
+/// The TLS socket systemd passes (`chat-tls`) serves TLS with the configured certificate;
+/// SIGHUP puts a renewed certificate in service for new connections without dropping the open
+/// ones, and refuses a broken one, naming the file, while the old one keeps serving.
+#[test]
+fn serves_tls_on_the_activated_socket_and_rotates_the_certificate_on_sighup() {
+    use chat_zinx::client::connection::{Connection, Inbound};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    let old_ca = pki::Ca::new(dir.path(), "old");
+    old_ca.issue_to(&cert_file, &key_file);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nnode_id = \"sd-tls\"\nstate_dir = \"{}\"\ndrain_window = \"1s\"\n\
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[log]\nformat = \"text\"\n",
+            state.display(),
+            cert_file.display(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let _notes = notify_listener(&notify_path);
+    let mut daemon = Daemon::spawn_with(&config, &notify_path, true);
+    let target = format!("tls://{}", daemon.tls.unwrap());
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ping = |conn: &mut Connection| {
+        rt.block_on(async {
+            conn.send(1, b"ping").await.unwrap();
+            match tokio::time::timeout(WAIT, conn.recv()).await.unwrap() {
+                Inbound::Frame(f) => assert_eq!((f.id, &f.body[..]), (2, &b"pong"[..])),
+                Inbound::Closed(why) => panic!("closed: {why}"),
+            }
+        })
+    };
+    let connect = |ca: &pki::Ca| rt.block_on(Connection::open(&target, WAIT, Some(&ca.client())));
+
+    // The first connection (on the TLS socket) starts the daemon.
+    let mut open = connect(&old_ca).expect("TLS with the configured certificate");
+    ping(&mut open);
+    daemon.stderr.wait_for(0, "the listening line", |l| {
+        l.contains("listening") && l.contains("tls_addr")
+    });
+
+    // Renewal: a certificate of another CA in the same files, then SIGHUP.
+    let new_ca = pki::Ca::new(dir.path(), "new");
+    new_ca.issue_to(&cert_file, &key_file);
+    let seen = daemon.stderr.snapshot().len();
+    daemon.signal("HUP");
+    daemon
+        .stderr
+        .wait_for(seen, "the certificate's reload", |l| {
+            l.contains("TLS certificate reloaded")
+        });
+    let mut fresh = connect(&new_ca).expect("new connections get the new certificate");
+    ping(&mut fresh);
+    assert!(
+        connect(&old_ca).is_err(),
+        "the old certificate is no longer presented"
+    );
+    ping(&mut open);
+
+    // A broken certificate file: refused, named, and the renewed pair keeps serving.
+    std::fs::write(&cert_file, "not a certificate").unwrap();
+    let seen = daemon.stderr.snapshot().len();
+    daemon.signal("HUP");
+    let at = daemon.stderr.wait_for(seen, "the refusal", |l| {
+        l.contains("TLS certificate not reloaded")
+    });
+    let line = &daemon.stderr.snapshot()[at];
+    assert!(line.contains(&cert_file.display().to_string()), "{line}");
+    let mut again = connect(&new_ca).expect("the running certificate stays");
+    ping(&mut again);
+    ping(&mut open);
+
+    daemon.signal("TERM");
+    let status = daemon.wait_exit();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        daemon.stderr.snapshot().join("\n")
+    );
 }

@@ -3,8 +3,9 @@
 # Three NATS servers (JetStream, clustered), one Consul server, Redis, two chat nodes
 # (services.chat-zinx: socket activation, Type=notify, watchdog, the hardened unit) and a client
 # machine. The script (cluster.py) checks Consul registration, a direct message and a group
-# message across the two nodes with `chat-zinx client --json`, then stops one chat node and
-# sees its users resume their sessions on the other.
+# message across the two nodes with `chat-zinx client --json`, a client chatting over TLS (the
+# nodes' TLS listeners, certificates of a test CA), then stops one chat node and sees its
+# users resume their sessions on the other.
 #
 # Run: nix build .#checks.x86_64-linux.cluster -L (needs KVM); interactively:
 #   nix run .#checks.x86_64-linux.cluster.driverInteractive
@@ -23,6 +24,21 @@ let
     CHAT_ZINX_REDIS__URL=redis://:${redisPassword}@redis:6379/0
   '';
   tokenSecret = pkgs.writeText "chat-zinx-token-secret" "test-only-token-secret-0123456789abcdef";
+  # A test CA and a certificate per chat node (for its host name), made at build time: keys in
+  # the store are for this throw-away VM only.
+  testPki = pkgs.runCommand "chat-zinx-test-pki" { nativeBuildInputs = [ pkgs.openssl ]; } ''
+    mkdir $out
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=chat-zinx test CA" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout ca.key -out $out/ca.pem
+    for n in chat1 chat2; do
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$n" \
+        -keyout $out/$n.key -out $n.csr
+      printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n' "$n" > $n.ext
+      openssl x509 -req -in $n.csr -CA $out/ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile $n.ext -out $out/$n.pem
+    done
+  '';
 
   natsNode = name: {
     services.nats = {
@@ -61,6 +77,10 @@ let
       environmentFile = "${chatEnvironment}";
       # One token secret for both nodes, so that sessions resume across them.
       tokenSecretFile = "${tokenSecret}";
+      # The TLS listener beside the plain one (socket chat-zinx-tls.socket).
+      settings.tls.listen = "0.0.0.0:9443";
+      tlsCertFile = "${testPki}/${name}.pem";
+      tlsKeyFile = "${testPki}/${name}.key";
     };
     virtualisation.memorySize = 1024;
     environment.systemPackages = [ pkgs.curl ];
@@ -104,6 +124,8 @@ pkgs.testers.runNixOSTest {
 
     client = {
       environment.systemPackages = [ pkgs.chat-zinx ];
+      # What `chat-zinx client --tls --ca` trusts.
+      environment.etc."chat-zinx-test-ca.pem".source = "${testPki}/ca.pem";
     };
   };
 

@@ -137,6 +137,22 @@ with subtest("accounts registered on one node are known on the other"):
     reply(run_client("chat2:9000", f"/login alice {PASSWORD}"), "login")
     reply(run_client("chat1:9000", f"/login bob {PASSWORD}"), "login")
 
+with subtest("a client chats over TLS, and Consul advertises the TLS port"):
+    for n in CHAT:
+        n.succeed("systemctl is-active chat-zinx-tls.socket")
+    tls = "--tls --ca /etc/chat-zinx-test-ca.pem"
+    lines = run_client(f"chat1:9443 {tls}", f"/login alice {PASSWORD}", "/msg bob over tls")
+    connected = [v for v in lines if v.get("event") == "connected"]
+    assert connected and connected[0]["addr"] == "tls://chat1:9443", lines
+    assert reply(lines, "msg")["ok"], lines
+    # A CA the client does not know: the handshake fails, no chat.
+    client.fail(client_command("chat2:9443 --tls", [f"/login alice {PASSWORD}"]))
+    services = json.loads(
+        consul.succeed("curl -sf 'http://127.0.0.1:8500/v1/health/service/chat-zinx?passing'")
+    )
+    for entry in services:
+        assert entry["Service"]["Meta"].get("tls_port") == "9443", entry
+
 with subtest("a group made on chat1, joined from both nodes"):
     created = reply(
         run_client("chat1:9000", f"/login alice {PASSWORD}", "/creategroup team"), "creategroup"
@@ -167,7 +183,9 @@ with subtest("direct and group messages cross the nodes"):
     wait_for("carol", "the group message", push(312, "hello team"))
 
 with subtest("chat1 stops: it leaves Consul and its users resume on chat2"):
-    chat1.systemctl("stop chat-zinx.socket chat-zinx-http.socket chat-zinx.service")
+    chat1.systemctl(
+        "stop chat-zinx.socket chat-zinx-http.socket chat-zinx-tls.socket chat-zinx.service"
+    )
     # The drain finished within TimeoutStopSec (a clean stop, not a kill).
     chat1.succeed("systemctl show -p Result chat-zinx.service | grep -qx Result=success")
     wait_until("only chat2 passing in Consul", lambda: passing_chat_nodes() == ["chat2"])

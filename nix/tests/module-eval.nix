@@ -32,6 +32,9 @@ let
       settings.protocol.rate_per_sec = 100;
       environmentFile = "/run/secrets/chat-zinx.env";
       tokenSecretFile = "/run/secrets/chat-zinx-token-secret";
+      settings.tls.listen = "0.0.0.0:9443";
+      tlsCertFile = "/run/secrets/chat-zinx-tls-cert.pem";
+      tlsKeyFile = "/run/secrets/chat-zinx-tls-key.pem";
       instances.b.settings.server.listen = "0.0.0.0:9002";
       instances.b.settings.server.http_listen = "127.0.0.1:9102";
     };
@@ -69,6 +72,7 @@ let
     "chat-zinx.service"
     "chat-zinx.socket"
     "chat-zinx-http.socket"
+    "chat-zinx-tls.socket"
     "chat-zinx-b.service"
     "chat-zinx-b.socket"
     "chat-zinx-b-http.socket"
@@ -87,6 +91,10 @@ assert lib.assertMsg (lib.any (lib.hasInfix "not both") (failedAssertions withTw
   "tokenSecretFile with settings.auth.token_secret_file must be an assertion, not a conflict";
 assert lib.assertMsg (builtins.elem 9000 config.networking.firewall.allowedTCPPorts)
   "openFirewall opens the chat port";
+assert lib.assertMsg (builtins.elem 9443 config.networking.firewall.allowedTCPPorts)
+  "openFirewall opens the TLS chat port";
+assert lib.assertMsg (!(config.systemd.sockets ? "chat-zinx-b-tls"))
+  "a node without settings.tls.listen has no TLS socket";
 
 pkgs.runCommand "chat-zinx-module-check" { } ''
   set -eu
@@ -98,6 +106,9 @@ pkgs.runCommand "chat-zinx-module-check" { } ''
   expect ${unitFile "chat-zinx-http.socket"} "FileDescriptorName=http"
   expect ${unitFile "chat-zinx-b.socket"} "ListenStream=0.0.0.0:9002"
   expect ${unitFile "chat-zinx-b-http.socket"} "Service=chat-zinx-b.service"
+  expect ${unitFile "chat-zinx-tls.socket"} "ListenStream=0.0.0.0:9443"
+  expect ${unitFile "chat-zinx-tls.socket"} "FileDescriptorName=chat-tls"
+  expect ${unitFile "chat-zinx-tls.socket"} "Service=chat-zinx.service"
 
   service=${unitFile "chat-zinx.service"}
   expect $service "Type=notify"
@@ -108,10 +119,15 @@ pkgs.runCommand "chat-zinx-module-check" { } ''
   expect $service "LoadCredential=token_secret:/run/secrets/chat-zinx-token-secret"
   # nixos-rebuild switch restarts the service in place: its sockets stay open.
   expect $service "X-StopIfChanged=false"
+  expect $service "LoadCredential=tls_cert:/run/secrets/chat-zinx-tls-cert.pem"
+  expect $service "LoadCredential=tls_key:/run/secrets/chat-zinx-tls-key.pem"
+  expect $service "Sockets=chat-zinx-tls.socket"
   expect ${unitFile "chat-zinx-b.service"} "StateDirectory=chat-zinx-b"
 
   config=$(sed -n 's/^ExecStart=.* --config \([^ ]*\) serve$/\1/p' $service)
   expect $config 'token_secret_file = "/run/credentials/chat-zinx.service/token_secret"'
+  expect $config 'cert_file = "/run/credentials/chat-zinx.service/tls_cert"'
+  expect $config 'key_file = "/run/credentials/chat-zinx.service/tls_key"'
   expect $config 'advertise_addr = "chat-1.example.com:9000"'
   expect $config 'rate_per_sec = 100'
 

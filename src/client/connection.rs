@@ -1,4 +1,7 @@
-//! One framed TCP connection to a chat-zinx server.
+//! One framed connection to a chat-zinx server, over TCP or TLS over TCP.
+//!
+//! An address is `host:port` (plain) or `tls://host:port` (TLS, verified against the CA the
+//! user gave, else the public web roots; there is no way to skip the verification).
 //!
 //! The read half is owned by a reader task that decodes frames with [`FrameCodec::client`] (no
 //! inbound size limit worth the name: servers send history pages above their own limit) and
@@ -11,14 +14,18 @@
 //! client), one frame at a time, so frames never interleave.
 
 use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::Decoder;
 
 use crate::protocol::codec::encode;
@@ -35,27 +42,172 @@ pub enum Inbound {
     Closed(String),
 }
 
+/// The prefix of a TLS listener's address.
+pub const TLS_SCHEME: &str = "tls://";
+
+/// `(true, "host:port")` for `tls://host:port`, `(false, addr)` otherwise.
+pub fn split_scheme(addr: &str) -> (bool, &str) {
+    match addr.get(..TLS_SCHEME.len()) {
+        Some(p) if p.eq_ignore_ascii_case(TLS_SCHEME) => (true, &addr[TLS_SCHEME.len()..]),
+        _ => (false, addr),
+    }
+}
+
+/// Why the client's TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientTlsError {
+    #[error("cannot read the CA file {} (--ca): {source}", path.display())]
+    ReadCa {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the CA file {} (--ca) holds no usable PEM certificate{}: give the certificate of the CA that signed the server's certificate", path.display(), reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    BadCa {
+        path: PathBuf,
+        reason: Option<String>,
+    },
+    #[error("--server-name {0:?} is not a DNS name or an IP address")]
+    BadServerName(String),
+    #[error("TLS set-up failed: {0}")]
+    Setup(String),
+}
+
+/// How the client checks the servers it reaches over TLS.
+pub struct TlsClient {
+    connector: TlsConnector,
+    /// The name the server's certificate must have (`--server-name`); else the host of the
+    /// address.
+    server_name: Option<ServerName<'static>>,
+}
+
+impl TlsClient {
+    /// Trusts the CA certificates of `ca` (PEM), or, without it, the public web roots;
+    /// checks the certificate against `server_name`, or the host of the address.
+    pub fn new(ca: Option<&Path>, server_name: Option<&str>) -> Result<TlsClient, ClientTlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| ClientTlsError::ReadCa {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let bad = |reason: Option<String>| ClientTlsError::BadCa {
+                    path: path.to_path_buf(),
+                    reason,
+                };
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| bad(Some(e.to_string())))?;
+                    roots.add(cert).map_err(|e| bad(Some(e.to_string())))?;
+                }
+                if roots.is_empty() {
+                    return Err(bad(None));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let server_name = server_name
+            .map(|n| {
+                ServerName::try_from(n.to_string())
+                    .map_err(|_| ClientTlsError::BadServerName(n.to_string()))
+            })
+            .transpose()?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientTlsError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(TlsClient {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+
+    /// The name to check the certificate of `host:port` against.
+    fn name_for(&self, host_port: &str) -> io::Result<ServerName<'static>> {
+        if let Some(n) = &self.server_name {
+            return Ok(n.clone());
+        }
+        let host = host_port
+            .rsplit_once(':')
+            .map_or(host_port, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        ServerName::try_from(host.to_string()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{host:?} is not a host name to check a certificate against; give --server-name"),
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct Connection {
     addr: String,
-    writer: OwnedWriteHalf,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
     inbound: mpsc::Receiver<Inbound>,
     reader: JoinHandle<()>,
 }
 
 impl Connection {
-    /// Connect within `timeout` and start the reader task.
+    /// Connect (plain TCP) within `timeout` and start the reader task.
     pub async fn connect(addr: &str, timeout: Duration) -> io::Result<Connection> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        Self::open(addr, timeout, None).await
+    }
+
+    /// Connect to `addr` within `timeout` (TLS for `tls://host:port`, which needs `tls`), and
+    /// start the reader task. A certificate the client does not trust fails the handshake.
+    pub async fn open(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<&TlsClient>,
+    ) -> io::Result<Connection> {
+        let (is_tls, host_port) = split_scheme(addr);
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(host_port))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         // Chat frames are small and latency matters more than packet count.
         stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
         let (tx, inbound) = mpsc::channel(INBOUND_CAPACITY);
-        let reader = tokio::spawn(read_frames(read, tx));
+        let (reader, writer): (JoinHandle<()>, Box<dyn AsyncWrite + Send + Unpin>) = if is_tls {
+            let tls = tls.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{addr} is a TLS address, but this connection has no TLS settings"),
+                )
+            })?;
+            let name = tls.name_for(host_port)?;
+            let shown = format!("{name:?}");
+            let stream = tokio::time::timeout(timeout, tls.connector.connect(name, stream))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "TLS handshake with {host_port} failed: {e} (the certificate must be signed by the CA given with --ca, or a public one without it, and name {shown}, or the name given with --server-name)"
+                        ),
+                    )
+                })?;
+            let (read, write) = tokio::io::split(stream);
+            (tokio::spawn(read_frames(read, tx)), Box::new(write))
+        } else {
+            let (read, write) = stream.into_split();
+            (tokio::spawn(read_frames(read, tx)), Box::new(write))
+        };
         Ok(Connection {
             addr: addr.to_string(),
-            writer: write,
+            writer,
             inbound,
             reader,
         })
@@ -67,7 +219,9 @@ impl Connection {
 
     /// Write one frame.
     pub async fn send(&mut self, id: u32, body: &[u8]) -> io::Result<()> {
-        self.writer.write_all(&encode(id, body)).await
+        self.writer.write_all(&encode(id, body)).await?;
+        // TLS may hold the frame's last record until flushed (a no-op on TCP).
+        self.writer.flush().await
     }
 
     /// The next frame, or why the connection ended. Cancel-safe (a bounded channel receive), so
@@ -91,7 +245,7 @@ impl Drop for Connection {
 /// Initial read buffer; it grows (by the codec's reservation) only for larger frames.
 const READ_BUFFER: usize = 8 * 1024;
 
-async fn read_frames(mut read: OwnedReadHalf, tx: mpsc::Sender<Inbound>) {
+async fn read_frames<R: AsyncRead + Unpin>(mut read: R, tx: mpsc::Sender<Inbound>) {
     let mut codec = FrameCodec::client();
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let reason = 'read: loop {

@@ -71,6 +71,21 @@ pub struct ClientArgs {
     /// Password for --user.
     #[arg(long, env = "CHAT_ZINX_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+
+    /// Connect over TLS (the node's `tls.listen` port). An address may also be written
+    /// `tls://host:port`. With --consul, only nodes that advertise TLS are used; without
+    /// --tls, --consul still prefers TLS on the nodes that offer it.
+    #[arg(long)]
+    pub tls: bool,
+
+    /// Trust the CA certificate(s) in this PEM file for TLS, instead of the public web roots
+    /// (a node with a certificate of its own CA needs it).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// The name the server's TLS certificate must carry (default: the host of the address).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
 }
 
 /// Run the client until `/quit`, the end of its commands, or (scripted) a failed connection.
@@ -102,19 +117,25 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION")
         );
     }
+    let tls = connection::TlsClient::new(args.ca.as_deref(), args.server_name.as_deref())?;
     let cfg = Config {
         json: args.json,
         v1: args.v1,
         timeout: args.timeout,
         sequential,
+        tls: Some(std::sync::Arc::new(tls)),
     };
     let addrs = match &args.consul {
-        Some(consul) => discovery::nodes_from_consul(consul, "chat-zinx", None).await?,
+        Some(consul) => discovery::nodes_from_consul(consul, "chat-zinx", None, args.tls).await?,
         None => args
             .addr
             .split(',')
-            .map(|a| a.trim().to_string())
+            .map(|a| a.trim())
             .filter(|a| !a.is_empty())
+            .map(|a| match connection::split_scheme(a) {
+                (false, plain) if args.tls => format!("{}{plain}", connection::TLS_SCHEME),
+                _ => a.to_string(),
+            })
             .collect(),
     };
     let failures = Session::new(cfg, addrs).run(Input { queued, stdin }).await;

@@ -163,9 +163,13 @@ mod tests {
             "{text}"
         );
 
-        let text = err_text(load_from(None, env(&[("CHAT_ZINX_LISTEN", "0.0.0.0:1")])));
+        // `HTTP_LISTEN`, not `LISTEN`: that key name is in two sections (server, tls).
+        let text = err_text(load_from(
+            None,
+            env(&[("CHAT_ZINX_HTTP_LISTEN", "0.0.0.0:1")]),
+        ));
         assert!(
-            text.contains("did you mean CHAT_ZINX_SERVER__LISTEN?"),
+            text.contains("did you mean CHAT_ZINX_SERVER__HTTP_LISTEN?"),
             "{text}"
         );
 

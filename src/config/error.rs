@@ -203,21 +203,26 @@ mod tests {
 
     #[test]
     fn unknown_sections_and_misplaced_keys_in_file() {
-        let f = file("listen = \"0.0.0.0:1\"\n[servr]\nlisten = \"0.0.0.0:1\"\n[bogus]\nx = 1\n");
+        // `http_listen`, not `listen`: that leaf is in two sections (server, tls).
+        let f =
+            file("http_listen = \"0.0.0.0:1\"\n[servr]\nlisten = \"0.0.0.0:1\"\n[bogus]\nx = 1\n");
         let e = check_file(f.path()).unwrap_err();
         assert_eq!(e.problems().len(), 3, "{e}");
         let text = e.to_string();
         assert!(text.starts_with("3 configuration problems:"), "{text}");
         assert!(text.contains("unknown section [servr]"), "{text}");
         assert!(text.contains("did you mean [server]?"), "{text}");
-        assert!(text.contains("unknown key listen in config file"), "{text}");
         assert!(
-            text.contains("did you mean server.listen? Put it in the [server] section."),
+            text.contains("unknown key http_listen in config file"),
+            "{text}"
+        );
+        assert!(
+            text.contains("did you mean server.http_listen? Put it in the [server] section."),
             "{text}"
         );
         assert!(text.contains("unknown section [bogus]"), "{text}");
         assert!(
-            text.contains("valid sections are server, protocol"),
+            text.contains("valid sections are server, tls, protocol"),
             "{text}"
         );
     }

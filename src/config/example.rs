@@ -43,6 +43,19 @@ drain_window = "10s"
 # holding the most unread data are closed (99 code 9) until the node is under it again.
 write_queue_budget = 536870912
 
+[tls]
+# Address of the TLS chat listener (the same protocol inside TLS), IP and port, beside the
+# plain one. Unset or "" (the default) = no TLS listener. server.listen = "" leaves only
+# this one.
+listen = "0.0.0.0:9443"
+# PEM certificate chain (the node's certificate first) and its PEM private key; needed when
+# listen is set. Both are read again on SIGHUP (certificate rotation, no connection dropped);
+# a pair that does not load is refused and the running one stays.
+cert_file = "/run/credentials/chat-zinx.service/tls_cert"
+key_file = "/run/credentials/chat-zinx.service/tls_key"
+# A TLS handshake not finished within this is dropped (100ms to 5m).
+handshake_timeout = "10s"
+
 [protocol]
 # Largest inbound frame body in bytes (64 to 16777216).
 max_body = 8192
@@ -170,6 +183,9 @@ mod tests {
         d.server.state_dir = c.server.state_dir.clone();
         d.server.advertise_addr = c.server.advertise_addr.clone();
         d.auth.token_secret_file = c.auth.token_secret_file.clone();
+        d.tls.listen = c.tls.listen.clone();
+        d.tls.cert_file = c.tls.cert_file.clone();
+        d.tls.key_file = c.tls.key_file.clone();
         d.nats = c.nats.clone();
         d.redis = c.redis.clone();
         d.consul.addr = c.consul.addr.clone();

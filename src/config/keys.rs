@@ -52,7 +52,8 @@ macro_rules! live {
 pub const KEYS: &[KeyInfo] = &[
     KeyInfo {
         key: "server.listen",
-        expected: "an IP address and port such as \"0.0.0.0:9000\" or \"[::]:9000\"",
+        expected: "an IP address and port such as \"0.0.0.0:9000\" or \"[::]:9000\", or \"\" (no plain \
+                   listener) when tls.listen is set",
         reloadable: false,
         live: None,
     },
@@ -109,6 +110,30 @@ pub const KEYS: &[KeyInfo] = &[
         key: "server.write_queue_budget",
         expected: "an integer number of bytes of at least 1048576",
         reloadable: true,
+        live: None,
+    },
+    KeyInfo {
+        key: "tls.listen",
+        expected: "an IP address and port such as \"0.0.0.0:9443\" (unset or \"\": no TLS listener)",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "tls.cert_file",
+        expected: "the path of a PEM certificate chain (needed when tls.listen is set)",
+        reloadable: true,
+        live: None,
+    },
+    KeyInfo {
+        key: "tls.key_file",
+        expected: "the path of a PEM private key (needed when tls.listen is set)",
+        reloadable: true,
+        live: None,
+    },
+    KeyInfo {
+        key: "tls.handshake_timeout",
+        expected: "a duration between 100ms and 5m such as \"10s\"",
+        reloadable: false,
         live: None,
     },
     KeyInfo {

@@ -12,6 +12,7 @@ use super::de;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub tls: TlsConfig,
     pub protocol: ProtocolConfig,
     pub auth: AuthConfig,
     pub session: SessionConfig,
@@ -25,7 +26,8 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address of the chat (Zinx framing) listener.
+    /// Address of the chat (Zinx framing) listener; empty = no plain listener (then
+    /// `tls.listen` must be set).
     #[serde(deserialize_with = "de::string")]
     pub listen: String,
     /// Address of the HTTP listener (health, readiness, metrics).
@@ -54,6 +56,36 @@ pub struct ServerConfig {
     /// Bytes queued towards all connections of the node together; past it the connections
     /// holding the most are closed.
     pub write_queue_budget: u64,
+}
+
+/// The TLS listener for chat clients: the same protocol as `server.listen`, inside TLS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS chat listener; unset or empty = none (the default).
+    #[serde(deserialize_with = "de::opt_string")]
+    pub listen: Option<String>,
+    /// PEM file with the certificate chain (the node's certificate first); re-read on SIGHUP.
+    #[serde(deserialize_with = "de::opt_path")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the certificate's private key; re-read on SIGHUP.
+    #[serde(deserialize_with = "de::opt_path")]
+    pub key_file: Option<PathBuf>,
+    /// A TLS handshake not finished within this is dropped (the connection counts against
+    /// `server.max_connections` meanwhile).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: None,
+            cert_file: None,
+            key_file: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

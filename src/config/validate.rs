@@ -37,7 +37,17 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
         }
     };
     let s = &c.server;
-    check("server.listen", s.listen.parse::<SocketAddr>().is_ok());
+    let plain_on = !s.listen.is_empty();
+    let tls_on = c.tls.listen.is_some();
+    // An empty server.listen turns the plain listener off; one of the two must listen.
+    check(
+        "server.listen",
+        if plain_on {
+            s.listen.parse::<SocketAddr>().is_ok()
+        } else {
+            tls_on
+        },
+    );
     check(
         "server.http_listen",
         s.http_listen.parse::<SocketAddr>().is_ok(),
@@ -55,6 +65,23 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
     check(
         "server.drain_window",
         (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.drain_window),
+    );
+    let t = &c.tls;
+    check(
+        "tls.listen",
+        t.listen
+            .as_deref()
+            .is_none_or(|l| l.parse::<SocketAddr>().is_ok()),
+    );
+    let file_ok = |f: &Option<std::path::PathBuf>| match f {
+        Some(path) => !path.as_os_str().is_empty(),
+        None => !tls_on,
+    };
+    check("tls.cert_file", file_ok(&t.cert_file));
+    check("tls.key_file", file_ok(&t.key_file));
+    check(
+        "tls.handshake_timeout",
+        (Duration::from_millis(100)..=Duration::from_secs(300)).contains(&t.handshake_timeout),
     );
     let p = &c.protocol;
     check(
@@ -294,6 +321,42 @@ mod tests {
         assert!(ok(&[("CHAT_ZINX_SERVER__LISTEN", "[::]:0")]));
         assert!(!ok(&[("CHAT_ZINX_SERVER__LISTEN", "localhost:9000")]));
         assert!(!ok(&[("CHAT_ZINX_SERVER__HTTP_LISTEN", "127.0.0.1")]));
+        // No listener at all is refused; TLS alone is fine, with its certificate and key.
+        assert!(!ok(&[("CHAT_ZINX_SERVER__LISTEN", "")]));
+        let tls = [
+            ("CHAT_ZINX_TLS__LISTEN", "127.0.0.1:9443"),
+            (
+                "CHAT_ZINX_TLS__CERT_FILE",
+                "/run/credentials/chat-zinx/tls-cert",
+            ),
+            (
+                "CHAT_ZINX_TLS__KEY_FILE",
+                "/run/credentials/chat-zinx/tls-key",
+            ),
+        ];
+        assert!(ok(&tls));
+        assert!(ok(&[
+            tls[0],
+            tls[1],
+            tls[2],
+            ("CHAT_ZINX_SERVER__LISTEN", "")
+        ]));
+        assert!(!ok(&[tls[0], tls[1]]), "a TLS listener needs its key");
+        assert!(
+            !ok(&[tls[0], tls[2]]),
+            "a TLS listener needs its certificate"
+        );
+        assert!(!ok(&[
+            ("CHAT_ZINX_TLS__LISTEN", "localhost:9443"),
+            tls[1],
+            tls[2]
+        ]));
+        assert!(!ok(&[
+            tls[0],
+            tls[1],
+            tls[2],
+            ("CHAT_ZINX_TLS__HANDSHAKE_TIMEOUT", "0s")
+        ]));
         assert!(ok(&[(
             "CHAT_ZINX_SERVER__ADVERTISE_ADDR",
             "chat-1.example.com:9000"

@@ -364,6 +364,8 @@ pub struct NodeInfo {
     pub node_id: String,
     /// Address clients connect to (`host:port`).
     pub addr: String,
+    /// Address TLS clients connect to (`host:port`), when the node has a TLS listener.
+    pub tls_addr: Option<String>,
     pub connections: u64,
     pub capacity: u64,
     pub draining: bool,

@@ -25,7 +25,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::backend::consul::{KvWatcher, OnSnapshot};
 use crate::config::live::{LiveSettings, LiveState};
@@ -37,7 +37,11 @@ use crate::core::service::Limits;
 use crate::core::ChatCore;
 use crate::server::hub::Hub;
 use crate::server::probe::loop_probe;
-use crate::server::{accept_loop, ConnSettings, ServerCtx, CURSOR_FLUSH, TOMBSTONE_GRACE};
+use crate::server::tls::{TlsError, TlsServer};
+use crate::server::{
+    accept_loop, AcceptLoop, ConnIds, ConnSettings, ServerCtx, Transport, CURSOR_FLUSH,
+    TOMBSTONE_GRACE,
+};
 use crate::telemetry::metrics::Metrics;
 
 pub use run::{run, RunOptions, STOP_MARGIN};
@@ -48,7 +52,12 @@ pub struct Node {
     pub ctx: Arc<ServerCtx>,
     /// The operations side: health, settings layers.
     pub state: Arc<NodeState>,
+    /// The plain chat listener's address; the TLS one's when there is no plain listener.
     pub local_addr: SocketAddr,
+    /// The TLS chat listener's address, if the node has one.
+    pub tls_addr: Option<SocketAddr>,
+    /// The TLS listener's certificate (re-read by [`Node::reload`]).
+    tls: Option<Arc<TlsServer>>,
     /// Stops the accept loop (first step of a drain).
     accepting: CancellationToken,
     /// Stops everything else.
@@ -94,11 +103,30 @@ fn node_id(config: &Config, state_dir: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// The chat listeners a node serves, already bound (tests bind port 0, systemd passes
+/// sockets). At least one.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// The plain listener (`server.listen`).
+    pub plain: Option<TcpListener>,
+    /// The TLS listener (`tls.listen`), presenting `tls.cert_file` and `tls.key_file`.
+    pub tls: Option<TcpListener>,
+}
+
+/// `host:port` of the TLS listener as others reach it: the host of the advertised address
+/// (`server.advertise_addr`) with the TLS listener's port, else the listener's own address.
+fn tls_advertise(advertise: Option<&str>, tls: SocketAddr) -> String {
+    match advertise.and_then(|a| a.rsplit_once(':')) {
+        Some((host, _)) => format!("{host}:{}", tls.port()),
+        None => tls.to_string(),
+    }
+}
+
 impl Node {
-    /// Starts a node on the given listener (already bound: tests bind port 0, systemd passes
-    /// sockets). Returns once it accepts connections.
+    /// Starts a node on the given plain listener (already bound: tests bind port 0, systemd
+    /// passes sockets). Returns once it accepts connections.
     pub async fn start(config: &Config, listener: TcpListener) -> anyhow::Result<Node> {
-        Self::start_with(config, listener, None).await
+        Self::start_with(config, plain(listener), None).await
     }
 
     /// [`Node::start`] on the given backends instead of those the configuration names (tests
@@ -108,14 +136,46 @@ impl Node {
         listener: TcpListener,
         backends: Backends,
     ) -> anyhow::Result<Node> {
-        Self::start_with(config, listener, Some(backends)).await
+        Self::start_with(config, plain(listener), Some(backends)).await
+    }
+
+    /// [`Node::start`] on a plain listener, a TLS listener or both.
+    pub async fn start_listening(config: &Config, listeners: Listeners) -> anyhow::Result<Node> {
+        Self::start_with(config, listeners, None).await
     }
 
     async fn start_with(
         config: &Config,
-        listener: TcpListener,
+        listeners: Listeners,
         backends: Option<Backends>,
     ) -> anyhow::Result<Node> {
+        // The certificate first: a node that cannot serve TLS as configured does not start.
+        let tls = match &listeners.tls {
+            None => None,
+            Some(_) => {
+                let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
+                    anyhow::bail!(
+                        "a TLS listener needs tls.cert_file and tls.key_file (PEM certificate chain and key)"
+                    );
+                };
+                Some(Arc::new(TlsServer::new(cert, key).with_context(|| {
+                    format!(
+                        "cannot serve TLS with the certificate {} and the key {} (tls.cert_file, tls.key_file)",
+                        cert.display(),
+                        key.display()
+                    )
+                })?))
+            }
+        };
+        let plain_addr = listeners
+            .plain
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+        let tls_addr = listeners.tls.as_ref().map(|l| l.local_addr()).transpose()?;
+        let Some(local_addr) = plain_addr.or(tls_addr) else {
+            anyhow::bail!("no chat listener: set server.listen, tls.listen or both");
+        };
         let state_dir = config.state_dir();
         let node_id = node_id(config, &state_dir)?;
         // First, so that the backends can count into it (`Metrics::observe_backend_call`).
@@ -147,7 +207,6 @@ impl Node {
         // Inbound bus events go through the core, which applies the delivery rules and hands
         // pushes to the hub.
         backends.bus.attach(&node_id, core.clone()).await?;
-        let local_addr = listener.local_addr()?;
         let advertise = config
             .server
             .advertise_addr
@@ -157,6 +216,8 @@ impl Node {
             .registry
             .register(NodeInfo {
                 node_id: node_id.clone(),
+                tls_addr: tls_addr
+                    .map(|t| tls_advertise(config.server.advertise_addr.as_deref(), t)),
                 addr: advertise,
                 connections: 0,
                 capacity: config.server.max_connections,
@@ -198,19 +259,47 @@ impl Node {
             tasks.spawn(watcher.run(shutdown.clone()));
         }
         let accepting = shutdown.child_token();
-        tasks.spawn(accept_loop(
-            listener,
-            probe_requests,
-            ctx.clone(),
-            accepting.clone(),
-            shutdown.clone(),
-            tasks.clone(),
-        ));
-        info!(node_id = %node_id, addr = %local_addr, "listening");
+        let ids = Arc::new(ConnIds::default());
+        // One loop answers the health probes: the plain one, else the TLS one.
+        let mut probes = Some(probe_requests);
+        let mut loops = Vec::new();
+        if let Some(listener) = listeners.plain {
+            loops.push((listener, Transport::Plain));
+        }
+        if let (Some(listener), Some(server)) = (listeners.tls, &tls) {
+            let handshake_timeout = config.tls.handshake_timeout;
+            loops.push((
+                listener,
+                Transport::Tls {
+                    server: server.clone(),
+                    handshake_timeout,
+                },
+            ));
+        }
+        for (listener, transport) in loops {
+            tasks.spawn(accept_loop(
+                AcceptLoop {
+                    listener,
+                    transport,
+                    probes: probes.take(),
+                    ids: ids.clone(),
+                },
+                ctx.clone(),
+                accepting.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
+        match tls_addr {
+            Some(tls_addr) => info!(node_id = %node_id, addr = ?plain_addr, %tls_addr, "listening"),
+            None => info!(node_id = %node_id, addr = %local_addr, "listening"),
+        }
         Ok(Node {
             ctx,
             state,
             local_addr,
+            tls_addr,
+            tls,
             accepting,
             shutdown,
             tasks,
@@ -266,6 +355,13 @@ impl Node {
 
     pub fn node_id(&self) -> &str {
         self.ctx.core.node_id()
+    }
+}
+
+fn plain(listener: TcpListener) -> Listeners {
+    Listeners {
+        plain: Some(listener),
+        tls: None,
     }
 }
 
@@ -390,10 +486,40 @@ impl Node {
     }
 
     /// Applies the settings of `new` that can change while running (connection settings and
-    /// limits; the log level is the caller's). They take effect for new frames and new
-    /// connections; open connections stay open.
-    pub fn reload(&self, new: &Config) {
+    /// limits; the log level is the caller's) and reads the TLS certificate and key again.
+    /// They take effect for new frames and new connections; open connections stay open.
+    ///
+    /// A certificate pair that does not load is refused (logged, with the file and the reason,
+    /// and returned): the running pair stays, the other settings still apply.
+    pub fn reload(&self, new: &Config) -> Result<(), TlsError> {
         self.state.set_configured(new);
+        let Some(server) = &self.tls else {
+            return Ok(());
+        };
+        // Validation makes both set when tls.listen is; a listener passed by systemd with
+        // tls.listen unset may still leave them out.
+        let (Some(cert), Some(key)) = (&new.tls.cert_file, &new.tls.key_file) else {
+            warn!("tls.cert_file or tls.key_file is unset in the reloaded configuration; the running TLS certificate stays");
+            return Ok(());
+        };
+        match server.reload(cert, key) {
+            Ok(()) => {
+                info!(cert_file = %cert.display(), key_file = %key.display(), "TLS certificate reloaded; new connections get it");
+                Ok(())
+            }
+            Err(e) => {
+                error!("TLS certificate not reloaded, the running one stays: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// The end-entity certificate the TLS listener presents to new connections (DER).
+    pub fn tls_certificate(&self) -> Option<Vec<u8>> {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.certificate())
+            .map(|c| c.as_ref().to_vec())
     }
 
     /// Starts the task that keeps systemd's `STATUS=` current and feeds its watchdog while the

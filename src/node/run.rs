@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use super::systemd::{ActivatedSockets, Notifier};
-use super::Node;
+use super::{Listeners, Node};
 use crate::config::{Config, RELOADABLE_KEYS};
 use crate::server::bind;
 
@@ -68,7 +68,15 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         sockets,
     } = options;
     let activated = !sockets.is_empty();
-    let chat = listener(sockets.chat, &config.server.listen, "server.listen").await?;
+    let listeners = Listeners {
+        plain: optional_listener(sockets.chat, &config.server.listen, "server.listen").await?,
+        tls: optional_listener(
+            sockets.tls,
+            config.tls.listen.as_deref().unwrap_or(""),
+            "tls.listen",
+        )
+        .await?,
+    };
     let http = listener(
         sockets.http,
         &config.server.http_listen,
@@ -76,7 +84,7 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     )
     .await?;
 
-    let node = Node::start(&config, chat).await?;
+    let node = Node::start_listening(&config, listeners).await?;
     crate::telemetry::set_node_id(node.node_id());
     let http_addr = node
         .serve_http(http)
@@ -116,6 +124,19 @@ pub async fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     stop(node, &notifier, current.server.drain_window).await;
     Ok(())
+}
+
+/// A listener passed by systemd, else one bound to `addr` (the value of config `key`), else
+/// none when `addr` is empty (that listener is off).
+async fn optional_listener(
+    passed: Option<std::net::TcpListener>,
+    addr: &str,
+    key: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    if passed.is_none() && addr.is_empty() {
+        return Ok(None);
+    }
+    listener(passed, addr, key).await.map(Some)
 }
 
 /// A listener passed by systemd, else one bound to `addr` (the value of config `key`).
@@ -212,7 +233,7 @@ async fn reload(
         .into_iter()
         .filter(|k| !RELOADABLE_KEYS.contains(k))
         .collect();
-    node.reload(&new);
+    let tls_refused = node.reload(&new).is_err();
     if live.contains(&"log.level") {
         match crate::telemetry::set_level(&new.log.level) {
             Ok(crate::telemetry::LevelChange::Applied) => {}
@@ -237,7 +258,14 @@ async fn reload(
         );
     }
     let h = node.health().await;
-    notifier.ready(&node.status_line(&h));
+    let status = node.status_line(&h);
+    if tls_refused {
+        notifier.ready(&format!(
+            "{status}; new TLS certificate refused, the old one serves (see the log)"
+        ));
+    } else {
+        notifier.ready(&status);
+    }
 }
 
 /// SIGTERM: STOPPING=1, then the node's graceful drain, bounded by `drain`, the write timeout

@@ -6,7 +6,8 @@
 //!
 //! * **Socket activation**: [`take_activated_sockets`] takes the listening sockets systemd
 //!   passes (`LISTEN_FDS`, checked against `LISTEN_PID` by `sd-notify`), by their
-//!   `LISTEN_FDNAMES` name: `chat` and `http` (`FileDescriptorName=` of the `.socket` units).
+//!   `LISTEN_FDNAMES` name: `chat`, `chat-tls` and `http` (`FileDescriptorName=` of the
+//!   `.socket` units).
 //!   A single unnamed socket is the chat listener.
 //! * **Notifications**: [`Notifier`] sends `READY=1`, `STATUS=`, `RELOADING=1` with
 //!   `MONOTONIC_USEC`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC` and `WATCHDOG=1`. A filesystem
@@ -33,6 +34,8 @@ use super::NodeState;
 
 /// `FileDescriptorName=` of the chat listener's socket unit.
 pub const FD_NAME_CHAT: &str = "chat";
+/// `FileDescriptorName=` of the TLS chat listener's socket unit.
+pub const FD_NAME_TLS: &str = "chat-tls";
 /// `FileDescriptorName=` of the HTTP listener's socket unit.
 pub const FD_NAME_HTTP: &str = "http";
 
@@ -47,7 +50,7 @@ pub enum ActivationError {
     #[error("cannot read the sockets systemd passed (LISTEN_FDS, LISTEN_FDNAMES): {0}; check the .socket units")]
     ListenFds(#[source] io::Error),
     #[error(
-        "systemd passed a socket named {name:?} (fd {fd}); chat-zinx takes sockets named \"chat\" and \"http\": set FileDescriptorName=chat or FileDescriptorName=http in its .socket units"
+        "systemd passed a socket named {name:?} (fd {fd}); chat-zinx takes sockets named \"chat\", \"chat-tls\" and \"http\": set FileDescriptorName=chat, FileDescriptorName=chat-tls or FileDescriptorName=http in its .socket units"
     )]
     UnknownName { name: String, fd: RawFd },
     #[error("systemd passed two sockets named {name:?}; give each .socket unit of chat-zinx one ListenStream= and its own FileDescriptorName=")]
@@ -60,12 +63,14 @@ pub enum ActivationError {
 #[derive(Debug, Default)]
 pub struct ActivatedSockets {
     pub chat: Option<StdTcpListener>,
+    /// The TLS chat listener (`chat-tls`).
+    pub tls: Option<StdTcpListener>,
     pub http: Option<StdTcpListener>,
 }
 
 impl ActivatedSockets {
     pub fn is_empty(&self) -> bool {
-        self.chat.is_none() && self.http.is_none()
+        self.chat.is_none() && self.tls.is_none() && self.http.is_none()
     }
 }
 
@@ -92,6 +97,7 @@ pub fn take_activated_sockets() -> Result<ActivatedSockets, ActivationError> {
         let raw = fd.as_raw_fd();
         let slot = match name.as_str() {
             FD_NAME_CHAT => &mut sockets.chat,
+            FD_NAME_TLS => &mut sockets.tls,
             FD_NAME_HTTP => &mut sockets.http,
             // `systemd-socket-activate` without `--fdname`, or an unnamed socket unit.
             "unknown" | "" if single => &mut sockets.chat,

@@ -385,6 +385,9 @@ pub struct SyncResp {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RedirectNode {
     pub addr: String,
+    /// The node's TLS listener (`host:port`), when it has one; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_addr: Option<String>,
     pub load: f64,
 }
 

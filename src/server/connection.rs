@@ -20,8 +20,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +29,7 @@ use super::budget::SlowClose;
 use super::sends::Pipeline;
 use super::session::Session;
 use super::shared::ConnShared;
+use super::stream::{ConnStream, ReadSide, WriteSide};
 use super::ServerCtx;
 use crate::core::model::Seq;
 use crate::core::service::DeliveryOutcome;
@@ -111,10 +110,11 @@ impl WrittenLog {
     }
 }
 
-/// Serves one accepted connection until it ends. Sets the connection up (and spawns its
-/// writer task) at once; the returned future, to be spawned, reads until the connection ends.
+/// Serves one accepted connection (plain, or TLS once its handshake is done) until it ends.
+/// Sets the connection up (and spawns its writer task) at once; the returned future, to be
+/// spawned, reads until the connection ends.
 pub fn serve(
-    stream: TcpStream,
+    stream: ConnStream,
     conn_id: u64,
     ctx: Arc<ServerCtx>,
     shutdown: CancellationToken,
@@ -122,7 +122,7 @@ pub fn serve(
     let _ = stream.set_nodelay(true);
     // Kept by the session only as the key of login and registration throttling.
     let peer = stream.peer_addr().ok();
-    debug!(conn_id, peer = ?peer, "connection opened");
+    debug!(conn_id, peer = ?peer, tls = stream.is_tls(), "connection opened");
     let (rd, wr) = stream.into_split();
     let settings = ctx.settings();
     let shared = Arc::new(ConnShared::new(
@@ -162,7 +162,7 @@ pub fn serve(
 /// read loop's future instead of five). The server context and the shared connection state
 /// are the session's (not kept twice).
 struct Reader {
-    rd: OwnedReadHalf,
+    rd: ReadSide,
     session: Session,
     /// The connection's sends in flight (nothing allocated while there are none).
     sends: Pipeline,
@@ -217,7 +217,7 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
             // The rate limiter takes a token for every frame: its clock is the last frame's.
             let idle_deadline = tokens.last + settings.idle_timeout;
             let login_deadline = r.session.login_deadline();
-            tokio::select! {
+            let eof = tokio::select! {
                 biased;
                 _ = r.session.shared().closing() => return EndReason::ClosedByServer,
                 _ = r.shutdown.cancelled() => {
@@ -248,17 +248,14 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
                     continue;
                 }
                 // Not `rd.readable()`: see the module documentation. This task is the only one
-                // that waits for read readiness of the socket. A full pipeline stops reading:
-                // TCP pushes back on the client.
-                ready = std::future::poll_fn(|cx| r.rd.as_ref().poll_read_ready(cx)), if !r.sends.is_full() => {
-                    if ready.is_err() {
-                        return EndReason::ReadError;
+                // that reads the socket. A full pipeline stops reading: TCP pushes back on the
+                // client.
+                filled = std::future::poll_fn(|cx| r.rd.poll_fill(cx, &mut buf)), if !r.sends.is_full() => {
+                    match filled {
+                        Ok(eof) => eof,
+                        Err(_) => return EndReason::ReadError,
                     }
                 }
-            }
-            let eof = match fill(&r.rd, &mut buf) {
-                Ok(eof) => eof,
-                Err(_) => return EndReason::ReadError,
             };
             loop {
                 let frame = match codec.decode(&mut buf) {
@@ -350,32 +347,13 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
     }
 }
 
-/// Reads what the socket has into `buf` without waiting. Returns whether the peer closed.
-fn fill(rd: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<bool> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match rd.try_read(&mut chunk) {
-            Ok(0) => return Ok(true),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if n < chunk.len() || buf.len() >= WRITE_BATCH {
-                    return Ok(false);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Writes queued frames, many per `write` call, until the queue closes or the connection is
 /// told to close. Returns what it wrote and what it had to leave unwritten.
 // Not an `async fn`: that would keep its arguments twice in a future that lives as long as
 // the connection.
 #[allow(clippy::manual_async_fn)]
 fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteSide,
     shared: Arc<ConnShared>,
     write_timeout: Duration,
 ) -> impl Future<Output = DeliveryOutcome> + Send + 'static {
@@ -473,16 +451,17 @@ fn write_loop(
     }
 }
 
-/// Writes `bytes`, counting in `done` what the socket took (so that a write cut off by the
-/// write timeout knows where it stopped).
-async fn write_counted(wr: &mut OwnedWriteHalf, bytes: &[u8], done: &mut usize) -> io::Result<()> {
+/// Writes `bytes`, counting in `done` what the stream took (so that a write cut off by the
+/// write timeout knows where it stopped), then flushes: TLS may keep the last records of a
+/// write until then (a no-op on plain TCP).
+async fn write_counted(wr: &mut WriteSide, bytes: &[u8], done: &mut usize) -> io::Result<()> {
     while *done < bytes.len() {
         match wr.write(&bytes[*done..]).await? {
             0 => return Err(io::ErrorKind::WriteZero.into()),
             n => *done += n,
         }
     }
-    Ok(())
+    wr.flush().await
 }
 
 /// What remains of the frame that a write of whole frames `bytes` stopped in after `done`
@@ -510,7 +489,7 @@ fn frame_rest(bytes: &[u8], done: usize) -> &[u8] {
 /// a timed-out write stopped in, and the socket takes it within the write timeout), then the
 /// shutdown of the sending side.
 async fn say_goodbye(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteSide,
     shared: &ConnShared,
     at_frame_boundary: bool,
     rest: Option<bytes::Bytes>,
@@ -530,7 +509,8 @@ async fn say_goodbye(
             if let Some(rest) = rest {
                 wr.write_all(&rest).await?;
             }
-            wr.write_all(&frame).await
+            wr.write_all(&frame).await?;
+            wr.flush().await
         })
         .await;
     }

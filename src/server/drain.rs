@@ -37,6 +37,7 @@ pub fn redirect_frame(reason: &str, peers: &[NodeInfo], self_id: &str) -> bytes:
             .take(8)
             .map(|n| RedirectNode {
                 addr: n.addr.clone(),
+                tls_addr: n.tls_addr.clone(),
                 load: (n.load() * 1000.0).round() / 1000.0,
             })
             .collect(),
@@ -101,6 +102,7 @@ mod tests {
         NodeInfo {
             node_id: id.into(),
             addr: format!("{id}:9000"),
+            tls_addr: None,
             connections,
             capacity: 100,
             draining,

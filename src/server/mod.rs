@@ -1,11 +1,13 @@
-//! The wire adapter: the TCP listener, one reader task and one writer task per connection,
+//! The wire adapter: the TCP and TLS listeners, one reader task and one writer task per connection,
 //! the local hub of connections. It turns frames into calls of the core and the core's
 //! results into frames. The mapping to the wire lives here, not in the core and not in
 //! `crate::protocol` (which knows bytes and shapes): domain values in [`wire`], domain errors
 //! to codes and the original server's texts in [`errors`].
 //!
 //! The node (`crate::node`) builds the context every connection shares ([`ServerCtx`]) and
-//! runs [`accept_loop`] on its task tracker.
+//! runs [`accept_loop`] on its task tracker, once per listener: plain, and TLS ([`tls`]) whose
+//! connections, once their handshake is done, run exactly the same connection code
+//! ([`stream`] hides which one a connection is).
 
 pub mod admission;
 pub mod budget;
@@ -18,6 +20,8 @@ pub mod probe;
 pub mod sends;
 pub mod session;
 pub mod shared;
+pub mod stream;
+pub mod tls;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +32,7 @@ use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::core::ChatCore;
 use crate::telemetry::metrics::Metrics;
@@ -128,22 +132,68 @@ pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(10);
 /// uncertain window, see `connection::UNCERTAIN_WINDOW`).
 pub const CURSOR_FLUSH: Duration = Duration::from_secs(5);
 
+/// What a listener's connections speak below the chat protocol.
+#[derive(Clone)]
+pub enum Transport {
+    Plain,
+    /// TLS: each connection is served once its handshake is done within the timeout.
+    Tls {
+        server: Arc<tls::TlsServer>,
+        handshake_timeout: Duration,
+    },
+}
+
+/// Connection ids, unique across the node's listeners.
+#[derive(Default)]
+pub struct ConnIds(AtomicU64);
+
+impl ConnIds {
+    fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// One listener's accept loop and what it shares with the node's other listener.
+pub struct AcceptLoop {
+    pub listener: TcpListener,
+    pub transport: Transport,
+    /// The health probes (watchdog, `/ready`) this loop answers: one loop of the node does.
+    pub probes: Option<ProbeRequests>,
+    pub ids: Arc<ConnIds>,
+}
+
+/// The next probe of `probes`; never, when this loop answers none.
+async fn next_probe(
+    probes: &mut Option<ProbeRequests>,
+) -> Option<tokio::sync::oneshot::Sender<()>> {
+    match probes {
+        Some(p) => p.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Accepts connections until `accepting` is cancelled and serves each on its own task (owned
-/// by `tasks`), answering the health probes of `probes` between two accepts.
+/// by `tasks`), answering the health probes, if it has them, between two accepts. A TLS
+/// connection counts against `server.max_connections` from its TCP accept on, handshake
+/// included, exactly as a plain one.
 pub async fn accept_loop(
-    listener: TcpListener,
-    mut probes: ProbeRequests,
+    accept: AcceptLoop,
     ctx: Arc<ServerCtx>,
     accepting: CancellationToken,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let next_id = AtomicU64::new(1);
+    let AcceptLoop {
+        listener,
+        transport,
+        mut probes,
+        ids,
+    } = accept;
     loop {
         let accepted = tokio::select! {
             _ = accepting.cancelled() => break,
             // Health probe (watchdog, /ready): answering proves this loop is polled.
-            Some(reply) = probes.next() => {
+            Some(reply) = next_probe(&mut probes) => {
                 let _ = reply.send(());
                 continue;
             }
@@ -168,16 +218,77 @@ pub async fn accept_loop(
         }
         ctx.metrics.connection_accepted();
         ctx.open.fetch_add(1, Ordering::Relaxed);
-        let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
-        let ctx2 = ctx.clone();
-        // `map`, not an `async` block that awaits it: that would hold the connection's future
-        // twice for as long as the connection lives.
-        tasks.spawn(
-            connection::serve(stream, conn_id, ctx.clone(), shutdown.clone()).map(move |()| {
-                ctx2.open.fetch_sub(1, Ordering::Relaxed);
-            }),
-        );
+        let conn_id = ids.next();
+        match &transport {
+            Transport::Plain => spawn_connection(
+                stream::ConnStream::Plain(stream),
+                conn_id,
+                &ctx,
+                &shutdown,
+                &tasks,
+            ),
+            Transport::Tls {
+                server,
+                handshake_timeout,
+            } => {
+                // The handshake runs on a task of its own, which hands the connection to the
+                // task serving it: a slow handshake holds up neither this loop nor the
+                // connection's own (long-lived) future.
+                // Small handshake flights and frames: no Nagle delay from the start.
+                let _ = stream.set_nodelay(true);
+                let handshake = server.acceptor().accept(stream);
+                let (ctx, shutdown, tasks2) = (ctx.clone(), shutdown.clone(), tasks.clone());
+                let timeout = *handshake_timeout;
+                tasks.spawn(async move {
+                    let done = tokio::select! {
+                        r = tokio::time::timeout(timeout, handshake) => r,
+                        _ = shutdown.cancelled() => {
+                            ctx.open.fetch_sub(1, Ordering::Relaxed);
+                            return;
+                        }
+                    };
+                    match done {
+                        Ok(Ok(tls)) => spawn_connection(
+                            stream::ConnStream::Tls(Box::new(tls)),
+                            conn_id,
+                            &ctx,
+                            &shutdown,
+                            &tasks2,
+                        ),
+                        Ok(Err(e)) => {
+                            ctx.open.fetch_sub(1, Ordering::Relaxed);
+                            ctx.metrics.tls_handshake_failed();
+                            debug!(conn_id, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            ctx.open.fetch_sub(1, Ordering::Relaxed);
+                            ctx.metrics.tls_handshake_failed();
+                            debug!(conn_id, ?timeout, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
     }
+}
+
+/// Spawns the task serving an accepted connection (already counted in `ctx.open`; the task
+/// uncounts it when it ends).
+fn spawn_connection(
+    stream: stream::ConnStream,
+    conn_id: u64,
+    ctx: &Arc<ServerCtx>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let ctx2 = ctx.clone();
+    // `map`, not an `async` block that awaits it: that would hold the connection's future
+    // twice for as long as the connection lives.
+    tasks.spawn(
+        connection::serve(stream, conn_id, ctx.clone(), shutdown.clone()).map(move |()| {
+            ctx2.open.fetch_sub(1, Ordering::Relaxed);
+        }),
+    );
 }
 
 /// Pending connections the kernel keeps per listener. Tokio's default (1 024) makes a burst of

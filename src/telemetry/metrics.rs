@@ -144,6 +144,7 @@ struct Inner {
     registry: Registry,
     accepted: Counter,
     refused: Counter,
+    tls_failed: Counter,
     frames_in: Counter,
     registrations: Counter,
     logins: Family<OutcomeLabels, Counter>,
@@ -230,6 +231,12 @@ impl Metrics {
             "connections_refused",
             "Chat connections refused because server.max_connections was reached",
             refused.clone(),
+        );
+        let tls_failed = Counter::default();
+        registry.register(
+            "tls_handshakes_failed",
+            "TLS handshakes of chat connections that failed or timed out (tls.handshake_timeout)",
+            tls_failed.clone(),
         );
         let closed = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -323,6 +330,7 @@ impl Metrics {
                 registry,
                 accepted,
                 refused,
+                tls_failed,
                 frames_in,
                 registrations,
                 logins,
@@ -346,6 +354,10 @@ impl Metrics {
     }
     pub fn connection_refused(&self) {
         self.inner.refused.inc();
+    }
+    /// A TLS handshake failed or timed out (the connection was counted as accepted).
+    pub fn tls_handshake_failed(&self) {
+        self.inner.tls_failed.inc();
     }
     pub fn frame_in(&self, _id: u32) {
         self.inner.frames_in.inc();

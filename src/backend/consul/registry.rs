@@ -2,7 +2,8 @@
 //!
 //! A node is the service `consul.service` (`chat-zinx`) with the node id as service id, its
 //! advertise address, the tag `chat` and its load in the service meta (`version`,
-//! `connections`, `capacity`, `draining`). Its health is a **TTL check** that the node itself
+//! `connections`, `capacity`, `draining`; `tls_port` when it has a TLS listener, on the same
+//! host). Its health is a **TTL check** that the node itself
 //! passes every `check_ttl / 3`: the daemon knows best whether it serves, and an HTTP check
 //! would need this node's HTTP endpoint reachable from the Consul agent. A node that stops
 //! passing goes critical after `check_ttl`, leaves every peer's [`Registry::nodes`] and is
@@ -32,6 +33,10 @@ use super::client::{
 use super::{ConsulSettings, BACKEND, TAG};
 use crate::core::model::NodeInfo;
 use crate::core::ports::{BackendError, BackendResult, Registry};
+
+/// The service meta key of the TLS listener's port (absent: no TLS listener). Clients
+/// (`chat-zinx client --consul`) read it too.
+pub const META_TLS_PORT: &str = "tls_port";
 
 /// A Go duration string Consul accepts (`15000ms`).
 fn go_duration(d: Duration) -> String {
@@ -140,8 +145,10 @@ impl HealthEntry {
         } else {
             self.service.address
         };
+        let tls_port = meta.get(META_TLS_PORT).and_then(|v| v.parse::<u16>().ok());
         NodeInfo {
             addr: join_host_port(&host, self.service.port),
+            tls_addr: tls_port.map(|p| join_host_port(&host, p)),
             connections: num("connections"),
             capacity: num("capacity"),
             draining: meta.get("draining").is_some_and(|v| v == "true"),
@@ -197,18 +204,24 @@ impl ConsulRegistry {
     /// Registers (or re-registers, replacing the meta) `node` with a passing TTL check.
     async fn put_service(&self, node: &NodeInfo) -> BackendResult<()> {
         let (address, port) = split_advertise(&node.addr)?;
+        let mut meta = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "connections": node.connections.to_string(),
+            "capacity": node.capacity.to_string(),
+            "draining": node.draining.to_string(),
+        });
+        if let Some(tls) = &node.tls_addr {
+            // The port only: the host is the service's (TLS and plain share the address).
+            let (_, tls_port) = split_advertise(tls)?;
+            meta[META_TLS_PORT] = json!(tls_port.to_string());
+        }
         let body = json!({
             "ID": node.node_id,
             "Name": self.service,
             "Tags": [TAG],
             "Address": address,
             "Port": port,
-            "Meta": {
-                "version": env!("CARGO_PKG_VERSION"),
-                "connections": node.connections.to_string(),
-                "capacity": node.capacity.to_string(),
-                "draining": node.draining.to_string(),
-            },
+            "Meta": meta,
             "Check": {
                 "CheckID": Self::check_id(&node.node_id),
                 "Name": format!("{} node {} serves", self.service, node.node_id),

@@ -15,7 +15,7 @@ use super::requests::Owner;
 use super::{Session, PING_EVERY};
 use crate::client::backoff;
 use crate::client::commands;
-use crate::client::connection::{Connection, Inbound};
+use crate::client::connection::{split_scheme, Connection, Inbound, TLS_SCHEME};
 use crate::client::render::{body_value, Output, Viewer};
 use crate::protocol::{ids, Frame};
 
@@ -95,7 +95,7 @@ impl Session {
         &mut self,
         addr: &str,
     ) -> std::io::Result<(Connection, Option<Value>, Vec<Frame>)> {
-        let mut conn = Connection::connect(addr, self.cfg.timeout).await?;
+        let mut conn = Connection::open(addr, self.cfg.timeout, self.cfg.tls.as_deref()).await?;
         let mut early = Vec::new();
         if self.cfg.v1 {
             return Ok((conn, None, early));
@@ -216,15 +216,24 @@ impl Session {
         }
     }
 
-    /// 406: move to the least loaded node now, and resume there.
+    /// 406: move to the least loaded node now, and resume there. A session on TLS moves only
+    /// to nodes that offer TLS (`tls_addr`), never down to a plain connection.
     pub(super) fn on_redirect(&mut self, body: Value) {
+        let on_tls = split_scheme(&self.addr()).0;
         let nodes: Vec<String> = body
             .get("nodes")
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
-                    .filter_map(|n| n.get("addr").and_then(Value::as_str))
-                    .map(str::to_string)
+                    .filter_map(|n| {
+                        if on_tls {
+                            n.get("tls_addr")
+                                .and_then(Value::as_str)
+                                .map(|a| format!("{TLS_SCHEME}{a}"))
+                        } else {
+                            n.get("addr").and_then(Value::as_str).map(str::to_string)
+                        }
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -22,6 +22,7 @@ mod timers;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -31,7 +32,7 @@ use input::Blocker;
 use requests::{Owner, Pending};
 
 use super::commands::Command;
-use super::connection::{Connection, Inbound};
+use super::connection::{Connection, Inbound, TlsClient};
 use super::dedupe::{self, Dedupe};
 use super::render::Viewer;
 
@@ -55,6 +56,8 @@ pub(crate) struct Config {
     /// Commands run one after another, each waiting for its reply (scripts, pipes, `-e`);
     /// otherwise replies and pushes are printed whenever they come (a terminal).
     pub sequential: bool,
+    /// How `tls://` addresses are reached (the CA trusted, the name checked).
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 /// One input: a line typed or scripted, or a command built by the program (`--user` login).
