@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{ConsulSettings, BACKEND};
+use crate::backend::secret::Secret;
 use crate::core::error::chain;
 use crate::core::ports::{BackendError, BackendResult};
 
@@ -62,20 +63,46 @@ struct Answer {
 pub struct ConsulClient {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
+    token: Option<Secret>,
     timeout: Duration,
 }
 
 impl ConsulClient {
     pub fn new(settings: &ConsulSettings) -> BackendResult<ConsulClient> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| {
-                let detail = format!("cannot set up the HTTP client: {}", chain(&e));
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(path) = &settings.ca_file {
+            let shown = path.display();
+            let pem = std::fs::read(path).map_err(|e| {
+                let detail = format!(
+                    "cannot read consul.tls.ca_file {shown}: {e}; check the path and that the \
+                     user chat-zinx runs as can read the file"
+                );
                 BackendError::unavailable_with_source(BACKEND, detail, e)
             })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                let detail = format!(
+                    "consul.tls.ca_file {shown} holds no usable PEM certificate ({}): it should \
+                     hold the CA certificate(s) that signed Consul's certificate",
+                    chain(&e)
+                );
+                BackendError::unavailable_with_source(BACKEND, detail, e)
+            })?;
+            if certs.is_empty() {
+                return Err(BackendError::unavailable(
+                    BACKEND,
+                    format!("consul.tls.ca_file {shown} holds no PEM certificate"),
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| {
+            let detail = format!("cannot set up the HTTP client: {}", chain(&e));
+            BackendError::unavailable_with_source(BACKEND, detail, e)
+        })?;
         Ok(ConsulClient {
             http,
             base: settings.base_url.clone(),
@@ -110,7 +137,7 @@ impl ConsulClient {
             .query(query)
             .timeout(limit);
         if let Some(token) = &self.token {
-            req = req.header("X-Consul-Token", token);
+            req = req.header("X-Consul-Token", token.expose());
         }
         if let Some(body) = body {
             req = req.json(body);

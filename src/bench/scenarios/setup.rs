@@ -73,6 +73,8 @@ impl Bench {
             duplicate_window: Duration::from_secs(600),
             request_timeout: Duration::from_secs(10),
             reconnect_wait: Duration::from_millis(250),
+            auth: Default::default(),
+            tls: Default::default(),
         };
         let conn = Nats::connect(&settings)
             .await

@@ -1,0 +1,211 @@
+//! The daemon on real backends with authentication and TLS on: certificates made here (a CA,
+//! a server certificate for 127.0.0.1, a client certificate), secrets in files only their owner
+//! reads. Each backend: nodes start and chat across nodes; a wrong secret stops the start with
+//! a message that names the backend and why; a secret file others can read is refused.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chat_zinx::config::Config;
+use chat_zinx::harness::{NatsOptions, NatsServer};
+use chat_zinx::node::Node;
+use chat_zinx::protocol::ids;
+use support::*;
+use tokio::net::TcpListener;
+
+/// A CA and the certificates it signed, as PEM files in a temporary directory (keys 0600).
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "chat-zinx test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>, cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) =
+            leaf(vec!["127.0.0.1".into(), "localhost".into()], "test server");
+        let (client_cert, client_key) = leaf(vec!["chat-zinx".into()], "chat-zinx node");
+        let at = |name: &str, text: &str| private_file(dir.path(), name, text);
+        Pki {
+            ca: at("ca.pem", &ca_cert.pem()),
+            server_cert: at("server.pem", &server_cert),
+            server_key: at("server-key.pem", &server_key),
+            client_cert: at("client.pem", &client_cert),
+            client_key: at("client-key.pem", &client_key),
+            dir,
+        }
+    }
+
+    /// Another CA's certificate: a node trusting it cannot verify the servers.
+    fn other_ca(&self) -> PathBuf {
+        let other = rcgen::generate_simple_self_signed(vec!["elsewhere".to_string()]).unwrap();
+        private_file(self.dir.path(), "other-ca.pem", &other.cert.pem())
+    }
+}
+
+/// A file only its owner reads (mode 0600).
+fn private_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    secret_file(dir, name, text, 0o600)
+}
+
+fn secret_file(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// A node's configuration as `TestServer` makes it, for starts that are expected to fail.
+async fn start_fails(tweak: impl FnOnce(&mut Config)) -> String {
+    let state = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.server.state_dir = Some(state.path().to_path_buf());
+    config.auth.hash_concurrency = 2;
+    tweak(&mut config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    match Node::start(&config, listener).await {
+        Ok(_) => panic!("the node started"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// Alice on `a` writes to a group bob (on `b`) is a member of; bob gets it live, through the
+/// backends.
+async fn chat_across(a: &TestServer, b: &TestServer) {
+    let mut alice = a.user("alice").await;
+    let mut bob = b.user("bob").await;
+    let gid = alice.create_group("across").await;
+    bob.join_group(gid).await;
+    // Node b subscribes to the group once it learns of bob's membership; probe until a push
+    // arrives (an earlier message is in the log, just not pushed live).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ack = alice.group_msg(gid, "probe").await;
+        assert_eq!(ack["status"], 0);
+        bob.send_body(ids::PING, b"ping").await;
+        let mut pushed = false;
+        loop {
+            let (id, body) = bob.recv().await;
+            if id == ids::PONG {
+                break;
+            }
+            assert_eq!(id, ids::GROUP_TEXT_PUSH, "{body}");
+            pushed = true;
+        }
+        if pushed {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no cross-node push");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ack = alice.group_msg(gid, "over TLS").await;
+    let p = loop {
+        let p = bob.expect(ids::GROUP_TEXT_PUSH).await;
+        if p["content"] != "probe" {
+            break p;
+        }
+    };
+    assert_eq!(p["content"], "over TLS");
+    assert_eq!(p["msg_id"], ack["msg_id"]);
+}
+
+const NATS_PASSWORD: &str = "n4ts-pa55word";
+
+/// nats-server with TLS (verifying client certificates against the test CA) and one user.
+async fn nats_with_tls_and_users(pki: &Pki) -> NatsServer {
+    let extra_config = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n\
+         authorization {{\n  users = [ {{ user: \"cz\", password: \"{NATS_PASSWORD}\" }} ]\n}}\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display(),
+    );
+    NatsServer::try_start_with(&NatsOptions {
+        dir: None,
+        extra_config,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn nats_client(c: &mut Config, nats: &NatsServer, pki: &Pki, password_file: &Path) {
+    c.nats.url = Some(format!("tls://127.0.0.1:{}", nats.client_port()));
+    c.nats.request_timeout = Duration::from_secs(2);
+    c.nats.user = Some("cz".into());
+    c.nats.password_file = Some(password_file.to_path_buf());
+    c.nats.tls.ca_file = Some(pki.ca.clone());
+    c.nats.tls.cert_file = Some(pki.client_cert.clone());
+    c.nats.tls.key_file = Some(pki.client_key.clone());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_with_a_user_and_tls_nodes_chat_and_a_wrong_secret_stops_the_start() {
+    let pki = Pki::new();
+    let nats = nats_with_tls_and_users(&pki).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let password = private_file(
+        secrets.path(),
+        "nats-password",
+        &format!("{NATS_PASSWORD}\n"),
+    );
+    let token_secret = secrets.path().join("token_secret");
+    let node = |password: PathBuf| {
+        let (url_nats, pki, token_secret) = (&nats, &pki, token_secret.clone());
+        TestServer::with(move |c| {
+            nats_client(c, url_nats, pki, &password);
+            c.auth.token_secret_file = Some(token_secret);
+        })
+    };
+    let a = node(password.clone()).await;
+    let b = node(password.clone()).await;
+    chat_across(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+
+    let wrong = private_file(secrets.path(), "wrong", "not-the-password");
+    let e = start_fails(|c| nats_client(c, &nats, &pki, &wrong)).await;
+    assert!(e.contains("NATS refused this node's credentials"), "{e}");
+    assert!(e.contains("nats.user and nats.password_file"), "{e}");
+    assert!(!e.contains("not-the-password"), "{e}");
+
+    let open = secret_file(secrets.path(), "open", NATS_PASSWORD, 0o644);
+    let e = start_fails(|c| nats_client(c, &nats, &pki, &open)).await;
+    assert!(
+        e.contains("nats.password_file") && e.contains("chmod 600"),
+        "{e}"
+    );
+    assert!(!e.contains(NATS_PASSWORD), "{e}");
+
+    let other_ca = pki.other_ca();
+    let e = start_fails(|c| {
+        nats_client(c, &nats, &pki, &password);
+        c.nats.tls.ca_file = Some(other_ca);
+    })
+    .await;
+    assert!(e.contains("TLS handshake with NATS failed"), "{e}");
+    assert!(e.contains("nats.tls.ca_file"), "{e}");
+}
