@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chat_zinx::config::Config;
-use chat_zinx::harness::{NatsOptions, NatsServer};
+use chat_zinx::harness::{NatsOptions, NatsServer, RedisOptions, RedisServer, RedisTls};
 use chat_zinx::node::Node;
 use chat_zinx::protocol::ids;
 use support::*;
@@ -208,4 +208,90 @@ async fn nats_with_a_user_and_tls_nodes_chat_and_a_wrong_secret_stops_the_start(
     .await;
     assert!(e.contains("TLS handshake with NATS failed"), "{e}");
     assert!(e.contains("nats.tls.ca_file"), "{e}");
+}
+
+const REDIS_PASSWORD: &str = "r3dis-pa55word";
+
+/// redis-server with a TLS port and an ACL user `cz`; the `default` user may only PING (the
+/// harness's readiness probe, on the plain port).
+async fn redis_with_tls_and_acl(pki: &Pki) -> RedisServer {
+    let args =
+        format!("--user default on nopass -@all +ping --user cz on >{REDIS_PASSWORD} ~* &* +@all");
+    RedisServer::try_start_with(&RedisOptions {
+        dir: None,
+        extra_args: args.split(' ').map(String::from).collect(),
+        tls: Some(RedisTls {
+            cert_file: pki.server_cert.clone(),
+            key_file: pki.server_key.clone(),
+            ca_file: pki.ca.clone(),
+        }),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn redis_client(c: &mut Config, redis: &RedisServer, pki: &Pki, password_file: &Path) {
+    let port = redis.tls_port().expect("a TLS port");
+    c.redis.url = Some(format!("rediss://127.0.0.1:{port}"));
+    c.redis.username = Some("cz".into());
+    c.redis.password_file = Some(password_file.to_path_buf());
+    c.redis.tls.ca_file = Some(pki.ca.clone());
+    c.redis.command_timeout = Duration::from_secs(1);
+    c.redis.refresh_interval = Duration::from_secs(1);
+    c.redis.presence_ttl = Duration::from_secs(3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_with_an_acl_user_and_tls_nodes_chat_and_a_wrong_secret_stops_the_start() {
+    let pki = Pki::new();
+    let redis = redis_with_tls_and_acl(&pki).await;
+    let nats = NatsServer::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let password = private_file(secrets.path(), "redis-password", REDIS_PASSWORD);
+    let token_secret = secrets.path().join("token_secret");
+    let node = || {
+        let (redis, pki, password) = (&redis, &pki, password.clone());
+        let (nats_url, token_secret) = (nats.url(), token_secret.clone());
+        TestServer::with(move |c| {
+            redis_client(c, redis, pki, &password);
+            c.nats.url = Some(nats_url);
+            c.auth.token_secret_file = Some(token_secret);
+        })
+    };
+    let a = node().await;
+    let b = node().await;
+    // Presence on Redis says bob is on node b: alice's message reaches him live there.
+    let mut alice = a.user("alice").await;
+    let mut bob = b.user("bob").await;
+    bob.send_body(ids::PING, b"").await;
+    bob.expect(ids::PONG).await;
+    alice.msg("bob", "through TLS presence").await;
+    assert_eq!(
+        bob.expect(ids::TEXT_MSG).await["content"],
+        "through TLS presence"
+    );
+    a.stop().await;
+    b.stop().await;
+
+    let wrong = private_file(secrets.path(), "wrong", "not-the-password");
+    let e = start_fails(|c| redis_client(c, &redis, &pki, &wrong)).await;
+    assert!(e.contains("Redis") && e.contains("refused"), "{e}");
+    assert!(e.contains("redis.password_file"), "{e}");
+    assert!(!e.contains("not-the-password"), "{e}");
+
+    let open = secret_file(secrets.path(), "open", REDIS_PASSWORD, 0o640);
+    let e = start_fails(|c| redis_client(c, &redis, &pki, &open)).await;
+    assert!(
+        e.contains("redis.password_file") && e.contains("chmod 600"),
+        "{e}"
+    );
+
+    let other_ca = pki.other_ca();
+    let e = start_fails(|c| {
+        redis_client(c, &redis, &pki, &password);
+        c.redis.tls.ca_file = Some(other_ca);
+    })
+    .await;
+    assert!(e.contains("TLS handshake with Redis"), "{e}");
+    assert!(e.contains("redis.tls.ca_file"), "{e}");
 }

@@ -327,13 +327,24 @@ impl RedisPresence {
         let client = builder.build().map_err(|e| {
             BackendError::unavailable_with_source(BACKEND, bad_url(&shown_url, &e), e)
         })?;
+        // The client retries a refused connection by itself: its errors say why it was.
+        let mut errors = client.error_rx();
         let handle = client.connect();
         let wait = options.command_timeout.max(Duration::from_secs(1));
         let first = tokio::time::timeout(wait, client.wait_for_connect()).await;
         let failure = match first {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some((e.to_string(), Some(e))),
-            Err(_) => Some((format!("no connection within {wait:?}"), None)),
+            Err(_) => {
+                let mut last = None;
+                while let Ok((e, _)) = errors.try_recv() {
+                    last = Some(e);
+                }
+                match last {
+                    Some(e) => Some((format!("{e} (no connection within {wait:?})"), Some(e))),
+                    None => Some((format!("no connection within {wait:?}"), None)),
+                }
+            }
         };
         if let Some((why, source)) = failure {
             // Never connected: ending the connection task ends the client.

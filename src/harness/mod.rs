@@ -50,7 +50,7 @@ pub use ports::{free_ports, loopback, try_free_ports};
 pub use probe::{http_get, nats_info, redis_command};
 pub use process::{find_binary, try_find_binary, ChildProcess};
 pub use proxy::TcpProxy;
-pub use redis::{RedisOptions, RedisServer};
+pub use redis::{RedisOptions, RedisServer, RedisTls};
 pub use server::ServerProcess;
 
 /// How long a server may take to answer after it was started.

@@ -60,6 +60,7 @@ impl Bench {
         let redis = RedisServer::try_start_with(&RedisOptions {
             dir: Some(dir.path().to_path_buf()),
             extra_args: vec!["--maxclients".into(), "1000".into()],
+            tls: None,
         })
         .await?;
         let secret_file = dir.path().join("token_secret");
