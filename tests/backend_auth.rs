@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chat_zinx::config::Config;
-use chat_zinx::harness::{NatsOptions, NatsServer, RedisOptions, RedisServer, RedisTls};
+use chat_zinx::harness::{
+    ConsulAgent, ConsulOptions, ConsulTls, NatsOptions, NatsServer, RedisOptions, RedisServer,
+    RedisTls,
+};
 use chat_zinx::node::Node;
 use chat_zinx::protocol::ids;
 use support::*;
@@ -294,4 +297,150 @@ async fn redis_with_an_acl_user_and_tls_nodes_chat_and_a_wrong_secret_stops_the_
     .await;
     assert!(e.contains("TLS handshake with Redis"), "{e}");
     assert!(e.contains("redis.tls.ca_file"), "{e}");
+}
+
+const CONSUL_MASTER: &str = "9b1f3c2e-7a44-4f0e-9d55-1c2b3a4d5e6f";
+
+/// The rules docs/configuration.md lists for the node's token (`consul.token`): service:write
+/// on the service, service:read and node:read, key:read on the live settings' prefix.
+const CONSUL_POLICY: &str = r#"
+service "chat-zinx" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+key_prefix "chat-zinx/settings/" { policy = "read" }
+"#;
+
+/// Consul with ACLs (default deny) and HTTPS; returns the agent and a token with exactly
+/// [`CONSUL_POLICY`], made with the management token over plain HTTP.
+async fn consul_with_acl_and_tls(pki: &Pki) -> (ConsulAgent, String) {
+    let consul = ConsulAgent::try_start_with(&ConsulOptions {
+        acl_master_token: Some(CONSUL_MASTER.into()),
+        tls: Some(ConsulTls {
+            cert_file: pki.server_cert.clone(),
+            key_file: pki.server_key.clone(),
+            ca_file: pki.ca.clone(),
+        }),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let http = reqwest::Client::new();
+    let put = |path: &str, body: serde_json::Value| {
+        let url = format!("{}{path}", consul.url());
+        http.put(url)
+            .header("X-Consul-Token", CONSUL_MASTER)
+            .json(&body)
+            .send()
+    };
+    // The ACL system answers once the agent has a leader; retry until it does.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = put(
+            "/v1/acl/policy",
+            serde_json::json!({"Name": "chat-zinx", "Rules": CONSUL_POLICY}),
+        )
+        .await
+        .unwrap();
+        if r.status().is_success() {
+            break;
+        }
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consul refused the policy: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = put(
+        "/v1/acl/token",
+        serde_json::json!({"Description": "chat-zinx node", "Policies": [{"Name": "chat-zinx"}]}),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let token: serde_json::Value = r.json().await.unwrap();
+    let secret = token["SecretID"].as_str().unwrap().to_string();
+    (consul, secret)
+}
+
+fn consul_client(c: &mut Config, consul: &ConsulAgent, pki: &Pki, token_file: &Path) {
+    c.consul.addr = consul.https_url();
+    c.consul.token_file = Some(token_file.to_path_buf());
+    c.consul.tls.ca_file = Some(pki.ca.clone());
+    c.server.max_connections = 100;
+}
+
+/// The chat-zinx instances Consul lists as passing (asked with the management token).
+async fn passing(consul: &ConsulAgent) -> Vec<serde_json::Value> {
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/health/service/chat-zinx?passing=true",
+            consul.url()
+        ))
+        .header("X-Consul-Token", CONSUL_MASTER)
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_with_acls_and_https_nodes_register_chat_and_a_wrong_token_stops_the_start() {
+    let pki = Pki::new();
+    let (consul, token) = consul_with_acl_and_tls(&pki).await;
+    let nats = NatsServer::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = private_file(secrets.path(), "consul-token", &format!("{token}\n"));
+    let token_secret = secrets.path().join("token_secret");
+    let node = || {
+        let (consul, pki, token_file) = (&consul, &pki, token_file.clone());
+        let (nats_url, token_secret) = (nats.url(), token_secret.clone());
+        TestServer::with(move |c| {
+            consul_client(c, consul, pki, &token_file);
+            c.nats.url = Some(nats_url);
+            c.auth.token_secret_file = Some(token_secret);
+        })
+    };
+    let a = node().await;
+    let b = node().await;
+    // Both nodes registered themselves over HTTPS with the restricted token and pass their
+    // checks.
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    while passing(&consul).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consul never listed both nodes as passing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    chat_across(&a, &b).await;
+    a.stop().await;
+    b.stop().await;
+
+    let wrong = private_file(
+        secrets.path(),
+        "wrong",
+        "00000000-0000-4000-8000-000000000000",
+    );
+    let e = start_fails(|c| consul_client(c, &consul, &pki, &wrong)).await;
+    assert!(e.contains("Consul at https://127.0.0.1:"), "{e}");
+    assert!(e.contains("refused this node") && e.contains("403"), "{e}");
+    assert!(e.contains("consul.token_file"), "{e}");
+
+    let open = secret_file(secrets.path(), "open", &token, 0o644);
+    let e = start_fails(|c| consul_client(c, &consul, &pki, &open)).await;
+    assert!(
+        e.contains("consul.token_file") && e.contains("chmod 600"),
+        "{e}"
+    );
+    assert!(!e.contains(&token), "{e}");
+
+    let other_ca = pki.other_ca();
+    let e = start_fails(|c| {
+        consul_client(c, &consul, &pki, &token_file);
+        c.consul.tls.ca_file = Some(other_ca);
+    })
+    .await;
+    assert!(e.contains("TLS handshake failed"), "{e}");
+    assert!(e.contains("consul.tls.ca_file"), "{e}");
 }

@@ -44,7 +44,7 @@ pub mod server;
 
 use std::time::Duration;
 
-pub use consul::ConsulAgent;
+pub use consul::{ConsulAgent, ConsulOptions, ConsulTls};
 pub use nats::{NatsCluster, NatsOptions, NatsServer};
 pub use ports::{free_ports, loopback, try_free_ports};
 pub use probe::{http_get, nats_info, redis_command};

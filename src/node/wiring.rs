@@ -71,10 +71,18 @@ pub async fn backends(
         }
     }
     if let Some(settings) = consul_settings(&config.consul)? {
+        let client = consul::ConsulClient::new(&settings)
+            .context("cannot set up the Consul client (consul.addr)")?;
+        if let Some(e) = client.refusal(&settings.service).await {
+            anyhow::bail!(
+                "Consul at {} refused this node: {e}",
+                redact_urls(client.base_url())
+            );
+        }
         let registry = consul::ConsulRegistry::new(&settings)
             .context("cannot set up the Consul client (consul.addr)")?;
         backends.registry = Arc::new(registry);
-        tracing::info!(node_id, addr = %settings.base_url, service = %settings.service, "node registry and live settings on Consul");
+        tracing::info!(node_id, addr = %redact_urls(&settings.base_url), service = %settings.service, "node registry and live settings on Consul");
     }
     let cluster = Cluster {
         nats: config.nats.url.is_some(),

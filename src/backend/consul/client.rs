@@ -218,6 +218,29 @@ impl ConsulClient {
         Ok((new_index, Some(answer.body)))
     }
 
+    /// Whether Consul refuses this node outright, checked at start with a read the node makes
+    /// anyway (its service's health): an ACL token Consul rejects (401, 403) or a TLS
+    /// handshake that fails. An agent that does not answer is no refusal: the node serves and
+    /// registers once it answers.
+    pub async fn refusal(&self, service: &str) -> Option<ConsulError> {
+        let path = format!("/v1/health/service/{service}");
+        match self.expect_ok(Method::GET, &path, &[], None).await {
+            Err(
+                e @ ConsulError::Status {
+                    status: 401 | 403, ..
+                },
+            ) => Some(e),
+            Err(ConsulError::Transport(t)) if is_tls_failure(&t) => {
+                Some(ConsulError::Transport(format!(
+                    "{t} — the TLS handshake failed: check consul.tls.ca_file (the CA that \
+                     signed Consul's certificate) and the host name of consul.addr against the \
+                     certificate"
+                )))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the agent serves and its cluster has a leader.
     pub async fn leader(&self) -> Result<String, ConsulError> {
         let body = self
@@ -235,11 +258,19 @@ impl ConsulClient {
     }
 }
 
+/// Whether a transport error is a failed TLS handshake (a certificate refused).
+fn is_tls_failure(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    ["certificate", "handshake", "unknownissuer"]
+        .iter()
+        .any(|w| lower.contains(w))
+}
+
 fn status_error(what: String, answer: &Answer) -> ConsulError {
     let body = String::from_utf8_lossy(&answer.body).trim().to_string();
     let hint = match answer.status {
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => {
-            " — the ACL token (consul.token) is missing or lacks a permission: it needs \
+            " — the ACL token (consul.token_file or consul.token) is missing, unknown or lacks a permission: it needs \
              service:write on the service (consul.service), service:read and node:read, and \
              key:read on consul.kv_prefix"
         }
