@@ -444,3 +444,36 @@ async fn consul_with_acls_and_https_nodes_register_chat_and_a_wrong_token_stops_
     assert!(e.contains("TLS handshake failed"), "{e}");
     assert!(e.contains("consul.tls.ca_file"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_with_a_token_a_node_starts_and_a_wrong_token_stops_the_start() {
+    let token = "t0ken-0f-the-cluster";
+    let nats = NatsServer::try_start_with(&NatsOptions {
+        dir: None,
+        extra_config: format!("authorization {{\n  token: \"{token}\"\n}}\n"),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let secrets = tempfile::tempdir().unwrap();
+    let good = private_file(secrets.path(), "token", token);
+    let url = nats.url();
+    let node = TestServer::with(|c| {
+        c.nats.url = Some(url.clone());
+        c.nats.token_file = Some(good);
+    })
+    .await;
+    let mut alice = node.user("alice").await;
+    alice.send_body(ids::PING, b"").await;
+    alice.expect(ids::PONG).await;
+    node.stop().await;
+
+    let wrong = private_file(secrets.path(), "wrong", "not-the-token");
+    let e = start_fails(|c| {
+        c.nats.url = Some(url.clone());
+        c.nats.token_file = Some(wrong);
+    })
+    .await;
+    assert!(e.contains("NATS refused this node's credentials"), "{e}");
+    assert!(e.contains("nats.token_file"), "{e}");
+    assert!(!e.contains("not-the-token"), "{e}");
+}

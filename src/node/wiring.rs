@@ -244,6 +244,88 @@ pub fn limits(c: &Config) -> Limits {
 mod tests {
     use super::*;
 
+    fn secret(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    #[test]
+    fn nats_takes_one_way_to_authenticate_and_reads_its_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = secret(dir.path(), "s");
+        let url = "tls://n1:4222";
+        let mut n = NatsConfig::default();
+        assert_eq!(nats_settings(&n, url).unwrap().auth, nats::NatsAuth::None);
+        n.token_file = Some(file.clone());
+        assert_eq!(
+            nats_settings(&n, url).unwrap().auth,
+            nats::NatsAuth::Token(Secret::new("s3cret"))
+        );
+        n.user = Some("cz".into());
+        n.password_file = Some(file.clone());
+        let e = nats_settings(&n, url).unwrap_err().to_string();
+        assert!(
+            e.contains("nats.user/nats.password_file and nats.token_file"),
+            "{e}"
+        );
+        n.token_file = None;
+        assert_eq!(
+            nats_settings(&n, url).unwrap().auth,
+            nats::NatsAuth::UserPassword {
+                user: "cz".into(),
+                password: Secret::new("s3cret")
+            }
+        );
+        n.password_file = None;
+        let e = nats_settings(&n, url).unwrap_err().to_string();
+        assert!(e.contains("without nats.password_file"), "{e}");
+        n.user = None;
+        n.tls.cert_file = Some(file.clone());
+        let e = nats_settings(&n, url).unwrap_err().to_string();
+        assert!(e.contains("needs both"), "{e}");
+        n.tls.key_file = Some(file.clone());
+        let s = nats_settings(&n, url).unwrap();
+        assert_eq!(s.tls.client_cert, Some((file.clone(), file.clone())));
+        assert!(!format!("{s:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn consul_takes_the_token_or_its_file_and_a_ca_only_for_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = secret(dir.path(), "t");
+        let mut c = ConsulConfig {
+            addr: Some("https://consul:8501".into()),
+            token_file: Some(file),
+            ..ConsulConfig::default()
+        };
+        let s = consul_settings(&c).unwrap().unwrap();
+        assert_eq!(s.token, Some(Secret::new("s3cret")));
+        c.token = Some("inline".into());
+        let e = consul_settings(&c).unwrap_err().to_string();
+        assert!(e.contains("both set"), "{e}");
+        c.token_file = None;
+        c.addr = Some("127.0.0.1:8500".into());
+        c.tls.ca_file = Some("/etc/ca.pem".into());
+        let e = consul_settings(&c).unwrap_err().to_string();
+        assert!(e.contains("not https://"), "{e}");
+    }
+
+    #[test]
+    fn redis_reads_its_password_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = RedisConfig {
+            username: Some("cz".into()),
+            password_file: Some(secret(dir.path(), "p")),
+            ..RedisConfig::default()
+        };
+        let a = redis_access(&c).unwrap();
+        assert_eq!(a.password, Some(Secret::new("s3cret")));
+        assert_eq!(a.username.as_deref(), Some("cz"));
+    }
+
     #[test]
     fn redis_presence_defaults_are_the_configured_defaults() {
         assert_eq!(
