@@ -8,8 +8,9 @@
 # Configuration: `settings` is the TOML file of docs/configuration.md (typed options for the
 # main keys, from ./settings.toml; any other key untyped), written to the Nix store and checked
 # with `chat-zinx config --check` at build time. Secrets never go there: `environmentFile`
-# (CHAT_ZINX_* variables: Redis URL with its password, Consul ACL token) and `tokenSecretFile`
-# (a systemd credential) are read at run time from paths outside the store.
+# (CHAT_ZINX_* variables: Redis URL with its password, Consul ACL token), `tokenSecretFile` and
+# the backend secret files (`natsPasswordFile`, `redisPasswordFile`, `consulTokenFile`, ...:
+# systemd credentials) are read at run time from paths outside the store.
 { config, lib, pkgs, ... }:
 
 let
@@ -62,8 +63,40 @@ let
       typedSettings;
   };
 
+  # Backend secrets handed over like `tokenSecretFile`: option -> the credential's name, the
+  # daemon's key set to it, and what the file holds.
+  backendSecretFiles = {
+    natsCredsFile = { credential = "nats-creds"; key = "nats.creds_file"; holds = "a NATS credentials file (user JWT and NKey seed)"; };
+    natsNkeyFile = { credential = "nats-nkey"; key = "nats.nkey_file"; holds = "an NKey seed"; };
+    natsPasswordFile = { credential = "nats-password"; key = "nats.password_file"; holds = "the password of `settings.nats.user`"; };
+    natsTokenFile = { credential = "nats-token"; key = "nats.token_file"; holds = "a NATS authentication token"; };
+    redisPasswordFile = { credential = "redis-password"; key = "redis.password_file"; holds = "the Redis password (of `settings.redis.username`)"; };
+    consulTokenFile = { credential = "consul-token"; key = "consul.token_file"; holds = "the Consul ACL token"; };
+  };
+
+  backendSecretOptions = lib.mapAttrs
+    (_: secret: mkOption {
+      type = types.nullOr (types.strMatching "/.*");
+      default = null;
+      example = "/run/secrets/chat-zinx-${secret.credential}";
+      description = ''
+        File holding ${secret.holds}. It is passed as the systemd credential
+        `${secret.credential}` (`LoadCredential=`), so it can stay readable by root only, and
+        the key `${secret.key}` is set to the credential. A string, not a Nix path, so that it
+        is never copied into the store. `null`: not used.
+      '';
+    })
+    backendSecretFiles;
+
+  # A node's `LoadCredential=` entries (name:path).
+  credentials = node:
+    lib.optional (node.tokenSecretFile != null) "token_secret:${node.tokenSecretFile}"
+    ++ lib.concatLists (lib.mapAttrsToList
+      (option: secret: lib.optional (node.${option} != null) "${secret.credential}:${node.${option}}")
+      backendSecretFiles);
+
   # Options shared by the main node and the named instances.
-  nodeOptions = {
+  nodeOptions = backendSecretOptions // {
     settings = mkOption {
       type = settingsType;
       default = { };
@@ -119,6 +152,8 @@ let
 
   unitName = name: if name == "" then "chat-zinx" else "chat-zinx-${name}";
   credentialPath = name: "/run/credentials/${unitName name}.service/token_secret";
+  credentialFile = name: option:
+    "/run/credentials/${unitName name}.service/${backendSecretFiles.${option}.credential}";
 
   nodes =
     lib.optionalAttrs cfg.enable { "" = cfg; }
@@ -244,8 +279,8 @@ let
       // lib.optionalAttrs (node.environmentFile != null) {
         EnvironmentFile = node.environmentFile;
       }
-      // lib.optionalAttrs (node.tokenSecretFile != null) {
-        LoadCredential = "token_secret:${node.tokenSecretFile}";
+      // lib.optionalAttrs (credentials node != [ ]) {
+        LoadCredential = credentials node;
       };
     };
 
@@ -316,6 +351,18 @@ in
         };
         config.settings.auth.token_secret_file =
           lib.mkIf (config.tokenSecretFile != null) (credentialPath name);
+        config.settings.nats.creds_file =
+          lib.mkIf (config.natsCredsFile != null) (credentialFile name "natsCredsFile");
+        config.settings.nats.nkey_file =
+          lib.mkIf (config.natsNkeyFile != null) (credentialFile name "natsNkeyFile");
+        config.settings.nats.password_file =
+          lib.mkIf (config.natsPasswordFile != null) (credentialFile name "natsPasswordFile");
+        config.settings.nats.token_file =
+          lib.mkIf (config.natsTokenFile != null) (credentialFile name "natsTokenFile");
+        config.settings.redis.password_file =
+          lib.mkIf (config.redisPasswordFile != null) (credentialFile name "redisPasswordFile");
+        config.settings.consul.token_file =
+          lib.mkIf (config.consulTokenFile != null) (credentialFile name "consulTokenFile");
       }));
     };
   };
@@ -323,6 +370,18 @@ in
   config = {
     services.chat-zinx.settings.auth.token_secret_file =
       lib.mkIf (cfg.tokenSecretFile != null) (credentialPath "");
+    services.chat-zinx.settings.nats.creds_file =
+      lib.mkIf (cfg.natsCredsFile != null) (credentialFile "" "natsCredsFile");
+    services.chat-zinx.settings.nats.nkey_file =
+      lib.mkIf (cfg.natsNkeyFile != null) (credentialFile "" "natsNkeyFile");
+    services.chat-zinx.settings.nats.password_file =
+      lib.mkIf (cfg.natsPasswordFile != null) (credentialFile "" "natsPasswordFile");
+    services.chat-zinx.settings.nats.token_file =
+      lib.mkIf (cfg.natsTokenFile != null) (credentialFile "" "natsTokenFile");
+    services.chat-zinx.settings.redis.password_file =
+      lib.mkIf (cfg.redisPasswordFile != null) (credentialFile "" "redisPasswordFile");
+    services.chat-zinx.settings.consul.token_file =
+      lib.mkIf (cfg.consulTokenFile != null) (credentialFile "" "consulTokenFile");
 
     assertions = lib.concatLists (lib.mapAttrsToList nodeAssertions nodes) ++ [
       {

@@ -144,31 +144,23 @@ const UNTYPED: &[(&str, &str)] = &[
     ("consul.deregister_after", TUNING),
     ("consul.kv_prefix", TUNING),
     ("consul.request_timeout", TUNING),
-    ("nats.creds_file", BACKEND_SECRET),
-    ("nats.nkey_file", BACKEND_SECRET),
-    ("nats.user", BACKEND_ACCESS),
-    ("nats.password_file", BACKEND_SECRET),
-    ("nats.token_file", BACKEND_SECRET),
     ("nats.tls.ca_file", BACKEND_ACCESS),
     ("nats.tls.cert_file", BACKEND_ACCESS),
     ("nats.tls.key_file", BACKEND_SECRET),
-    ("redis.username", BACKEND_ACCESS),
-    ("redis.password_file", BACKEND_SECRET),
     ("redis.tls.ca_file", BACKEND_ACCESS),
-    ("consul.token_file", BACKEND_SECRET),
     ("consul.tls.ca_file", BACKEND_ACCESS),
 ];
 
-/// Backend secret files: they are to reach the service as systemd credentials (like
-/// `tokenSecretFile`), never through the Nix store; the module has no option for them yet.
-const BACKEND_SECRET: &str = "a backend secret file: to be handed over as a systemd credential \
-     like tokenSecretFile (no module option yet); meanwhile set it untyped to a path outside the \
-     Nix store";
+/// A backend secret file inside a `[section.table]`: nix/settings.toml has no nested tables, so
+/// the module has no credential option for it yet.
+const BACKEND_SECRET: &str = "a backend secret file in a nested table: no module option yet (to \
+     be handed over as a systemd credential like tokenSecretFile); meanwhile set it untyped to \
+     a path outside the Nix store";
 
-/// Backend access settings in a `[section.table]` (or beside the secrets) that the module does
+/// Backend TLS settings in a `[section.table]`, which the module does
 /// not type yet.
-const BACKEND_ACCESS: &str = "backend authentication and TLS, set untyped with the secrets it \
-     goes with (nix/settings.toml has no nested tables)";
+const BACKEND_ACCESS: &str = "backend TLS in a nested table (nix/settings.toml has none): set it \
+     untyped";
 
 /// The reason of most untyped keys.
 const TUNING: &str = "a tuning knob whose default suits a NixOS host; set it untyped if needed";

@@ -32,6 +32,8 @@ let
       settings.protocol.rate_per_sec = 100;
       environmentFile = "/run/secrets/chat-zinx.env";
       tokenSecretFile = "/run/secrets/chat-zinx-token-secret";
+      redisPasswordFile = "/run/secrets/chat-zinx-redis-password";
+      instances.b.consulTokenFile = "/run/secrets/chat-zinx-b-consul-token";
       instances.b.settings.server.listen = "0.0.0.0:9002";
       instances.b.settings.server.http_listen = "127.0.0.1:9102";
     };
@@ -79,12 +81,15 @@ pkgs.runCommand "chat-zinx-module-check" { } ''
   expect $service "StateDirectory=chat-zinx"
   expect $service "EnvironmentFile=/run/secrets/chat-zinx.env"
   expect $service "LoadCredential=token_secret:/run/secrets/chat-zinx-token-secret"
+  expect $service "LoadCredential=redis-password:/run/secrets/chat-zinx-redis-password"
   expect ${unitFile "chat-zinx-b.service"} "StateDirectory=chat-zinx-b"
+  expect ${unitFile "chat-zinx-b.service"} "LoadCredential=consul-token:/run/secrets/chat-zinx-b-consul-token"
 
   config=$(sed -n 's/^ExecStart=.* --config \([^ ]*\) serve$/\1/p' $service)
   expect $config 'token_secret_file = "/run/credentials/chat-zinx.service/token_secret"'
   expect $config 'advertise_addr = "chat-1.example.com:9000"'
   expect $config 'rate_per_sec = 100'
+  expect $config 'password_file = "/run/credentials/chat-zinx.service/redis-password"'
 
   mkdir $out
   ${lib.concatMapStrings (name: "cp ${unitFile name} $out/\n") units}
