@@ -477,3 +477,61 @@ async fn nats_with_a_token_a_node_starts_and_a_wrong_token_stops_the_start() {
     assert!(e.contains("nats.token_file"), "{e}");
     assert!(!e.contains("not-the-token"), "{e}");
 }
+
+/// The three at once, as a deployment runs them: every backend authenticated and on TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_chat_with_nats_redis_and_consul_all_authenticated_over_tls() {
+    let pki = Pki::new();
+    let nats = nats_with_tls_and_users(&pki).await;
+    let redis = redis_with_tls_and_acl(&pki).await;
+    let (consul, token) = consul_with_acl_and_tls(&pki).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let nats_password = private_file(secrets.path(), "nats-password", NATS_PASSWORD);
+    let redis_password = private_file(secrets.path(), "redis-password", REDIS_PASSWORD);
+    let consul_token = private_file(secrets.path(), "consul-token", &token);
+    let token_secret = secrets.path().join("token_secret");
+    let node = || {
+        let (nats, redis, consul, pki) = (&nats, &redis, &consul, &pki);
+        let files = (
+            nats_password.clone(),
+            redis_password.clone(),
+            consul_token.clone(),
+            token_secret.clone(),
+        );
+        TestServer::with(move |c| {
+            nats_client(c, nats, pki, &files.0);
+            redis_client(c, redis, pki, &files.1);
+            consul_client(c, consul, pki, &files.2);
+            c.auth.token_secret_file = Some(files.3);
+        })
+    };
+    let a = node().await;
+    let b = node().await;
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    while passing(&consul).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consul never listed both nodes as passing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut alice = a.user("alice").await;
+    let mut bob = b.user("bob").await;
+    bob.send_body(ids::PING, b"").await;
+    bob.expect(ids::PONG).await;
+    alice.msg("bob", "all on TLS").await;
+    assert_eq!(bob.expect(ids::TEXT_MSG).await["content"], "all on TLS");
+    drop((alice, bob));
+    a.stop().await;
+    b.stop().await;
+
+    // Nothing secret in what `chat-zinx config` would show of such a node.
+    let mut c = Config::default();
+    nats_client(&mut c, &nats, &pki, &nats_password);
+    redis_client(&mut c, &redis, &pki, &redis_password);
+    consul_client(&mut c, &consul, &pki, &consul_token);
+    let shown = c.to_redacted_toml();
+    for secret in [NATS_PASSWORD, REDIS_PASSWORD, token.as_str()] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+}
