@@ -9,8 +9,9 @@
 # Configuration: `settings` is the TOML file of docs/configuration.md (typed options for the
 # main keys, from ./settings.toml; any other key untyped), written to the Nix store and checked
 # with `chat-zinx config --check` at build time. Secrets never go there: `environmentFile`
-# (CHAT_ZINX_* variables: Redis URL with its password, Consul ACL token) and `tokenSecretFile`
-# (a systemd credential) are read at run time from paths outside the store.
+# (CHAT_ZINX_* variables: Redis URL with its password, Consul ACL token), `tokenSecretFile` and
+# the backend secret files (`natsPasswordFile`, `redisPasswordFile`, `consulTokenFile`, ...:
+# systemd credentials) are read at run time from paths outside the store.
 { config, lib, pkgs, ... }:
 
 let
@@ -63,8 +64,42 @@ let
       typedSettings;
   };
 
+  # Backend secrets handed over like `tokenSecretFile`: option -> the credential's name, the
+  # daemon's key set to it, and what the file holds.
+  backendSecretFiles = {
+    natsCredsFile = { credential = "nats-creds"; key = "nats.creds_file"; holds = "a NATS credentials file (user JWT and NKey seed)"; };
+    natsNkeyFile = { credential = "nats-nkey"; key = "nats.nkey_file"; holds = "an NKey seed"; };
+    natsPasswordFile = { credential = "nats-password"; key = "nats.password_file"; holds = "the password of `settings.nats.user`"; };
+    natsTokenFile = { credential = "nats-token"; key = "nats.token_file"; holds = "a NATS authentication token"; };
+    redisPasswordFile = { credential = "redis-password"; key = "redis.password_file"; holds = "the Redis password (of `settings.redis.username`)"; };
+    consulTokenFile = { credential = "consul-token"; key = "consul.token_file"; holds = "the Consul ACL token"; };
+  };
+
+  backendSecretOptions = lib.mapAttrs
+    (_: secret: mkOption {
+      type = types.nullOr (types.strMatching "/.*");
+      default = null;
+      example = "/run/secrets/chat-zinx-${secret.credential}";
+      description = ''
+        File holding ${secret.holds}. It is passed as the systemd credential
+        `${secret.credential}` (`LoadCredential=`), so it can stay readable by root only, and
+        the written configuration's `${secret.key}` points at the credential. A string, not a Nix path, so that it
+        is never copied into the store. `null`: not used.
+      '';
+    })
+    backendSecretFiles;
+
+  # A node's `LoadCredential=` entries (name:path).
+  credentials = node:
+    lib.optional (node.tokenSecretFile != null) "token_secret:${node.tokenSecretFile}"
+    ++ lib.optional (node.tlsCertFile != null) "tls_cert:${node.tlsCertFile}"
+    ++ lib.optional (node.tlsKeyFile != null) "tls_key:${node.tlsKeyFile}"
+    ++ lib.concatLists (lib.mapAttrsToList
+      (option: secret: lib.optional (node.${option} != null) "${secret.credential}:${node.${option}}")
+      backendSecretFiles);
+
   # Options shared by the main node and the named instances.
-  nodeOptions = {
+  nodeOptions = backendSecretOptions // {
     settings = mkOption {
       type = settingsType;
       default = { };
@@ -149,12 +184,7 @@ let
   unitName = name: if name == "" then "chat-zinx" else "chat-zinx-${name}";
   credentialPath = name: "/run/credentials/${unitName name}.service/token_secret";
   credentialFile = name: credential: "/run/credentials/${unitName name}.service/${credential}";
-
-  # LoadCredential= lines of a node: its secret files, handed over by systemd.
-  credentials = node:
-    lib.optional (node.tokenSecretFile != null) "token_secret:${node.tokenSecretFile}"
-    ++ lib.optional (node.tlsCertFile != null) "tls_cert:${node.tlsCertFile}"
-    ++ lib.optional (node.tlsKeyFile != null) "tls_key:${node.tlsKeyFile}";
+  backendCredentialFile = name: option: credentialFile name backendSecretFiles.${option}.credential;
 
   hasTls = node: node.settings.tls.listen != null;
 
@@ -169,7 +199,7 @@ let
   # `tls.key_file` here (not through the options, so that setting both is an assertion with a
   # message rather than a "conflicting definition values").
   fileSettings = name: node:
-    lib.foldl' lib.recursiveUpdate (lib.filterAttrsRecursive (_: v: v != null) node.settings) [
+    lib.foldl' lib.recursiveUpdate (lib.filterAttrsRecursive (_: v: v != null) node.settings) ([
       (lib.optionalAttrs (node.tokenSecretFile != null) {
         auth.token_secret_file = credentialPath name;
       })
@@ -179,7 +209,10 @@ let
       (lib.optionalAttrs (node.tlsKeyFile != null) {
         tls.key_file = credentialFile name "tls_key";
       })
-    ];
+    ] ++ lib.mapAttrsToList
+      (option: secret: lib.optionalAttrs (node.${option} != null)
+        (lib.setAttrByPath (lib.splitString "." secret.key) (backendCredentialFile name option)))
+      backendSecretFiles);
 
   configFile = name: node:
     let
@@ -361,7 +394,12 @@ let
         assertion = (node.tlsCertFile == null || node.settings.tls.cert_file == null) && (node.tlsKeyFile == null || node.settings.tls.key_file == null);
         message = "${where}: set either tlsCertFile and tlsKeyFile (handed to the service as systemd credentials) or settings.tls.cert_file and settings.tls.key_file, not both: remove the settings.";
       }
-    ];
+    ] ++ lib.mapAttrsToList
+      (option: secret: {
+        assertion = node.${option} == null || lib.attrByPath (lib.splitString "." secret.key) null node.settings == null;
+        message = "${where}: set either ${option} (handed to the service as a systemd credential) or settings.${secret.key}, not both: remove settings.${secret.key}.";
+      })
+      backendSecretFiles;
 
   listenAddresses = lib.concatLists (lib.mapAttrsToList
     (_: node: [ node.settings.server.listen node.settings.server.http_listen ]

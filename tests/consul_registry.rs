@@ -100,6 +100,7 @@ fn settings(consul: &ConsulAgent, check_ttl: Duration) -> ConsulSettings {
     ConsulSettings {
         base_url: consul.url(),
         token: None,
+        ca_file: None,
         service: "chat-zinx".into(),
         check_ttl,
         deregister_after: Duration::from_secs(60),

@@ -82,6 +82,8 @@ async fn try_nats_store_on(
         // the whole suite: generous, so that a loaded machine is not taken for a fault.
         request_timeout: std::time::Duration::from_secs(if replicas > 1 { 20 } else { 5 }),
         reconnect_wait: std::time::Duration::from_millis(250),
+        auth: Default::default(),
+        tls: Default::default(),
     })
     .await?;
     Ok(Arc::new(NatsStore(conn)))

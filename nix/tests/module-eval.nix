@@ -35,6 +35,8 @@ let
       settings.tls.listen = "0.0.0.0:9443";
       tlsCertFile = "/run/secrets/chat-zinx-tls-cert.pem";
       tlsKeyFile = "/run/secrets/chat-zinx-tls-key.pem";
+      redisPasswordFile = "/run/secrets/chat-zinx-redis-password";
+      instances.b.consulTokenFile = "/run/secrets/chat-zinx-b-consul-token";
       instances.b.settings.server.listen = "0.0.0.0:9002";
       instances.b.settings.server.http_listen = "127.0.0.1:9102";
     };
@@ -122,7 +124,9 @@ pkgs.runCommand "chat-zinx-module-check" { } ''
   expect $service "LoadCredential=tls_cert:/run/secrets/chat-zinx-tls-cert.pem"
   expect $service "LoadCredential=tls_key:/run/secrets/chat-zinx-tls-key.pem"
   expect $service "Sockets=chat-zinx-tls.socket"
+  expect $service "LoadCredential=redis-password:/run/secrets/chat-zinx-redis-password"
   expect ${unitFile "chat-zinx-b.service"} "StateDirectory=chat-zinx-b"
+  expect ${unitFile "chat-zinx-b.service"} "LoadCredential=consul-token:/run/secrets/chat-zinx-b-consul-token"
 
   config=$(sed -n 's/^ExecStart=.* --config \([^ ]*\) serve$/\1/p' $service)
   expect $config 'token_secret_file = "/run/credentials/chat-zinx.service/token_secret"'
@@ -130,6 +134,7 @@ pkgs.runCommand "chat-zinx-module-check" { } ''
   expect $config 'key_file = "/run/credentials/chat-zinx.service/tls_key"'
   expect $config 'advertise_addr = "chat-1.example.com:9000"'
   expect $config 'rate_per_sec = 100'
+  expect $config 'password_file = "/run/credentials/chat-zinx.service/redis-password"'
 
   mkdir $out
   ${lib.concatMapStrings (name: "cp ${unitFile name} $out/\n") units}

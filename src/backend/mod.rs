@@ -7,6 +7,7 @@
 //! * [`consul`]: the node registry (and the source of live settings) on Consul.
 //! * [`link`]: a client's connection state from its own events, and the fail-fast guard of
 //!   the calls made through it.
+//! * [`secret`]: the backends' secrets, read from files that only their owner may read.
 //!
 //! Each adapter takes its own small settings struct; the node's composition root
 //! (`crate::node::wiring`) builds them from the configuration. Adapters depend on the core,
@@ -17,3 +18,4 @@ pub mod link;
 pub mod memory;
 pub mod nats;
 pub mod redis;
+pub mod secret;

@@ -49,6 +49,7 @@
 //!   (TLS: `rediss-cluster://`); the nodes are seeds, the topology is discovered.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::secret::{tls_client_config, Secret};
 use crate::core::model::*;
 use crate::core::ports::*;
 
@@ -106,6 +108,20 @@ impl Default for PresenceOptions {
             key_prefix: "cz".into(),
         }
     }
+}
+
+/// How this node authenticates to Redis and whom it trusts over TLS (the composition root
+/// fills it from `redis.username`, `redis.password_file` and `redis.tls.ca_file`). Unset parts
+/// keep what the URL says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisAccess {
+    /// ACL user (`AUTH user password`); `None` = the URL's, else the `default` user.
+    pub username: Option<String>,
+    /// The password, read from its file.
+    pub password: Option<Secret>,
+    /// PEM file of the CA certificate(s) Redis's certificate must chain to (`rediss://` only);
+    /// `None` = the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What is stored per session.
@@ -191,6 +207,29 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Whether a connection error is Redis refusing the credentials (`WRONGPASS`, `NOAUTH`,
+/// a password sent to a server that has none).
+fn refused_credentials(why: &str) -> bool {
+    let upper = why.to_ascii_uppercase();
+    [
+        "WRONGPASS",
+        "NOAUTH",
+        "NOPERM",
+        "INVALID USERNAME-PASSWORD",
+        "AUTH",
+    ]
+    .iter()
+    .any(|w| upper.contains(w))
+}
+
+/// Whether a connection error is a failed TLS handshake.
+fn tls_failed(why: &str) -> bool {
+    let lower = why.to_ascii_lowercase();
+    ["certificate", "tls", "handshake", "unknownissuer"]
+        .iter()
+        .any(|w| lower.contains(w))
+}
+
 /// The `fred` configuration of a URL (`unix://` is accepted for `redis+unix://`).
 pub fn parse_url(url: &str) -> Result<FredConfig, BackendError> {
     let shown = redact(url);
@@ -223,8 +262,39 @@ impl RedisPresence {
         node_id: &str,
         options: PresenceOptions,
     ) -> Result<RedisPresence, BackendError> {
+        Self::connect_with(url, node_id, options, &RedisAccess::default()).await
+    }
+
+    /// [`RedisPresence::connect`] with credentials and a CA of its own (`access`). A refused
+    /// password or a failed TLS handshake fails here, saying so.
+    pub async fn connect_with(
+        url: &str,
+        node_id: &str,
+        options: PresenceOptions,
+        access: &RedisAccess,
+    ) -> Result<RedisPresence, BackendError> {
         let shown_url = redact(url);
-        let config = parse_url(url)?;
+        let mut config = parse_url(url)?;
+        if let Some(user) = &access.username {
+            config.username = Some(user.clone());
+        }
+        if let Some(password) = &access.password {
+            config.password = Some(password.expose().to_string());
+        }
+        if let Some(ca) = &access.ca_file {
+            if config.tls.is_none() {
+                return Err(BackendError::unavailable(
+                    BACKEND,
+                    format!(
+                        "redis.tls.ca_file is set but redis.url {shown_url} is not a TLS URL: \
+                         use rediss:// (or rediss-sentinel://, rediss-cluster://)"
+                    ),
+                ));
+            }
+            let tls = tls_client_config("redis.tls.ca_file", ca)
+                .map_err(|e| BackendError::unavailable_with_source(BACKEND, e.to_string(), e))?;
+            config.tls = Some(tls.into());
+        }
         let mut builder = Builder::from_config(config);
         builder
             .set_policy(ReconnectPolicy::new_exponential(
@@ -257,20 +327,44 @@ impl RedisPresence {
         let client = builder.build().map_err(|e| {
             BackendError::unavailable_with_source(BACKEND, bad_url(&shown_url, &e), e)
         })?;
+        // The client retries a refused connection by itself: its errors say why it was.
+        let mut errors = client.error_rx();
         let handle = client.connect();
         let wait = options.command_timeout.max(Duration::from_secs(1));
         let first = tokio::time::timeout(wait, client.wait_for_connect()).await;
         let failure = match first {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some((e.to_string(), Some(e))),
-            Err(_) => Some((format!("no connection within {wait:?}"), None)),
+            Err(_) => {
+                let mut last = None;
+                while let Ok((e, _)) = errors.try_recv() {
+                    last = Some(e);
+                }
+                match last {
+                    Some(e) => Some((format!("{e} (no connection within {wait:?})"), Some(e))),
+                    None => Some((format!("no connection within {wait:?}"), None)),
+                }
+            }
         };
         if let Some((why, source)) = failure {
             // Never connected: ending the connection task ends the client.
             handle.abort();
-            let detail = format!(
-                "cannot connect to redis at {shown_url}: {why}; check redis.url and that Redis is running and reachable"
-            );
+            let detail = if refused_credentials(&why) {
+                format!(
+                    "Redis at {shown_url} refused this node's credentials ({why}): check \
+                     redis.username and redis.password_file against the server's ACL users"
+                )
+            } else if tls_failed(&why) {
+                format!(
+                    "the TLS handshake with Redis at {shown_url} failed ({why}): check \
+                     redis.tls.ca_file (the CA that signed the server's certificate) and the \
+                     host name of redis.url against the certificate"
+                )
+            } else {
+                format!(
+                    "cannot connect to redis at {shown_url}: {why}; check redis.url and that Redis is running and reachable"
+                )
+            };
             return Err(match source {
                 Some(e) => BackendError::unavailable_with_source(BACKEND, detail, e),
                 None => BackendError::unavailable(BACKEND, detail),

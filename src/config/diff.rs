@@ -1,6 +1,6 @@
 //! Which keys differ between two configurations (what a reload changed).
 
-use super::keys::{split_key, KEYS};
+use super::keys::{lookup, split_key, KEYS};
 use super::Config;
 
 /// The keys whose values differ between `a` and `b`, in [`KEYS`] order.
@@ -12,7 +12,7 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
         let (section, leaf) = split_key(key);
         t.get(section)
             .and_then(|s| s.as_table())
-            .and_then(|s| s.get(leaf))
+            .and_then(|s| lookup(s, leaf))
             .cloned()
     };
     KEYS.iter()

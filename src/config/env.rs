@@ -6,7 +6,7 @@ use figment::value::{Dict, Value};
 use figment::{Metadata, Profile};
 
 use super::error::{Layer, Problem, ProblemKind};
-use super::keys::{key_info, split_key};
+use super::keys::key_info;
 use super::load::{Layered, ENV_NAME};
 use super::suggest::suggest_key;
 
@@ -80,17 +80,31 @@ impl EnvLayer {
         });
         let mut dict = Dict::new();
         for (key, value, _) in self.vars {
-            let (section, leaf) = split_key(&key);
-            let entry = dict
-                .entry(section.to_string())
-                .or_insert_with(|| Value::from(Dict::new()));
-            if let Value::Dict(_, inner) = entry {
-                inner.insert(leaf.to_string(), Value::from(value));
-            }
+            // `section.leaf` or `section.sub.leaf`: a table per part but the last.
+            let parts: Vec<&str> = key.split('.').collect();
+            insert_at(&mut dict, &parts, value);
         }
         Layered {
             metadata,
             data: Profile::Default.collect(dict),
+        }
+    }
+}
+
+/// Sets `parts` (a path of table names, then the key) in `dict` to `value`.
+fn insert_at(dict: &mut Dict, parts: &[&str], value: String) {
+    match parts {
+        [] => {}
+        [leaf] => {
+            dict.insert(leaf.to_string(), Value::from(value));
+        }
+        [table, rest @ ..] => {
+            let entry = dict
+                .entry(table.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_at(inner, rest, value);
+            }
         }
     }
 }

@@ -123,6 +123,26 @@ request_timeout = "5s"
 # While the NATS connection is down, a request waits this long for it to come back, then
 # the client gets a "try again" error.
 reconnect_wait = "250ms"
+# Authentication, at most one way; every secret is in a file readable by its owner only
+# (mode 0600 or 0400), read at start (systemd credentials: /run/credentials/<unit>/...).
+# A password or token written into url in this file is refused: use these keys.
+# Credentials file of an NATS account user (user JWT and NKey seed, as nsc writes it).
+creds_file = "/run/credentials/chat-zinx.service/nats-creds"
+# File holding an NKey seed (SU...).
+nkey_file = "/run/credentials/chat-zinx.service/nats-nkey"
+# User name, and the file holding its password.
+user = "chat-zinx"
+password_file = "/run/credentials/chat-zinx.service/nats-password"
+# File holding an authentication token.
+token_file = "/run/credentials/chat-zinx.service/nats-token"
+
+[nats.tls]
+# CA certificate(s) (PEM) the NATS servers' certificates must chain to. Set = TLS on (also
+# with tls:// URLs, which verify against the system's roots when this is unset).
+ca_file = "/etc/chat-zinx/nats-ca.pem"
+# This node's client certificate (PEM chain) and key, for servers that verify clients.
+cert_file = "/etc/chat-zinx/nats-client.pem"
+key_file = "/run/credentials/chat-zinx.service/nats-client-key"
 
 [redis]
 # Redis URL. Unset = in-process presence. Sentinel:
@@ -135,12 +155,23 @@ presence_ttl = "30s"
 refresh_interval = "10s"
 # Time limit of one call to Redis; past it the call fails and the chat goes on.
 command_timeout = "2s"
+# ACL user (unset = the default user), and the file holding the password (mode 0600/0400).
+# A password written into url in this file is refused: use password_file.
+username = "chat-zinx"
+password_file = "/run/credentials/chat-zinx.service/redis-password"
+
+[redis.tls]
+# CA certificate(s) (PEM) Redis's certificate must chain to, with a rediss:// URL
+# (unset: the system's roots).
+ca_file = "/etc/chat-zinx/redis-ca.pem"
 
 [consul]
 # Consul HTTP address. Unset = no discovery (this node only).
 addr = "http://127.0.0.1:8500"
 # Consul ACL token (secret; prefer CHAT_ZINX_CONSUL__TOKEN over writing it here).
 token = "00000000-0000-0000-0000-000000000000"
+# File holding the Consul ACL token (mode 0600/0400); instead of token, not with it.
+token_file = "/run/credentials/chat-zinx.service/consul-token"
 # Service name every node registers under (letters, digits, '-').
 service = "chat-zinx"
 # TTL of a node's health check, passed by the node every third of it (1s to 1h).
@@ -153,6 +184,11 @@ deregister_after = "1m"
 kv_prefix = "chat-zinx/settings/"
 # Time limit of one request to Consul (a blocking watch waits longer).
 request_timeout = "5s"
+
+[consul.tls]
+# CA certificate(s) (PEM) Consul's certificate must chain to, with an https:// addr
+# (unset: the system's roots).
+ca_file = "/etc/chat-zinx/consul-ca.pem"
 "#;
 
 #[cfg(test)]
@@ -166,11 +202,18 @@ mod tests {
         let f = file(EXAMPLE_TOML);
         let c = check_file(f.path()).unwrap();
         let table: toml::Table = toml::from_str(EXAMPLE_TOML).unwrap();
+        fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+            for (key, value) in t {
+                let full = format!("{prefix}.{key}");
+                match value.as_table() {
+                    Some(sub) => flatten(&full, sub, out),
+                    None => out.push(full),
+                }
+            }
+        }
         let mut example_keys = Vec::new();
         for (section, keys) in &table {
-            for key in keys.as_table().unwrap().keys() {
-                example_keys.push(format!("{section}.{key}"));
-            }
+            flatten(section, keys.as_table().unwrap(), &mut example_keys);
         }
         let mut known: Vec<String> = KEYS.iter().map(|k| k.key.to_string()).collect();
         example_keys.sort();
@@ -190,6 +233,8 @@ mod tests {
         d.redis = c.redis.clone();
         d.consul.addr = c.consul.addr.clone();
         d.consul.token = c.consul.token.clone();
+        d.consul.token_file = c.consul.token_file.clone();
+        d.consul.tls = c.consul.tls.clone();
         assert_eq!(c, d);
         assert!(c.server.node_id.is_some() && c.consul.token.is_some());
     }

@@ -281,6 +281,54 @@ pub const KEYS: &[KeyInfo] = &[
         live: None,
     },
     KeyInfo {
+        key: "nats.creds_file",
+        expected: "a path to a NATS credentials file (user JWT and NKey seed), readable by its owner only",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "nats.nkey_file",
+        expected: "a path to a file holding an NKey seed (SU...), readable by its owner only",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "nats.user",
+        expected: "a NATS user name (its password goes in nats.password_file)",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "nats.password_file",
+        expected: "a path to a file holding the password of nats.user, readable by its owner only",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "nats.token_file",
+        expected: "a path to a file holding a NATS authentication token, readable by its owner only",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "nats.tls.ca_file",
+        expected: "a path to a PEM file of the CA certificate(s) of the NATS servers",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "nats.tls.cert_file",
+        expected: "a path to a PEM file of this node's client certificate (set with nats.tls.key_file)",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "nats.tls.key_file",
+        expected: "a path to a PEM file of the private key of nats.tls.cert_file, readable by its owner only",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
         key: "redis.url",
         expected: "a redis://, rediss://, redis-sentinel://, redis-cluster:// or redis+unix:// URL \
                    such as \"redis://127.0.0.1:6379\"",
@@ -306,6 +354,24 @@ pub const KEYS: &[KeyInfo] = &[
         live: None,
     },
     KeyInfo {
+        key: "redis.username",
+        expected: "a Redis ACL user name (its password goes in redis.password_file)",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "redis.password_file",
+        expected: "a path to a file holding the Redis password, readable by its owner only",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "redis.tls.ca_file",
+        expected: "a path to a PEM file of the CA certificate(s) of Redis (with a rediss:// URL)",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
         key: "consul.addr",
         expected: "a Consul HTTP address such as \"http://127.0.0.1:8500\" or \"127.0.0.1:8500\"",
         reloadable: false,
@@ -314,6 +380,12 @@ pub const KEYS: &[KeyInfo] = &[
     KeyInfo {
         key: "consul.token",
         expected: "a Consul ACL token string",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "consul.token_file",
+        expected: "a path to a file holding the Consul ACL token, readable by its owner only (instead of consul.token)",
         reloadable: false,
         live: None,
     },
@@ -344,6 +416,12 @@ pub const KEYS: &[KeyInfo] = &[
     KeyInfo {
         key: "consul.request_timeout",
         expected: "a duration of at least 100ms such as \"5s\"",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
+        key: "consul.tls.ca_file",
+        expected: "a path to a PEM file of the CA certificate(s) of Consul (with an https:// consul.addr)",
         reloadable: false,
         live: None,
     },
@@ -405,6 +483,25 @@ pub(super) fn key_info(key: &str) -> Option<&'static KeyInfo> {
     KEYS.iter().find(|k| k.key == key)
 }
 
+/// Whether `key` is a table holding keys (`nats.tls` of `nats.tls.ca_file`).
+pub(super) fn is_subtable(key: &str) -> bool {
+    KEYS.iter().any(|k| {
+        k.key
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
+/// The value at a dotted path (`leaf` or `sub.leaf`) of a table.
+pub(super) fn lookup<'a>(table: &'a toml::Table, path: &str) -> Option<&'a toml::Value> {
+    let mut parts = path.split('.');
+    let mut value = table.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,11 +514,18 @@ mod tests {
         let f = file(EXAMPLE_TOML);
         let c = check_file(f.path()).unwrap();
         let table = toml::Table::try_from(&c).unwrap();
+        fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+            for (key, value) in t {
+                let full = format!("{prefix}.{key}");
+                match value.as_table() {
+                    Some(sub) => flatten(&full, sub, out),
+                    None => out.push(full),
+                }
+            }
+        }
         let mut fields = Vec::new();
         for (section, keys) in &table {
-            for key in keys.as_table().unwrap().keys() {
-                fields.push(format!("{section}.{key}"));
-            }
+            flatten(section, keys.as_table().unwrap(), &mut fields);
         }
         let mut known: Vec<String> = KEYS.iter().map(|k| k.key.to_string()).collect();
         fields.sort();

@@ -7,10 +7,11 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 
+use super::env::env_var_name;
 use super::env::EnvLayer;
 use super::error::{problems_to_result, ConfigError, Layer, Problem, ProblemKind};
-use super::keys::{key_info, section_keys, sections};
-use super::redact::{render_figment_value, render_value};
+use super::keys::{is_subtable, key_info, section_keys, sections};
+use super::redact::{redact_urls, render_figment_value, render_value};
 use super::suggest::{suggest_key, suggest_section};
 use super::validate::validate;
 use super::Config;
@@ -143,6 +144,7 @@ impl FileLayer {
         };
         let table: toml::Table = toml::from_str(&text).map_err(|e| syntax(e.to_string()))?;
         check_file_keys(&table, path, problems);
+        check_file_urls(&table, path, problems);
         let data = Toml::string(&text)
             .data()
             .map_err(|e| syntax(e.to_string()))?;
@@ -196,17 +198,83 @@ fn check_file_keys(table: &toml::Table, path: &Path, problems: &mut Vec<Problem>
             });
             continue;
         };
-        for key in keys.keys() {
-            let full = format!("{section}.{key}");
-            if key_info(&full).is_none() {
-                problems.push(Problem {
-                    key: full.clone(),
-                    layer: layer.clone(),
-                    kind: ProblemKind::UnknownKey {
-                        suggestion: suggest_key(&full),
-                    },
-                });
+        check_table_keys(section, keys, &layer, problems);
+    }
+}
+
+/// URL keys that may carry a secret, and the key to put that secret in instead: (key, what
+/// a `user:password@` holds, what a lone `secret@` holds).
+const URL_SECRETS: &[(&str, &str, Option<&str>)] = &[
+    (
+        "nats.url",
+        "nats.user and nats.password_file",
+        Some("nats.token_file"),
+    ),
+    ("redis.url", "redis.username and redis.password_file", None),
+    ("consul.addr", "consul.token_file", None),
+];
+
+/// A password (or a NATS token) written into a URL of the file is refused: the file is often
+/// readable by anyone (the Nix store), and the key to use instead is named. From the
+/// environment (an `EnvironmentFile` only root reads) such a URL stays allowed.
+fn check_file_urls(table: &toml::Table, path: &Path, problems: &mut Vec<Problem>) {
+    for &(key, password_keys, token_key) in URL_SECRETS {
+        let (section, leaf) = key.split_once('.').unwrap_or((key, ""));
+        let Some(value) = table
+            .get(section)
+            .and_then(|s| s.as_table())
+            .and_then(|s| s.get(leaf))
+            .and_then(|v| v.as_str())
+        else {
+            continue;
+        };
+        let instead = value.split(',').find_map(|url| {
+            let userinfo = url_userinfo(url.trim())?;
+            match (userinfo.split_once(':'), token_key) {
+                (Some((_, password)), _) if !password.is_empty() => Some(password_keys),
+                (None, Some(token_key)) if !userinfo.is_empty() => Some(token_key),
+                _ => None,
             }
+        });
+        if let Some(instead) = instead {
+            problems.push(Problem {
+                key: key.to_string(),
+                layer: Layer::File(path.to_path_buf()),
+                kind: ProblemKind::InvalidValue {
+                    value: render_value(&toml::Value::String(redact_urls(value))),
+                    expected: format!(
+                        "a URL without a password or token in the config file (a file others \
+                         can often read): put the secret in a file only chat-zinx can read and \
+                         set {instead}, or set {} from an EnvironmentFile",
+                        env_var_name(key)
+                    ),
+                },
+            });
+        }
+    }
+}
+
+/// The `userinfo` of `scheme://userinfo@host…`, if the URL has one.
+fn url_userinfo(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
+}
+
+/// The keys of the table at `prefix` (a section, or a table inside one such as `nats.tls`).
+fn check_table_keys(prefix: &str, keys: &toml::Table, layer: &Layer, problems: &mut Vec<Problem>) {
+    for (key, value) in keys {
+        let full = format!("{prefix}.{key}");
+        match value.as_table() {
+            Some(sub) if is_subtable(&full) => check_table_keys(&full, sub, layer, problems),
+            _ if key_info(&full).is_some() => {}
+            _ => problems.push(Problem {
+                key: full.clone(),
+                layer: layer.clone(),
+                kind: ProblemKind::UnknownKey {
+                    suggestion: suggest_key(&full),
+                },
+            }),
         }
     }
 }
@@ -335,6 +403,85 @@ mod tests {
         let e = check_file(f.path()).unwrap_err();
         assert!(matches!(e, ConfigError::Syntax { .. }));
         assert!(e.to_string().contains("is not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn a_password_in_a_url_of_the_file_is_refused_naming_the_file_key() {
+        let cases = [
+            (
+                "[nats]\nurl = \"nats://a:4222,nats://cz:pw1@b:4222\"\n",
+                "nats.url",
+                "nats.password_file",
+            ),
+            (
+                "[nats]\nurl = \"tls://t0ken@b:4222\"\n",
+                "nats.url",
+                "nats.token_file",
+            ),
+            (
+                "[redis]\nurl = \"rediss://:pw1@redis:6380/0\"\n",
+                "redis.url",
+                "redis.password_file",
+            ),
+            (
+                "[redis]\nurl = \"redis://cz:pw1@redis:6379\"\n",
+                "redis.url",
+                "redis.password_file",
+            ),
+            (
+                "[consul]\naddr = \"https://x:pw1@consul:8501\"\n",
+                "consul.addr",
+                "consul.token_file",
+            ),
+        ];
+        for (text, key, instead) in cases {
+            let f = file(text);
+            let e = check_file(f.path()).unwrap_err();
+            let problems = e.problems();
+            assert_eq!(problems.len(), 1, "{e}");
+            assert_eq!(problems[0].key, key);
+            let msg = e.to_string();
+            assert!(msg.contains(instead), "{msg}");
+            assert!(msg.contains(&crate::config::env_var_name(key)), "{msg}");
+            assert!(!msg.contains("pw1") && !msg.contains("t0ken"), "{msg}");
+        }
+        // Without a secret, or from the environment, the URL is fine.
+        let f = file("[redis]\nurl = \"redis://cz@redis:6379\"\n[nats]\nurl = \"tls://n1:4222\"\n");
+        assert!(check_file(f.path()).is_ok());
+        let c = load_from(
+            None,
+            env(&[
+                ("CHAT_ZINX_NATS__URL", "nats://cz:pw1@b:4222"),
+                ("CHAT_ZINX_REDIS__URL", "rediss://:pw1@redis:6380"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.nats.url.as_deref(), Some("nats://cz:pw1@b:4222"));
+        assert!(!c.to_redacted_toml().contains("pw1"));
+    }
+
+    #[test]
+    fn keys_of_a_table_inside_a_section_from_file_and_env() {
+        let f =
+            file("[nats.tls]\nca_file = \"/etc/ca.pem\"\n[redis]\ntls.ca_file = \"/etc/r.pem\"\n");
+        let c = load_from(
+            Some(f.path()),
+            env(&[("CHAT_ZINX_NATS__TLS__KEY_FILE", "/run/k.pem")]),
+        )
+        .unwrap();
+        assert_eq!(c.nats.tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(c.nats.tls.key_file, Some(PathBuf::from("/run/k.pem")));
+        assert_eq!(c.redis.tls.ca_file, Some(PathBuf::from("/etc/r.pem")));
+        let f = file("[nats.tls]\nca_fil = \"/etc/ca.pem\"\n");
+        let e = check_file(f.path()).unwrap_err();
+        assert_eq!(e.problems()[0].key, "nats.tls.ca_fil", "{e}");
+        assert!(e.to_string().contains("nats.tls.ca_file"), "{e}");
+        let e = load_from(None, env(&[("CHAT_ZINX_NATS__TLS__CERT", "x")])).unwrap_err();
+        assert_eq!(e.problems()[0].key, "nats.tls.cert", "{e}");
+        let out = c.to_redacted_toml();
+        assert!(out.contains("tls.ca_file = \"/etc/ca.pem\""), "{out}");
+        let g = file(&out);
+        assert_eq!(check_file(g.path()).unwrap(), c);
     }
 
     #[test]

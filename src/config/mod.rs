@@ -41,8 +41,9 @@ pub use error::{ConfigError, Layer, Problem, ProblemKind};
 pub use example::EXAMPLE_TOML;
 pub use keys::{KeyInfo, KEYS, RELOADABLE_KEYS};
 pub use load::{check_file, load, load_from, resolve_path, DEFAULT_CONFIG_PATH};
+pub use redact::redact_urls;
 pub use sections::{
-    AuthConfig, Config, ConsulConfig, LogConfig, NatsConfig, OfflineConfig, ProtocolConfig,
-    RedisConfig, ServerConfig, SessionConfig,
+    AuthConfig, CaTlsConfig, ClientTlsConfig, Config, ConsulConfig, LogConfig, NatsConfig,
+    OfflineConfig, ProtocolConfig, RedisConfig, ServerConfig, SessionConfig,
 };
 pub use validate::{MAX_MAX_BODY, MIN_MAX_BODY};

@@ -3,7 +3,7 @@
 
 use figment::value::Value;
 
-use super::keys::{section_keys, sections};
+use super::keys::{lookup, section_keys, sections};
 use super::Config;
 
 impl Config {
@@ -25,7 +25,7 @@ impl Config {
             out.push_str(&format!("\n[{section}]\n"));
             let values = table.get(section).and_then(|v| v.as_table());
             for leaf in section_keys(section) {
-                match values.and_then(|t| t.get(leaf)) {
+                match values.and_then(|t| lookup(t, leaf)) {
                     Some(v) => {
                         let v = redact_value(leaf, v);
                         out.push_str(&format!("{leaf} = {}\n", render_value(&v)));
@@ -72,8 +72,9 @@ fn redact_value(leaf: &str, v: &toml::Value) -> toml::Value {
     }
 }
 
-/// Hides passwords in each comma-separated URL of `s`.
-fn redact_urls(s: &str) -> String {
+/// Hides passwords in each comma-separated URL of `s` (`nats://u:pw@h` → `nats://u:***@h`,
+/// `nats://tok@h` → `nats://***@h`, `?password=…` → `?password=***`), for logs and messages.
+pub fn redact_urls(s: &str) -> String {
     s.split(',').map(redact_url).collect::<Vec<_>>().join(",")
 }
 

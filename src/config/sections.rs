@@ -183,6 +183,48 @@ pub struct NatsConfig {
     /// then the client gets a "try again" error (instead of waiting out `request_timeout`).
     #[serde(with = "humantime_serde")]
     pub reconnect_wait: Duration,
+    /// Credentials file (user JWT and NKey seed, as `nsc` writes it).
+    #[serde(deserialize_with = "de::opt_path")]
+    pub creds_file: Option<PathBuf>,
+    /// File holding an NKey seed (`SU…`).
+    #[serde(deserialize_with = "de::opt_path")]
+    pub nkey_file: Option<PathBuf>,
+    /// User name; its password is in `password_file`.
+    #[serde(deserialize_with = "de::opt_string")]
+    pub user: Option<String>,
+    /// File holding the password of `user`.
+    #[serde(deserialize_with = "de::opt_path")]
+    pub password_file: Option<PathBuf>,
+    /// File holding an authentication token.
+    #[serde(deserialize_with = "de::opt_path")]
+    pub token_file: Option<PathBuf>,
+    /// TLS towards the NATS servers.
+    pub tls: ClientTlsConfig,
+}
+
+/// TLS of a connection this node makes to a backend: whom to trust and, optionally, the
+/// node's own certificate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM file of the CA certificate(s) the server's certificate must chain to; set = TLS on.
+    #[serde(deserialize_with = "de::opt_path")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this node's client certificate (chain), for servers that verify clients.
+    #[serde(deserialize_with = "de::opt_path")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the private key of `cert_file` (secret).
+    #[serde(deserialize_with = "de::opt_path")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// TLS of a connection to a backend that needs only a trust anchor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaTlsConfig {
+    /// PEM file of the CA certificate(s) the server's certificate must chain to.
+    #[serde(deserialize_with = "de::opt_path")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for NatsConfig {
@@ -195,6 +237,12 @@ impl Default for NatsConfig {
             duplicate_window: Duration::from_secs(600),
             request_timeout: Duration::from_secs(5),
             reconnect_wait: Duration::from_millis(250),
+            creds_file: None,
+            nkey_file: None,
+            user: None,
+            password_file: None,
+            token_file: None,
+            tls: ClientTlsConfig::default(),
         }
     }
 }
@@ -215,6 +263,14 @@ pub struct RedisConfig {
     /// Time limit of one call to Redis; past it the call fails as "unavailable".
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// ACL user name; its password is in `password_file`.
+    #[serde(deserialize_with = "de::opt_string")]
+    pub username: Option<String>,
+    /// File holding the password (of `username`, or of the `default` user).
+    #[serde(deserialize_with = "de::opt_path")]
+    pub password_file: Option<PathBuf>,
+    /// TLS towards Redis (`rediss://`).
+    pub tls: CaTlsConfig,
 }
 
 impl Default for RedisConfig {
@@ -224,6 +280,9 @@ impl Default for RedisConfig {
             presence_ttl: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(10),
             command_timeout: Duration::from_secs(2),
+            username: None,
+            password_file: None,
+            tls: CaTlsConfig::default(),
         }
     }
 }
@@ -237,6 +296,9 @@ pub struct ConsulConfig {
     /// Consul ACL token (secret).
     #[serde(deserialize_with = "de::opt_string")]
     pub token: Option<String>,
+    /// File holding the Consul ACL token (instead of `token`).
+    #[serde(deserialize_with = "de::opt_path")]
+    pub token_file: Option<PathBuf>,
     /// Service name every node registers under.
     #[serde(deserialize_with = "de::string")]
     pub service: String,
@@ -252,6 +314,8 @@ pub struct ConsulConfig {
     /// Time limit of one request to Consul.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// TLS towards Consul (`https://`).
+    pub tls: CaTlsConfig,
 }
 
 impl Default for ConsulConfig {
@@ -264,6 +328,8 @@ impl Default for ConsulConfig {
             deregister_after: Duration::from_secs(60),
             kv_prefix: "chat-zinx/settings/".into(),
             request_timeout: Duration::from_secs(5),
+            token_file: None,
+            tls: CaTlsConfig::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use super::ports::loopback;
 use super::probe::Probe;
@@ -9,12 +10,32 @@ use super::process::try_find_binary;
 use super::server::{start_with_fresh_ports, ServerDir, ServerProcess};
 
 /// `consul agent -dev` (a single server that elects itself; state in memory, lost on restart)
-/// on free loopback ports: HTTP, serf LAN and WAN, server RPC and gRPC; DNS and HTTPS off.
+/// on free loopback ports: HTTP, serf LAN and WAN, server RPC and gRPC; DNS off; HTTPS and
+/// ACLs when [`ConsulOptions`] ask for them.
 pub struct ConsulAgent {
     // Declared before `_dir`: the agent stops before its directory is removed.
     process: ServerProcess,
     http_port: u16,
+    https_port: Option<u16>,
     _dir: ServerDir,
+}
+
+/// How the agent is set up beyond the harness's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ConsulOptions {
+    /// ACLs on, default policy `deny`, with this management ("master") token, which is also
+    /// the agent's own token. Tokens for clients are made through the HTTP API with it.
+    pub acl_master_token: Option<String>,
+    /// HTTPS on a port of its own beside plain HTTP (which the readiness probe keeps using).
+    pub tls: Option<ConsulTls>,
+}
+
+/// The HTTPS listener's certificate (PEM files); clients are not asked for a certificate.
+#[derive(Debug, Clone)]
+pub struct ConsulTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 impl ConsulAgent {
@@ -24,9 +45,14 @@ impl ConsulAgent {
     }
 
     pub async fn try_start() -> anyhow::Result<ConsulAgent> {
+        Self::try_start_with(&ConsulOptions::default()).await
+    }
+
+    /// An agent set up with `options`.
+    pub async fn try_start_with(options: &ConsulOptions) -> anyhow::Result<ConsulAgent> {
         let program = try_find_binary("consul")?;
         start_with_fresh_ports(
-            5,
+            6,
             |ports| {
                 let dir = ServerDir::new(None, "cz-consul-")?;
                 let [http, serf_lan, serf_wan, server, grpc] =
@@ -50,6 +76,24 @@ impl ConsulAgent {
                 .into_iter()
                 .map(OsString::from)
                 .collect();
+                let mut args = args;
+                if let Some(token) = &options.acl_master_token {
+                    args.push(OsString::from(format!(
+                        "-hcl=acl {{ enabled = true\n default_policy = \"deny\"\n \
+                         enable_token_persistence = false\n tokens {{ master = \"{token}\"\n \
+                         agent = \"{token}\" }} }}"
+                    )));
+                }
+                let https = options.tls.as_ref().map(|_| ports[5]);
+                if let (Some(tls), Some(https)) = (&options.tls, https) {
+                    args.push(OsString::from(format!(
+                        "-hcl=cert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+                         ports {{ https = {https} }}\nverify_incoming = false",
+                        tls.cert_file.display(),
+                        tls.key_file.display(),
+                        tls.ca_file.display(),
+                    )));
+                }
                 let mut process = ServerProcess::new(
                     format!("consul agent -dev on 127.0.0.1:{http}"),
                     program.clone(),
@@ -62,6 +106,7 @@ impl ConsulAgent {
                 Ok(ConsulAgent {
                     process,
                     http_port: http,
+                    https_port: https,
                     _dir: dir,
                 })
             },
@@ -78,6 +123,11 @@ impl ConsulAgent {
     /// `http://127.0.0.1:<http port>`
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// `https://127.0.0.1:<https port>`, when started with [`ConsulOptions::tls`].
+    pub fn https_url(&self) -> Option<String> {
+        self.https_port.map(|p| format!("https://127.0.0.1:{p}"))
     }
 
     pub fn addr(&self) -> SocketAddr {

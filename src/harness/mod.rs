@@ -44,13 +44,13 @@ pub mod server;
 
 use std::time::Duration;
 
-pub use consul::ConsulAgent;
+pub use consul::{ConsulAgent, ConsulOptions, ConsulTls};
 pub use nats::{NatsCluster, NatsOptions, NatsServer};
 pub use ports::{free_ports, loopback, try_free_ports};
 pub use probe::{http_get, nats_info, redis_command};
 pub use process::{find_binary, try_find_binary, ChildProcess};
 pub use proxy::TcpProxy;
-pub use redis::{RedisOptions, RedisServer};
+pub use redis::{RedisOptions, RedisServer, RedisTls};
 pub use server::ServerProcess;
 
 /// How long a server may take to answer after it was started.

@@ -14,8 +14,20 @@ use super::server::{start_with_fresh_ports, ServerDir, ServerProcess};
 pub struct RedisOptions {
     /// Keep the log (`redis.log`) here instead of in a temporary directory removed on drop.
     pub dir: Option<PathBuf>,
-    /// Arguments after the harness's own, e.g. `["--maxclients", "1000"]` (the bench).
+    /// Arguments after the harness's own, e.g. `["--maxclients", "1000"]` (the bench), or ACL
+    /// users (`["--user", "cz", "on", ">password", "~*", "+@all"]`).
     pub extra_args: Vec<String>,
+    /// A TLS port beside the plain one (which the readiness probe keeps using).
+    pub tls: Option<RedisTls>,
+}
+
+/// The TLS port's certificate (PEM files); clients are not asked for a certificate.
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA of the certificate (redis-server wants one even when it verifies no client).
+    pub ca_file: PathBuf,
 }
 
 /// A `redis-server` on a free loopback port, without persistence: a restart starts empty.
@@ -23,6 +35,7 @@ pub struct RedisServer {
     // Declared before `_dir`: the server stops before its directory is removed.
     process: ServerProcess,
     port: u16,
+    tls_port: Option<u16>,
     _dir: ServerDir,
 }
 
@@ -38,10 +51,12 @@ impl RedisServer {
 
     pub async fn try_start_with(options: &RedisOptions) -> anyhow::Result<RedisServer> {
         let program = try_find_binary("redis-server")?;
+        let n_ports = if options.tls.is_some() { 2 } else { 1 };
         start_with_fresh_ports(
-            1,
+            n_ports,
             |ports| {
                 let port = ports[0];
+                let tls_port = options.tls.as_ref().map(|_| ports[1]);
                 let dir = ServerDir::new(options.dir.as_deref(), "cz-redis-")?;
                 let mut args: Vec<OsString> = [
                     "--port",
@@ -62,6 +77,20 @@ impl RedisServer {
                 .iter()
                 .map(OsString::from)
                 .collect();
+                if let (Some(tls), Some(tls_port)) = (&options.tls, tls_port) {
+                    args.extend([
+                        OsString::from("--tls-port"),
+                        tls_port.to_string().into(),
+                        "--tls-cert-file".into(),
+                        tls.cert_file.clone().into_os_string(),
+                        "--tls-key-file".into(),
+                        tls.key_file.clone().into_os_string(),
+                        "--tls-ca-cert-file".into(),
+                        tls.ca_file.clone().into_os_string(),
+                        "--tls-auth-clients".into(),
+                        "no".into(),
+                    ]);
+                }
                 args.extend(options.extra_args.iter().map(OsString::from));
                 let process = ServerProcess::new(
                     format!("redis-server on 127.0.0.1:{port}"),
@@ -73,6 +102,7 @@ impl RedisServer {
                 Ok(RedisServer {
                     process,
                     port,
+                    tls_port,
                     _dir: dir,
                 })
             },
@@ -92,6 +122,11 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port, when started with [`RedisOptions::tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     pub fn process(&mut self) -> &mut ServerProcess {

@@ -253,7 +253,7 @@ impl Node {
             ctx.clone(),
             shutdown.clone(),
         ));
-        if let Some(settings) = wiring::consul_settings(&config.consul) {
+        if let Some(settings) = wiring::consul_settings(&config.consul)? {
             let watcher = KvWatcher::new(&settings, live_settings_applier(&state))
                 .context("cannot set up the Consul client (consul.addr)")?;
             tasks.spawn(watcher.run(shutdown.clone()));

@@ -328,7 +328,7 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
                     }
                 }
                 handled = handled.wrapping_add(1);
-                if handled % FRAMES_PER_YIELD == 0 {
+                if handled.is_multiple_of(FRAMES_PER_YIELD) {
                     tokio::task::yield_now().await;
                 }
             }

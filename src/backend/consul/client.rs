@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{ConsulSettings, BACKEND};
+use crate::backend::secret::Secret;
 use crate::core::error::chain;
 use crate::core::ports::{BackendError, BackendResult};
 
@@ -62,20 +63,46 @@ struct Answer {
 pub struct ConsulClient {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
+    token: Option<Secret>,
     timeout: Duration,
 }
 
 impl ConsulClient {
     pub fn new(settings: &ConsulSettings) -> BackendResult<ConsulClient> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| {
-                let detail = format!("cannot set up the HTTP client: {}", chain(&e));
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(path) = &settings.ca_file {
+            let shown = path.display();
+            let pem = std::fs::read(path).map_err(|e| {
+                let detail = format!(
+                    "cannot read consul.tls.ca_file {shown}: {e}; check the path and that the \
+                     user chat-zinx runs as can read the file"
+                );
                 BackendError::unavailable_with_source(BACKEND, detail, e)
             })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                let detail = format!(
+                    "consul.tls.ca_file {shown} holds no usable PEM certificate ({}): it should \
+                     hold the CA certificate(s) that signed Consul's certificate",
+                    chain(&e)
+                );
+                BackendError::unavailable_with_source(BACKEND, detail, e)
+            })?;
+            if certs.is_empty() {
+                return Err(BackendError::unavailable(
+                    BACKEND,
+                    format!("consul.tls.ca_file {shown} holds no PEM certificate"),
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| {
+            let detail = format!("cannot set up the HTTP client: {}", chain(&e));
+            BackendError::unavailable_with_source(BACKEND, detail, e)
+        })?;
         Ok(ConsulClient {
             http,
             base: settings.base_url.clone(),
@@ -110,7 +137,7 @@ impl ConsulClient {
             .query(query)
             .timeout(limit);
         if let Some(token) = &self.token {
-            req = req.header("X-Consul-Token", token);
+            req = req.header("X-Consul-Token", token.expose());
         }
         if let Some(body) = body {
             req = req.json(body);
@@ -191,6 +218,29 @@ impl ConsulClient {
         Ok((new_index, Some(answer.body)))
     }
 
+    /// Whether Consul refuses this node outright, checked at start with a read the node makes
+    /// anyway (its service's health): an ACL token Consul rejects (401, 403) or a TLS
+    /// handshake that fails. An agent that does not answer is no refusal: the node serves and
+    /// registers once it answers.
+    pub async fn refusal(&self, service: &str) -> Option<ConsulError> {
+        let path = format!("/v1/health/service/{service}");
+        match self.expect_ok(Method::GET, &path, &[], None).await {
+            Err(
+                e @ ConsulError::Status {
+                    status: 401 | 403, ..
+                },
+            ) => Some(e),
+            Err(ConsulError::Transport(t)) if is_tls_failure(&t) => {
+                Some(ConsulError::Transport(format!(
+                    "{t} — the TLS handshake failed: check consul.tls.ca_file (the CA that \
+                     signed Consul's certificate) and the host name of consul.addr against the \
+                     certificate"
+                )))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the agent serves and its cluster has a leader.
     pub async fn leader(&self) -> Result<String, ConsulError> {
         let body = self
@@ -208,11 +258,19 @@ impl ConsulClient {
     }
 }
 
+/// Whether a transport error is a failed TLS handshake (a certificate refused).
+fn is_tls_failure(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    ["certificate", "handshake", "unknownissuer"]
+        .iter()
+        .any(|w| lower.contains(w))
+}
+
 fn status_error(what: String, answer: &Answer) -> ConsulError {
     let body = String::from_utf8_lossy(&answer.body).trim().to_string();
     let hint = match answer.status {
         StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => {
-            " — the ACL token (consul.token) is missing or lacks a permission: it needs \
+            " — the ACL token (consul.token_file or consul.token) is missing, unknown or lacks a permission: it needs \
              service:write on the service (consul.service), service:read and node:read, and \
              key:read on consul.kv_prefix"
         }

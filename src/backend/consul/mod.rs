@@ -21,7 +21,10 @@ mod client;
 mod kv;
 mod registry;
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use super::secret::Secret;
 
 pub use client::{ConsulClient, ConsulError};
 pub use kv::{KvWatcher, OnSnapshot};
@@ -43,7 +46,10 @@ pub struct ConsulSettings {
     /// Base URL of the agent's HTTP API, `http://host:port` (no trailing slash).
     pub base_url: String,
     /// ACL token sent as `X-Consul-Token`.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
+    /// PEM file of the CA certificate(s) an `https://` agent's certificate must chain to
+    /// (added to the system's roots).
+    pub ca_file: Option<PathBuf>,
     /// Service name the nodes register under.
     pub service: String,
     /// TTL of the node's health check; the node passes it every third of it.

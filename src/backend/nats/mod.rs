@@ -35,6 +35,7 @@ pub use bus::NatsBus;
 pub use store::NatsStore;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ use async_nats::jetstream::{self, kv, stream};
 use tokio::task::JoinHandle;
 
 use super::link::Link;
+use super::secret::Secret;
 use crate::core::model::*;
 use crate::core::ports::*;
 use log::Appending;
@@ -71,6 +73,18 @@ fn unavailable_because(detail: impl Into<String>) -> BackendError {
     BackendError::unavailable(BACKEND, detail)
 }
 
+/// Whether a connection error is a failed TLS set-up or handshake (a certificate refused by
+/// either side), which retrying does not cure.
+fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
+    if e.kind() == async_nats::ConnectErrorKind::Tls {
+        return true;
+    }
+    let text = crate::core::error::chain(e).to_ascii_lowercase();
+    ["certificate", "handshake", "tls"]
+        .iter()
+        .any(|w| text.contains(w))
+}
+
 /// Settings of the NATS backends (the composition root fills them from the `nats.*` keys).
 #[derive(Debug, Clone)]
 pub struct NatsSettings {
@@ -89,6 +103,48 @@ pub struct NatsSettings {
     /// How long a request made while the connection is down waits for it to come back
     /// before it is answered "try again" (see [`crate::backend::link`]).
     pub reconnect_wait: Duration,
+    /// How this node proves who it is (the secrets come from files the composition root read).
+    pub auth: NatsAuth,
+    /// TLS towards the servers (`tls://` URLs turn it on too).
+    pub tls: NatsTls,
+}
+
+/// How a node authenticates to NATS: at most one way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials (a server without authorization).
+    #[default]
+    None,
+    /// The text of a credentials file: user JWT and NKey seed (`nats.creds_file`).
+    Credentials(Secret),
+    /// An NKey seed (`nats.nkey_file`).
+    NKey(Secret),
+    /// A user and its password (`nats.user`, `nats.password_file`).
+    UserPassword { user: String, password: Secret },
+    /// A token (`nats.token_file`).
+    Token(Secret),
+}
+
+impl NatsAuth {
+    /// The configuration keys of this way, for messages.
+    fn keys(&self) -> &'static str {
+        match self {
+            NatsAuth::None => "no credentials (nats.creds_file, nats.nkey_file, nats.user with nats.password_file, or nats.token_file)",
+            NatsAuth::Credentials(_) => "nats.creds_file",
+            NatsAuth::NKey(_) => "nats.nkey_file",
+            NatsAuth::UserPassword { .. } => "nats.user and nats.password_file",
+            NatsAuth::Token(_) => "nats.token_file",
+        }
+    }
+}
+
+/// TLS towards NATS: the CA to trust (else the system's roots) and a client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// PEM file of the CA certificate(s); set = TLS required.
+    pub ca_file: Option<PathBuf>,
+    /// PEM files of this node's certificate (chain) and its key; set = TLS required.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// One NATS connection per node, shared by the store and the bus.
@@ -137,37 +193,47 @@ impl Nats {
             .split(',')
             .map(|u| u.trim().parse())
             .collect::<Result<_, _>>()
-            .map_err(|e| unavailable_with(format!("bad nats.url {:?}: {e}", settings.url), e))?;
+            .map_err(|e| unavailable_with(format!("a URL of nats.url cannot be used: {e}"), e))?;
         let link = Link::new(BACKEND, settings.reconnect_wait);
-        let events = link.clone();
-        let client = async_nats::ConnectOptions::new()
-            .name("chat-zinx")
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(settings.request_timeout))
-            .event_callback(move |event| {
-                let link = events.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => link.set(true),
-                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
-                            link.set(false)
-                        }
-                        _ => {}
-                    }
+        // A first attempt on its own, so that a refused secret or a failed TLS handshake stops
+        // the start with its reason; servers that are not up yet are retried in the
+        // background instead, as before.
+        let client = match Self::options(settings, &link)?.connect(urls.clone()).await {
+            Ok(client) => client,
+            Err(e) => match e.kind() {
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                | async_nats::ConnectErrorKind::Authentication => {
+                    return Err(unavailable_with(
+                        format!(
+                            "NATS refused this node's credentials ({e}): check {} against the \
+                             server's authorization (users, tokens, accounts)",
+                            settings.auth.keys()
+                        ),
+                        e,
+                    ))
                 }
-            })
-            // Retry often: a node is ready again as soon as its connection is (the default
-            // backs off to 4 s). An attempt on a loopback or LAN address costs next to nothing.
-            .reconnect_delay_callback(|attempts| {
-                RECONNECT_DELAY.min(RECONNECT_STEP * attempts as u32)
-            })
-            // A connection that went silent (no reset: a black-holed route) shows as lost
-            // after two unanswered pings (the default interval is a minute).
-            .ping_interval(PING_INTERVAL)
-            .retry_on_initial_connect()
-            .connect(urls)
-            .await
-            .map_err(unavailable)?;
+                // A refused certificate comes as an I/O error of the handshake.
+                _ if is_tls_failure(&e) => {
+                    return Err(unavailable_with(
+                        format!(
+                            "the TLS handshake with NATS failed ({e}): check nats.tls.ca_file \
+                             (the CA that signed the servers' certificates), the host names \
+                             of nats.url against the certificates, and nats.tls.cert_file and \
+                             nats.tls.key_file when the servers verify clients"
+                        ),
+                        e,
+                    ))
+                }
+                _ => {
+                    tracing::warn!(error = %e, "cannot connect to NATS yet; retrying in the background");
+                    Self::options(settings, &link)?
+                        .retry_on_initial_connect()
+                        .connect(urls)
+                        .await
+                        .map_err(unavailable)?
+                }
+            },
+        };
         let js = jetstream::new(client.clone());
         let log_prefix = "cz.log".to_string();
         // A cluster that has just started has no JetStream leader for a moment (longer on a
@@ -213,6 +279,65 @@ impl Nats {
             inbound: Mutex::new(None),
             link,
         }))
+    }
+
+    /// The client's options: name, time limits, events into `link`, reconnects, credentials
+    /// and TLS.
+    fn options(
+        settings: &NatsSettings,
+        link: &Arc<Link>,
+    ) -> Result<async_nats::ConnectOptions, BackendError> {
+        let events = link.clone();
+        let mut options = async_nats::ConnectOptions::new()
+            .name("chat-zinx")
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(settings.request_timeout))
+            .event_callback(move |event| {
+                let link = events.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => link.set(true),
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            link.set(false)
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            // Retry often: a node is ready again as soon as its connection is (the default
+            // backs off to 4 s). An attempt on a loopback or LAN address costs next to nothing.
+            .reconnect_delay_callback(|attempts| {
+                RECONNECT_DELAY.min(RECONNECT_STEP * attempts as u32)
+            })
+            // A connection that went silent (no reset: a black-holed route) shows as lost
+            // after two unanswered pings (the default interval is a minute).
+            .ping_interval(PING_INTERVAL);
+        options = match &settings.auth {
+            NatsAuth::None => options,
+            NatsAuth::Credentials(creds) => options.credentials(creds.expose()).map_err(|e| {
+                unavailable_with(
+                    format!(
+                        "nats.creds_file is not a NATS credentials file ({e}): it holds a user \
+                         JWT and an NKey seed, as `nsc generate creds` writes them"
+                    ),
+                    e,
+                )
+            })?,
+            NatsAuth::NKey(seed) => options.nkey(seed.expose().to_string()),
+            NatsAuth::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.expose().to_string())
+            }
+            NatsAuth::Token(token) => options.token(token.expose().to_string()),
+        };
+        if let Some(ca) = &settings.tls.ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &settings.tls.client_cert {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        Ok(options)
     }
 
     /// The connection as the client's events report it (readiness and fail-fast follow it).

@@ -60,6 +60,7 @@ impl Bench {
         let redis = RedisServer::try_start_with(&RedisOptions {
             dir: Some(dir.path().to_path_buf()),
             extra_args: vec!["--maxclients".into(), "1000".into()],
+            tls: None,
         })
         .await?;
         let secret_file = dir.path().join("token_secret");
@@ -73,6 +74,8 @@ impl Bench {
             duplicate_window: Duration::from_secs(600),
             request_timeout: Duration::from_secs(10),
             reconnect_wait: Duration::from_millis(250),
+            auth: Default::default(),
+            tls: Default::default(),
         };
         let conn = Nats::connect(&settings)
             .await
