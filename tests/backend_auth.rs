@@ -503,6 +503,10 @@ async fn nodes_chat_with_nats_redis_and_consul_all_authenticated_over_tls() {
             redis_client(c, redis, pki, &files.1);
             consul_client(c, consul, pki, &files.2);
             c.auth.token_secret_file = Some(files.3);
+            // Clients too may come over TLS (the server certificate names 127.0.0.1).
+            c.tls.listen = Some("127.0.0.1:0".into());
+            c.tls.cert_file = Some(pki.server_cert.clone());
+            c.tls.key_file = Some(pki.server_key.clone());
         })
     };
     let a = node().await;
@@ -521,7 +525,46 @@ async fn nodes_chat_with_nats_redis_and_consul_all_authenticated_over_tls() {
     bob.expect(ids::PONG).await;
     alice.msg("bob", "all on TLS").await;
     assert_eq!(bob.expect(ids::TEXT_MSG).await["content"], "all on TLS");
-    drop((alice, bob));
+
+    // Carol (v1 frames) chats over client TLS with node b, whose backends are all on TLS: end to end.
+    let tls = chat_zinx::client::connection::TlsClient::new(Some(&pki.ca), None).unwrap();
+    let target = format!("tls://{}", b.node().tls_addr.expect("a TLS listener"));
+    let mut carol = chat_zinx::client::connection::Connection::open(&target, WAIT, Some(&tls))
+        .await
+        .expect("a TLS connection trusting the test CA");
+    for (id, body, reply) in [
+        (
+            ids::REGISTER_REQ,
+            serde_json::json!({"username": "carol", "password": PASSWORD, "email": "c@example.org"}),
+            ids::REGISTER_RESP,
+        ),
+        (
+            ids::LOGIN_REQ,
+            serde_json::json!({"username": "carol", "password": PASSWORD}),
+            ids::LOGIN_RESP,
+        ),
+        (
+            ids::TEXT_MSG,
+            serde_json::json!({"to_user_id": "alice", "content": "over TLS both ways"}),
+            0,
+        ),
+    ] {
+        carol.send(id, body.to_string().as_bytes()).await.unwrap();
+        if reply == 0 {
+            break;
+        }
+        let got = tls_frame(&mut carol).await;
+        assert_eq!(got.0, reply, "{}", got.1);
+        assert_eq!(got.1["code"], 0, "{}", got.1);
+    }
+    let pushed = alice.expect(ids::TEXT_MSG).await;
+    assert_eq!(pushed["content"], "over TLS both ways");
+    assert_eq!(pushed["from_username"], "carol");
+    alice.msg("carol", "back to you").await;
+    let got = tls_frame(&mut carol).await;
+    assert_eq!(got.0, ids::TEXT_MSG, "{}", got.1);
+    assert_eq!(got.1["content"], "back to you");
+    drop((alice, bob, carol));
     a.stop().await;
     b.stop().await;
 
@@ -533,5 +576,18 @@ async fn nodes_chat_with_nats_redis_and_consul_all_authenticated_over_tls() {
     let shown = c.to_redacted_toml();
     for secret in [NATS_PASSWORD, REDIS_PASSWORD, token.as_str()] {
         assert!(!shown.contains(secret), "{shown}");
+    }
+}
+
+/// The next frame of a client connection, as (id, JSON body).
+async fn tls_frame(
+    conn: &mut chat_zinx::client::connection::Connection,
+) -> (u32, serde_json::Value) {
+    match tokio::time::timeout(WAIT, conn.recv())
+        .await
+        .expect("a frame in time")
+    {
+        chat_zinx::client::connection::Inbound::Frame(f) => (f.id, body_json(&f.body)),
+        chat_zinx::client::connection::Inbound::Closed(why) => panic!("connection closed: {why}"),
     }
 }

@@ -61,6 +61,15 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let node = match backends {
             Some(backends) => Node::start_on(&config, listener, backends).await,
+            // A TLS listener beside the plain one when the test configures one.
+            None if config.tls.listen.is_some() => {
+                let tls = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let listeners = chat_zinx::node::Listeners {
+                    plain: Some(listener),
+                    tls: Some(tls),
+                };
+                Node::start_listening(&config, listeners).await
+            }
             None => Node::start(&config, listener).await,
         }
         .expect("node starts");
