@@ -216,7 +216,10 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
             let mut codec = FrameCodec::new(settings.max_body);
             // The rate limiter takes a token for every frame: its clock is the last frame's.
             let idle_deadline = tokens.last + settings.idle_timeout;
+            // One timer for both deadlines: a second `Sleep` would sit in every connection's
+            // future (select! builds disabled branches too), idle or not.
             let login_deadline = r.session.login_deadline();
+            let deadline = login_deadline.map_or(idle_deadline, |l| l.min(idle_deadline));
             let eof = tokio::select! {
                 biased;
                 _ = r.session.shared().closing() => return EndReason::ClosedByServer,
@@ -228,18 +231,19 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
                     }
                     return EndReason::Shutdown;
                 }
-                _ = sleep_until(idle_deadline), if r.sends.in_flight() == 0 => {
+                // (A connection that is not logged in has no sends in flight.)
+                _ = sleep_until(deadline), if r.sends.in_flight() == 0 => {
+                    // Pings do not keep a connection that never logs in.
+                    if login_deadline.is_some_and(|l| l <= idle_deadline) {
+                        let text = format!(
+                            "not logged in within {} s of connecting: log in (104) sooner",
+                            settings.login_timeout.as_secs()
+                        );
+                        r.session.farewell(code::LOGIN_TIMEOUT, &text);
+                        return EndReason::LoginTimeout;
+                    }
                     r.session.farewell(code::IDLE_TIMEOUT, "idle timeout: no frame received; send a ping (id 1) at least every idle_timeout_s seconds");
                     return EndReason::Idle;
-                }
-                // Pings do not keep a connection that never logs in.
-                _ = sleep_until(login_deadline.unwrap_or(idle_deadline)), if login_deadline.is_some() => {
-                    let text = format!(
-                        "not logged in within {} s of connecting: log in (104) sooner",
-                        settings.login_timeout.as_secs()
-                    );
-                    r.session.farewell(code::LOGIN_TIMEOUT, &text);
-                    return EndReason::LoginTimeout;
                 }
                 replies = std::future::poll_fn(|cx| r.sends.poll_next_done(cx)), if r.sends.in_flight() > 0 => {
                     if Box::pin(r.session.send_replies(replies)).await.is_err() {
