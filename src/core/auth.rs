@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
-use super::model::{TokenId, User, UserId};
+use super::model::{Jti, TokenId, User, UserId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -87,7 +87,7 @@ impl Claims {
     /// What a revocation records of this token.
     pub fn token_id(&self) -> TokenId {
         TokenId {
-            jti: self.jti.clone(),
+            jti: Jti::from_claim(&self.jti),
             issued: self.nbf,
             expires: self.exp,
         }

@@ -56,10 +56,75 @@ fn is_zero(v: &i64) -> bool {
 /// A login token as a revocation records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenId {
-    pub jti: String,
+    pub jti: Jti,
     /// Its `nbf` (issue time) and `exp`, Unix seconds.
     pub issued: i64,
     pub expires: i64,
+}
+
+/// A token's own id (its `jti` claim): 16 random bytes, written as 32 hex digits in the token
+/// and in stored records. Every logged-in session keeps the ids of its tokens (a logout
+/// revokes them), so they are held inline rather than as two heap strings per connection.
+/// Tokens issued before token ids have none.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Jti(Option<[u8; 16]>);
+
+impl Jti {
+    /// No id: a token from before token ids.
+    pub const NONE: Jti = Jti(None);
+
+    pub fn new(bytes: [u8; 16]) -> Self {
+        Jti(Some(bytes))
+    }
+
+    /// The id a token's `jti` claim names. chat-zinx writes 32 hex digits; any other
+    /// non-empty text (not written by any version, but a signed claim all the same) is
+    /// hashed to 16 bytes so that it still names one token.
+    pub fn from_claim(claim: &str) -> Self {
+        if claim.is_empty() {
+            return Jti::NONE;
+        }
+        let mut bytes = [0u8; 16];
+        if hex::decode_to_slice(claim, &mut bytes).is_ok() {
+            return Jti(Some(bytes));
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(claim.as_bytes());
+        bytes.copy_from_slice(&digest[..16]);
+        Jti(Some(bytes))
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl std::fmt::Display for Jti {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(bytes) => f.write_str(&hex::encode(bytes)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Jti {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Jti({self})")
+    }
+}
+
+impl Serialize for Jti {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Jti {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(Jti::from_claim(&text))
+    }
 }
 
 impl User {
@@ -69,7 +134,7 @@ impl User {
 
     /// Records the revocation of `token` at `now` (Unix seconds), dropping expired ones.
     pub fn revoke(&mut self, token: TokenId, now: i64) {
-        if token.jti.is_empty() {
+        if token.jti.is_none() {
             // A token from before token ids: only a cut-off can revoke it.
             self.tokens_valid_from = self.tokens_valid_from.max(token.issued + 1);
             return;
@@ -88,7 +153,7 @@ impl User {
     /// Whether a token of this user was revoked.
     pub fn is_revoked(&self, token: &TokenId) -> bool {
         token.issued < self.tokens_valid_from
-            || (!token.jti.is_empty() && self.revoked_tokens.iter().any(|t| t.jti == token.jti))
+            || (!token.jti.is_none() && self.revoked_tokens.iter().any(|t| t.jti == token.jti))
     }
 }
 
@@ -432,7 +497,7 @@ mod revocation_tests {
 
     fn token(n: i64) -> TokenId {
         TokenId {
-            jti: format!("t{n}"),
+            jti: Jti::from_claim(&format!("t{n}")),
             issued: n,
             expires: n + 1000,
         }
@@ -463,14 +528,14 @@ mod revocation_tests {
         let mut u = user();
         u.revoke(
             TokenId {
-                jti: String::new(),
+                jti: Jti::NONE,
                 issued: 50,
                 expires: 999,
             },
             60,
         );
         assert!(u.is_revoked(&TokenId {
-            jti: String::new(),
+            jti: Jti::NONE,
             issued: 50,
             expires: 999
         }));

@@ -19,6 +19,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::Decoder;
@@ -134,7 +135,7 @@ pub fn serve(
     let writer = tokio::spawn(write_loop(wr, shared.clone(), settings.write_timeout));
     // `open` already counts this connection.
     let overloaded = ctx.open.load(std::sync::atomic::Ordering::Relaxed) > settings.max_connections;
-    let mut session = Session::new(ctx, conn_id, shared, peer.map(|p| p.ip()));
+    let mut session = Session::new(ctx, shared, peer.map(|p| p.ip()));
     if overloaded {
         session.set_overloaded();
     }
@@ -200,6 +201,13 @@ async fn finish(
     drop(rd);
 }
 
+/// When the connection is cut for idleness (the rate limiter's clock is the last frame's), and
+/// when for not logging in, if it has not.
+fn deadlines(r: &Reader, tokens: &RateLimiter) -> (Instant, Option<Instant>) {
+    let idle = tokens.last + r.session.ctx().settings().idle_timeout;
+    (idle, r.session.login_deadline())
+}
+
 // Not an `async fn`: that would keep its arguments twice in a future that lives as long as
 // the connection.
 #[allow(clippy::manual_async_fn)]
@@ -212,14 +220,13 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
         );
         let mut handled: u32 = 0;
         loop {
-            let settings = r.session.ctx().settings();
-            let mut codec = FrameCodec::new(settings.max_body);
-            // The rate limiter takes a token for every frame: its clock is the last frame's.
-            let idle_deadline = tokens.last + settings.idle_timeout;
-            // One timer for both deadlines: a second `Sleep` would sit in every connection's
-            // future (select! builds disabled branches too), idle or not.
-            let login_deadline = r.session.login_deadline();
-            let deadline = login_deadline.map_or(idle_deadline, |l| l.min(idle_deadline));
+            // Nothing of the settings or the deadlines is kept across the wait below: it
+            // would sit in every connection's future while it waits for a frame (the timer
+            // holds the deadline; the timeout branch works the rest out again).
+            let deadline = {
+                let (idle, login) = deadlines(r, &tokens);
+                login.map_or(idle, |l| l.min(idle))
+            };
             let eof = tokio::select! {
                 biased;
                 _ = r.session.shared().closing() => return EndReason::ClosedByServer,
@@ -234,10 +241,11 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
                 // (A connection that is not logged in has no sends in flight.)
                 _ = sleep_until(deadline), if r.sends.in_flight() == 0 => {
                     // Pings do not keep a connection that never logs in.
+                    let (idle_deadline, login_deadline) = deadlines(r, &tokens);
                     if login_deadline.is_some_and(|l| l <= idle_deadline) {
                         let text = format!(
                             "not logged in within {} s of connecting: log in (104) sooner",
-                            settings.login_timeout.as_secs()
+                            r.session.ctx().settings().login_timeout.as_secs()
                         );
                         r.session.farewell(code::LOGIN_TIMEOUT, &text);
                         return EndReason::LoginTimeout;
@@ -261,6 +269,7 @@ fn read_loop(r: &mut Reader) -> impl Future<Output = EndReason> + Send + '_ {
                     }
                 }
             };
+            let mut codec = FrameCodec::new(r.session.ctx().settings().max_body);
             loop {
                 let frame = match codec.decode(&mut buf) {
                     Ok(Some(frame)) => frame,
@@ -396,12 +405,21 @@ fn write_loop(
                 let low = min_seq.unwrap_or(0);
                 let bytes: &[u8] = single.as_deref().unwrap_or(&batch);
                 let mut done = 0;
-                match tokio::time::timeout(
-                    Duration::from_millis(u64::from(timeout_ms)),
-                    write_counted(&mut wr, bytes, &mut done),
-                )
-                .await
-                {
+                // Most writes are taken at once (the socket has room): no timer, no
+                // allocation. Only a write the socket does not take at once waits, under the
+                // write timeout, boxed: the timer is the largest state of the writer's future,
+                // which lives as long as the connection.
+                let written = match write_counted(&mut wr, bytes, &mut done).now_or_never() {
+                    Some(result) => Ok(result),
+                    None => {
+                        Box::pin(tokio::time::timeout(
+                            Duration::from_millis(u64::from(timeout_ms)),
+                            write_counted(&mut wr, bytes, &mut done),
+                        ))
+                        .await
+                    }
+                };
+                match written {
                     Ok(Ok(())) => {
                         if low > 0 {
                             log.record(low, high);

@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -38,15 +39,53 @@ pub const CODE_SLOW_CONSUMER: u32 = crate::protocol::messages::code::SLOW_CONSUM
 /// Error code of the 99 frame sent to a connection closed by the device limit.
 pub const CODE_TOO_MANY_DEVICES: u32 = crate::protocol::messages::code::TOO_MANY_DEVICES;
 
+/// One per user with a connection here (or a tombstone): kept small, there is one per
+/// logged-in user (a user's first connection lives inline, and the groups are a sorted vector
+/// rather than a set that costs 48 bytes before it holds anything).
 struct UserEntry {
-    conns: Vec<ConnHandle>,
-    groups: HashSet<GroupId>,
+    conns: SmallVec<[ConnHandle; 1]>,
+    groups: GroupList,
     /// Set when the last connection closed: the user is kept in the group index until then.
     tombstone_until: Option<Instant>,
     /// Highest written position seen at the previous cursor flush (see `flush_cursors`).
     sampled: Seq,
     /// Delivery cursor last saved by `flush_cursors`.
     saved: Seq,
+}
+
+/// A user's groups, sorted: joins and leaves are rare next to lookups, and most users are in
+/// few groups.
+#[derive(Default)]
+struct GroupList(Vec<GroupId>);
+
+impl GroupList {
+    fn from_unsorted(mut groups: Vec<GroupId>) -> Self {
+        groups.sort_unstable();
+        groups.dedup();
+        groups.shrink_to_fit();
+        GroupList(groups)
+    }
+
+    fn contains(&self, group: &GroupId) -> bool {
+        self.0.binary_search(group).is_ok()
+    }
+
+    fn insert(&mut self, group: GroupId) {
+        if let Err(at) = self.0.binary_search(&group) {
+            self.0.insert(at, group);
+        }
+    }
+
+    fn remove(&mut self, group: &GroupId) {
+        if let Ok(at) = self.0.binary_search(group) {
+            self.0.remove(at);
+        }
+    }
+
+    /// The groups in `self` and not in `other` (both sorted).
+    fn difference<'a>(&'a self, other: &'a GroupList) -> impl Iterator<Item = &'a GroupId> + 'a {
+        self.0.iter().filter(move |g| !other.contains(g))
+    }
 }
 
 #[derive(Default)]
@@ -95,20 +134,19 @@ impl Hub {
 
     /// Adds a logged-in connection of `user`, member of `groups`.
     pub fn attach(&self, user: UserId, groups: Vec<GroupId>, handle: ConnHandle) {
-        let mut s = self.write();
+        let mut guard = self.write();
+        let s = &mut *guard;
         let entry = s.users.entry(user).or_insert_with(|| UserEntry {
-            conns: Vec::new(),
-            groups: HashSet::new(),
+            conns: SmallVec::new(),
+            groups: GroupList::default(),
             tombstone_until: None,
             sampled: 0,
             saved: 0,
         });
         entry.tombstone_until = None;
         entry.conns.push(handle);
-        let old: HashSet<GroupId> = std::mem::take(&mut entry.groups);
-        let new: HashSet<GroupId> = groups.into_iter().collect();
-        entry.groups = new.clone();
-        for g in old.difference(&new) {
+        let old = std::mem::replace(&mut entry.groups, GroupList::from_unsorted(groups));
+        for g in old.difference(&entry.groups) {
             if let Some(set) = s.groups.get_mut(g) {
                 set.remove(&user);
                 if set.is_empty() {
@@ -116,10 +154,10 @@ impl Hub {
                 }
             }
         }
-        for g in new {
-            s.groups.entry(g).or_default().insert(user);
+        for g in &entry.groups.0 {
+            s.groups.entry(*g).or_default().insert(user);
         }
-        drop(s);
+        drop(guard);
         self.groups_changed.notify_one();
     }
 
@@ -170,7 +208,7 @@ impl Hub {
         let changed = !expired.is_empty();
         for user in expired {
             if let Some(entry) = s.users.remove(&user) {
-                for g in entry.groups {
+                for g in entry.groups.0 {
                     if let Some(set) = s.groups.get_mut(&g) {
                         set.remove(&user);
                         if set.is_empty() {

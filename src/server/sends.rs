@@ -296,14 +296,14 @@ impl Pipeline {
 pub async fn direct(
     ctx: Arc<ServerCtx>,
     conn_id: ConnId,
-    me: Option<Me>,
+    me: Option<Arc<Me>>,
     v2: bool,
     body: Bytes,
     turns: Turns,
 ) -> Replies {
     let mut r = Replies::new(v2);
     let Some((prepared, client_msg_id)) =
-        prepare_direct(&ctx, conn_id, me.as_ref(), &body, &mut r).await
+        prepare_direct(&ctx, conn_id, me.as_deref(), &body, &mut r).await
     else {
         return r;
     };
@@ -414,14 +414,14 @@ async fn prepare_direct(
 pub async fn group(
     ctx: Arc<ServerCtx>,
     conn_id: ConnId,
-    me: Option<Me>,
+    me: Option<Arc<Me>>,
     v2: bool,
     body: Bytes,
     turns: Turns,
 ) -> Replies {
     let mut r = Replies::new(v2);
     let Some((prepared, client_msg_id)) =
-        prepare_group(&ctx, conn_id, me.as_ref(), &body, &mut r).await
+        prepare_group(&ctx, conn_id, me.as_deref(), &body, &mut r).await
     else {
         return r;
     };
