@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -158,6 +159,9 @@ pub struct NatsCluster {
     nodes: Vec<NatsServer>,
 }
 
+/// How long a fresh test cluster may take to place its first three-replica stream.
+const PLACEMENT_WAIT: Duration = Duration::from_secs(45);
+
 impl NatsCluster {
     pub const SIZE: usize = 3;
 
@@ -166,7 +170,74 @@ impl NatsCluster {
         Self::try_start().await.unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// A cluster that can place a stream on all three servers. A fresh cluster whose
+    /// servers pass `/healthz` has been seen answering "no suitable peers for placement" to
+    /// every three-replica stream for longer than 30 s (nats-server 2.10, a loaded machine):
+    /// the harness places a probe stream first, and starts a new cluster on new ports when
+    /// that does not succeed within [`PLACEMENT_WAIT`].
     pub async fn try_start() -> anyhow::Result<NatsCluster> {
+        let mut last = None;
+        for attempt in 1..=2 {
+            let cluster = Self::try_start_processes().await?;
+            match cluster.probe_placement().await {
+                Ok(()) => return Ok(cluster),
+                Err(e) => {
+                    let why = format!(
+                        "attempt {attempt}: no three-replica stream could be placed within {} s: {e:#}\n{}",
+                        PLACEMENT_WAIT.as_secs(),
+                        cluster.diagnostics().await
+                    );
+                    eprintln!("{why}");
+                    last = Some(why);
+                    // Dropping the cluster stops its servers and removes their directories.
+                }
+            }
+        }
+        anyhow::bail!("{}", last.unwrap_or_default())
+    }
+
+    /// Creates and deletes a three-replica stream, retrying until [`PLACEMENT_WAIT`].
+    async fn probe_placement(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + PLACEMENT_WAIT;
+        let mut last: anyhow::Error = anyhow::anyhow!("not tried");
+        while tokio::time::Instant::now() < deadline {
+            match self.place_probe_stream().await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(last)
+    }
+
+    async fn place_probe_stream(&self) -> anyhow::Result<()> {
+        let client = tokio::time::timeout(
+            Duration::from_secs(5),
+            async_nats::connect(self.nodes[0].url()),
+        )
+        .await
+        .context("connect timed out")??;
+        let js = async_nats::jetstream::new(client);
+        let name = "CZ_HARNESS_PLACEMENT_PROBE";
+        tokio::time::timeout(Duration::from_secs(10), async {
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: name.into(),
+                subjects: vec!["cz.harness.probe".into()],
+                num_replicas: Self::SIZE,
+                // File storage, as the chat log: placement weighs the servers' file store.
+                storage: async_nats::jetstream::stream::StorageType::File,
+                max_bytes: 1 << 20,
+                ..Default::default()
+            })
+            .await?;
+            js.delete_stream(name).await?;
+            anyhow::Ok(())
+        })
+        .await
+        .context("stream placement timed out")?
+    }
+
+    async fn try_start_processes() -> anyhow::Result<NatsCluster> {
         let program = try_find_binary("nats-server")?;
         let n = Self::SIZE;
         start_with_fresh_ports(
