@@ -47,6 +47,8 @@ use crate::core::service::KickTarget;
 
 /// Largest request body the admin API reads.
 pub const MAX_BODY: usize = 16 * 1024;
+/// A request body must have arrived within this (the headers have their own deadline).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest kick reason kept (longer ones are cut).
 const MAX_REASON: usize = 200;
 /// Longest `X-Admin-Actor` logged.
@@ -567,7 +569,7 @@ async fn revoke(state: &NodeState, actor: &Actor, who: &str) -> Answer {
     }
 }
 
-/// The body, at most [`MAX_BODY`] bytes.
+/// The body, at most [`MAX_BODY`] bytes, within [`BODY_TIMEOUT`].
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Answer> {
     let too_large = || {
         error(
@@ -583,7 +585,17 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Answer> {
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let read = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    );
+    let Ok(read) = read.await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+        ));
+    };
+    match read {
         Ok(c) => Ok(c.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -650,7 +662,7 @@ fn unauthorized(message: &str) -> Answer {
     r
 }
 
-/// Wraps `state` for the HTTP endpoint's router.
+/// Whether the HTTP endpoint hands `path` to [`route`].
 pub fn is_admin_path(path: &str) -> bool {
     path == "/admin" || path.starts_with("/admin/")
 }
