@@ -380,3 +380,64 @@ fn token_file_named(dir: &Path, name: &str, content: &str) -> PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
+
+#[tokio::test]
+async fn the_terminal_client_does_not_come_back_by_itself_after_a_kick() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base, _) = admin_node(dir.path()).await;
+    let api = Api::new(&base);
+    let mut reg = server.client().await;
+    reg.register("carol").await;
+    let client = Command::new(BIN)
+        .args(["client", &server.addr.to_string(), "--json"])
+        .args(["-e", &format!("/login carol {PASSWORD}")])
+        .args(["-e", "/wait not_reconnecting 1 60000"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Once carol is online, the operator closes her sessions.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let (_, v) = api.get("/admin/users/carol/sessions").await;
+        if v["sessions"].as_array().is_some_and(|s| !s.is_empty()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carol never logged in: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, _) = api
+        .post("/admin/users/carol/kick", json!({"reason": "maintenance"}))
+        .await;
+    assert_eq!(status, 200);
+    let out = client.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kick = lines
+        .iter()
+        .find(|l| l["id"] == ids::ERROR)
+        .unwrap_or_else(|| panic!("no 99 in {stdout}"));
+    assert_eq!(kick["body"]["code"], code::KICKED, "{stdout}");
+    assert!(
+        lines.iter().any(|l| l["event"] == "not_reconnecting"),
+        "{stdout}"
+    );
+    assert!(
+        !lines.iter().any(|l| l["event"] == "reconnecting"),
+        "the client came back by itself: {stdout}"
+    );
+    server.stop().await;
+}
