@@ -517,6 +517,13 @@ mod tests {
           {"Node":{"Address":"10.0.0.6"},"Service":{"ID":"d","Port":9003,"Meta":null}}
         ]"#;
         let entries: Vec<HealthEntry> = serde_json::from_str(body).unwrap();
+        // What the cache keeps and `all_nodes` answers: the draining node too.
+        let passing = passing_sorted(serde_json::from_str(body).unwrap());
+        let all: Vec<(&str, bool)> = passing
+            .iter()
+            .map(|n| (n.node_id.as_str(), n.draining))
+            .collect();
+        assert_eq!(all, [("c", true), ("a", false), ("b", false), ("d", false)]);
         let nodes = healthy_sorted(entries);
         let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "d"]);
