@@ -331,6 +331,11 @@ async fn an_operator_lists_kicks_revokes_and_drains() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A connection open before the drain that has not logged in yet.
+    let mut early = server.client().await;
+    early.send_body(ids::PING, b"ping").await;
+    early.expect(ids::PONG).await;
+
     // Drain (through the CLI): bob is told the node shuts down (v1: 99 code 13) and closed,
     // /ready says 503, a new v2 connection is redirected, and the node keeps running.
     let out = Command::new(BIN)
@@ -357,6 +362,14 @@ async fn an_operator_lists_kicks_revokes_and_drains() {
     newcomer.expect(ids::HELLO_RESP).await;
     let redirect = newcomer.expect(ids::REDIRECT).await;
     assert_eq!(redirect["reason"], "draining", "{redirect}");
+    // The one open before the drain is sent away at its login (v1: 99 code 13).
+    early
+        .send(
+            ids::LOGIN_REQ,
+            json!({"username": "bob", "password": PASSWORD}),
+        )
+        .await;
+    closed_with(&mut early, code::SHUTTING_DOWN).await;
     let (_, nodes) = api.get("/admin/nodes").await;
     assert_eq!(nodes["nodes"][0]["draining"], true, "{nodes}");
     let (status, again) = api.post("/admin/drain", json!({})).await;
