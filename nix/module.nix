@@ -73,6 +73,8 @@ let
     natsTokenFile = { credential = "nats-token"; key = "nats.token_file"; holds = "a NATS authentication token"; };
     redisPasswordFile = { credential = "redis-password"; key = "redis.password_file"; holds = "the Redis password (of `settings.redis.username`)"; };
     consulTokenFile = { credential = "consul-token"; key = "consul.token_file"; holds = "the Consul ACL token"; };
+    # Not a backend's, but handed over the same way.
+    adminTokenFile = { credential = "admin-token"; key = "admin.token_file"; holds = "the bearer token of the admin API (`chat-zinx admin`, docs/operations.md \"Admin API\")"; };
   };
 
   backendSecretOptions = lib.mapAttrs

@@ -1,5 +1,5 @@
-//! The `chat-zinx` command: the daemon (`serve`, the default), the terminal client (`client`)
-//! and the configuration tools (`config`).
+//! The `chat-zinx` command: the daemon (`serve`, the default), the terminal client (`client`),
+//! the admin API's client (`admin`) and the configuration tools (`config`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +26,9 @@ enum Command {
     Serve,
     /// Interactive or scripted terminal client.
     Client(chat_zinx::client::ClientArgs),
+    /// The admin API of a node: nodes, a user's sessions, kick, revoke tokens, drain
+    /// (docs/operations.md, "Admin API").
+    Admin(chat_zinx::client::admin::AdminArgs),
     /// Benchmark real nodes against the raw substrate (see docs/benchmarks.md).
     Bench(chat_zinx::bench::BenchArgs),
     /// Print the effective configuration (secrets redacted), or check a file.
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
         Command::Client(args) => runtime(|| async move { chat_zinx::client::run(args).await }),
+        Command::Admin(args) => admin(cli.config, args),
         Command::Bench(args) => runtime(|| async move { chat_zinx::bench::run(args).await }),
         Command::Config { check: Some(file) } => match chat_zinx::config::check_file(&file) {
             Ok(_) => {
@@ -87,6 +91,26 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         sockets,
     };
     runtime(|| async move { chat_zinx::node::run(cfg, options).await })
+}
+
+/// `chat-zinx admin`: the URL and token file from the options, else from the configuration.
+fn admin(config: Option<PathBuf>, args: chat_zinx::client::admin::AdminArgs) -> ExitCode {
+    use chat_zinx::client::admin::{url_of_listen, Defaults};
+    let defaults = if args.url.is_some() && args.token_file.is_some() {
+        Defaults::default()
+    } else {
+        match chat_zinx::config::load(config.as_deref()) {
+            Ok(c) => Defaults {
+                url: Some(url_of_listen(&c.server.http_listen)),
+                token_file: c.admin.token_file,
+            },
+            Err(e) => {
+                eprintln!("chat-zinx: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    runtime(|| async move { chat_zinx::client::admin::run(args, defaults).await })
 }
 
 fn runtime<F, Fut>(f: F) -> ExitCode

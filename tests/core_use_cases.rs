@@ -207,6 +207,14 @@ impl LocalDelivery for FakeLocal {
         self.state().kicks.push((user, conn, reason.to_string()));
     }
 
+    fn close_by_admin(&self, user: UserId, conn: Option<ConnId>, reason: &str) -> usize {
+        // Recorded as kicks (connection 0: all of them); the tests over TCP check the frames.
+        self.state()
+            .kicks
+            .push((user, conn.unwrap_or(0), format!("admin: {reason}")));
+        1
+    }
+
     fn membership(&self, user: UserId, group: GroupId, joined: bool) {
         let mut s = self.state();
         s.memberships.push((user, group, joined));

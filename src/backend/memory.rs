@@ -553,6 +553,12 @@ impl Registry for MemoryRegistry {
         nodes.sort_by(|a, b| a.load().total_cmp(&b.load()));
         Ok(nodes)
     }
+
+    async fn all_nodes(&self) -> BackendResult<Vec<NodeInfo>> {
+        let mut nodes: Vec<NodeInfo> = lock(&self.nodes).values().cloned().collect();
+        nodes.sort_by(|a, b| a.load().total_cmp(&b.load()));
+        Ok(nodes)
+    }
 }
 
 /// Every port in this process, in memory: the single-node default.

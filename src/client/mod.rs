@@ -15,6 +15,7 @@
 //! [`render`] (human and JSON output), [`dedupe`] and [`backoff`] (reconnect helpers) and the
 //! session loop (reconnect, resume, sync, de-duplication).
 
+pub mod admin;
 pub mod backoff;
 pub mod commands;
 pub mod connection;

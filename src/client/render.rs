@@ -303,6 +303,7 @@ fn human_event(event: &str, fields: &[(&'static str, Value)]) -> String {
         }
         "resumed" => format!("• session resumed as {}", f("username")),
         "resume_failed" => format!("• could not resume the session: {}", f("reason")),
+        "not_reconnecting" => format!("• not reconnecting: {}", f("reason")),
         "synced" => format!("• synced: {} missed message(s)", f("new")),
         "redirect" => format!("• server redirects ({}) to {}", f("reason"), f("addr")),
         "wait" => format!("• got {} × {}", f("count"), f("what")),

@@ -90,6 +90,11 @@ token_ttl = "7days"
 # Password hashes computed at once (each Argon2id hash takes ~19 MiB for tens of ms).
 hash_concurrency = 4
 
+[admin]
+# File holding the bearer token of the admin API on http_listen (/admin/...: sessions, kick,
+# revoke tokens, drain), mode 0600/0400. Unset = the admin API is off.
+token_file = "/run/credentials/chat-zinx.service/admin-token"
+
 [session]
 # Connections (devices) one user may have logged in at once, cluster-wide (at least 1).
 max_devices = 5
@@ -226,6 +231,7 @@ mod tests {
         d.server.state_dir = c.server.state_dir.clone();
         d.server.advertise_addr = c.server.advertise_addr.clone();
         d.auth.token_secret_file = c.auth.token_secret_file.clone();
+        d.admin.token_file = c.admin.token_file.clone();
         d.tls.listen = c.tls.listen.clone();
         d.tls.cert_file = c.tls.cert_file.clone();
         d.tls.key_file = c.tls.key_file.clone();

@@ -209,6 +209,12 @@ pub const KEYS: &[KeyInfo] = &[
         live: None,
     },
     KeyInfo {
+        key: "admin.token_file",
+        expected: "a path to a file holding the admin API's bearer token, readable by its owner only",
+        reloadable: false,
+        live: None,
+    },
+    KeyInfo {
         key: "session.max_devices",
         expected: "an integer of at least 1",
         reloadable: true,

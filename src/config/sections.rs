@@ -15,6 +15,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub protocol: ProtocolConfig,
     pub auth: AuthConfig,
+    pub admin: AdminConfig,
     pub session: SessionConfig,
     pub offline: OfflineConfig,
     pub log: LogConfig,
@@ -129,6 +130,16 @@ pub struct AuthConfig {
     pub token_ttl: Duration,
     /// Password hashes computed at once (each Argon2id hash takes ~19 MiB for tens of ms).
     pub hash_concurrency: usize,
+}
+
+/// The admin API on the HTTP listener (`/admin/...`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// File holding the bearer token of the admin API (readable by its owner only); unset =
+    /// the admin API is off.
+    #[serde(deserialize_with = "de::opt_path")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

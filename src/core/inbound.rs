@@ -53,6 +53,12 @@ impl BusInbound for ChatCore {
                 }
             }
             BusEvent::Kick { user, conn, reason } => local.kick(user, conn, &reason),
+            BusEvent::AdminKick { user, conn, reason } => {
+                let closed = local.close_by_admin(user, conn, &reason);
+                if closed > 0 {
+                    tracing::info!(user_id = user, conn_id = ?conn, closed, "sessions closed by an operator (admin API on another node)");
+                }
+            }
             BusEvent::Membership {
                 user,
                 group,

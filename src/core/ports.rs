@@ -267,6 +267,9 @@ pub trait LocalDelivery: Send + Sync + 'static {
     fn deliver_group(&self, message: &Arc<StoredMessage>, skip: Option<ConnId>) -> Vec<UserId>;
     /// Closes a connection, telling the client why.
     fn kick(&self, user: UserId, conn: ConnId, reason: &str);
+    /// An operator closes the connection `conn` of `user` here, or all of them (`None`),
+    /// telling each client `reason`. Returns how many it closed.
+    fn close_by_admin(&self, user: UserId, conn: Option<ConnId>, reason: &str) -> usize;
     /// A user joined (`true`) or left a group: keep the local group index right.
     fn membership(&self, user: UserId, group: GroupId, joined: bool);
     /// Whether this node's index has `user` (logged in here) as a member of `group`. The index
@@ -455,6 +458,13 @@ pub enum BusEvent {
         conn: ConnId,
         reason: String,
     },
+    /// An operator closes sessions of a user (the admin API): the connection `conn` of the
+    /// user on the receiving node, or every one of them (`None`), telling each `reason`.
+    AdminKick {
+        user: UserId,
+        conn: Option<ConnId>,
+        reason: String,
+    },
     /// A user joined or left a group: the node updates its local group index.
     Membership {
         user: UserId,
@@ -507,6 +517,12 @@ pub trait Registry: Send + Sync + 'static {
     async fn deregister(&self, node_id: &str) -> BackendResult<()>;
     /// Healthy nodes, least loaded first.
     async fn nodes(&self) -> BackendResult<Vec<NodeInfo>>;
+    /// Every node whose health passes, draining ones included (they are left out of
+    /// [`Self::nodes`]), least loaded first: what an operator lists. The default is
+    /// [`Self::nodes`], for a registry that keeps no draining nodes.
+    async fn all_nodes(&self) -> BackendResult<Vec<NodeInfo>> {
+        self.nodes().await
+    }
 
     /// Background upkeep (keeping this node's entry alive, watching the other nodes) until
     /// `shutdown`; the node spawns it on its task tracker. In-process registries need none.

@@ -98,6 +98,8 @@ pub struct Health {
     pub accepting: bool,
     /// The node is shutting down.
     pub stopping: bool,
+    /// An operator drained the node (admin API): it keeps running but takes nobody new.
+    pub draining: bool,
     pub backends: BackendsHealth,
 }
 
@@ -108,6 +110,7 @@ impl Health {
         use crate::core::ports::BackendStatus::Healthy;
         self.accepting
             && !self.stopping
+            && !self.draining
             && self.backends.store == Healthy
             && self.backends.bus == Healthy
     }
@@ -123,6 +126,9 @@ impl Health {
         let mut p = Vec::new();
         if self.stopping {
             p.push("shutting down".to_string());
+        }
+        if self.draining && !self.stopping {
+            p.push("drained by an operator (admin API: chat-zinx admin undrain)".to_string());
         }
         if !self.accepting {
             p.push("accept loop not answering".to_string());
@@ -146,6 +152,7 @@ pub async fn check_recent(state: &NodeState, max_age: Duration) -> Health {
         Some(backends) => Health {
             accepting: state.health.accept.check(PROBE_DEADLINE).await,
             stopping: state.health.is_stopping(),
+            draining: state.ctx.is_draining(),
             backends,
         },
         None => check(state).await,
@@ -165,6 +172,7 @@ pub async fn check(state: &NodeState) -> Health {
     Health {
         accepting,
         stopping: state.health.is_stopping(),
+        draining: state.ctx.is_draining(),
         backends,
     }
 }
@@ -177,6 +185,8 @@ pub fn status_line(state: &NodeState, health: &Health) -> String {
     let users = ctx.hub.user_count();
     let state = if health.stopping {
         "stopping".to_string()
+    } else if health.draining {
+        "drained by an operator (admin API), taking no new connections".to_string()
     } else if health.ready() && health.backends.all_healthy() {
         "backends ok".to_string()
     } else if health.ready() {
@@ -208,11 +218,21 @@ mod tests {
         let h = |accepting, stopping, backends| Health {
             accepting,
             stopping,
+            draining: false,
             backends,
         };
         let ok = h(true, false, all(Healthy));
         assert!(ok.ready() && ok.alive());
         assert_eq!(ok.problems(), "ok");
+        let drained = Health {
+            draining: true,
+            ..ok.clone()
+        };
+        assert!(
+            !drained.ready() && drained.alive(),
+            "drained: out of the load balancer, not restarted"
+        );
+        assert!(drained.problems().contains("drained by an operator"));
 
         let down = h(true, false, all(Unavailable("connection refused".into())));
         assert!(

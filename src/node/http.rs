@@ -6,6 +6,7 @@
 //!   is not shutting down; 503 otherwise. The JSON body says what is wrong, also what only
 //!   degrades the node (presence, registry). See [`super::health`] for the rules.
 //! * `GET /metrics`: every metric in the Prometheus text format.
+//! * `/admin/...`: the admin API, behind a bearer token (see [`super::admin`]).
 //!
 //! HTTP/1.1 only, a bounded number of connections, a deadline for request headers: it is meant
 //! for a local Prometheus and load-balancer health checks, not for the internet.
@@ -60,8 +61,8 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             r = listener.accept() => r,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 warn!(error = %e, "http accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -77,7 +78,7 @@ pub async fn serve(
         tasks.spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(req, &state).await) }
+                async move { Ok::<_, Infallible>(route(req, &state, peer).await) }
             });
             let mut builder = http1::Builder::new();
             builder
@@ -99,13 +100,20 @@ pub async fn serve(
     debug!("http endpoint stopped");
 }
 
-async fn route(req: Request<Incoming>, state: &NodeState) -> Response<Full<Bytes>> {
+async fn route(
+    req: Request<Incoming>,
+    state: &NodeState,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if super::admin::is_admin_path(path) {
+        return super::admin::route(req, state, peer).await;
+    }
     let known = matches!(path, "/health" | "/ready" | "/metrics");
     if !known {
         return text(
             StatusCode::NOT_FOUND,
-            "not found: the paths are /health, /ready and /metrics\n",
+            "not found: the paths are /health, /ready, /metrics and /admin/... (the admin API)\n",
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {

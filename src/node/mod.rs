@@ -8,6 +8,7 @@
 //! SIGTERM ([`run()`]). Every task is owned by one `TaskTracker` and stops on one
 //! `CancellationToken`.
 
+pub mod admin;
 pub mod health;
 pub mod http;
 pub mod run;
@@ -74,6 +75,10 @@ pub struct NodeState {
     /// Configured and live settings, combined into the connection settings and the core's
     /// limits.
     layers: Mutex<SettingsLayers>,
+    /// The admin API's token (`admin.token_file`); `None`: the API is off.
+    pub admin: Option<admin::AdminToken>,
+    /// A drain an operator started through the admin API.
+    pub drain: admin::DrainControl,
 }
 
 /// Reads the node id from the state dir, creating it once.
@@ -176,6 +181,9 @@ impl Node {
         let Some(local_addr) = plain_addr.or(tls_addr) else {
             anyhow::bail!("no chat listener: set server.listen, tls.listen or both");
         };
+        // The admin token before anything else is set up: a token file others can read stops
+        // the start, as the token secret's does.
+        let admin_token = admin::AdminToken::load(config)?;
         let state_dir = config.state_dir();
         let node_id = node_id(config, &state_dir)?;
         // First, so that the backends can count into it (`Metrics::observe_backend_call`).
@@ -236,14 +244,16 @@ impl Node {
             metrics,
             wiring::conn_settings(config),
         ));
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let state = Arc::new(NodeState {
             ctx: ctx.clone(),
             health: health::HealthState::new(accept_probe, links),
             layers: Mutex::new(SettingsLayers::default()),
+            admin: admin_token,
+            drain: admin::DrainControl::new(shutdown.clone(), tasks.clone()),
         });
         state.set_configured(config);
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
         tasks.spawn(core.clone().run_group_interest(shutdown.clone()));
         tasks.spawn(core.clone().flush_cursors(CURSOR_FLUSH, shutdown.clone()));
         tasks.spawn(backends.registry.clone().run(shutdown.clone()));
@@ -380,17 +390,19 @@ async fn report_load(ctx: Arc<ServerCtx>, every: Duration, shutdown: Cancellatio
             _ = tick.tick() => {}
         }
         let open = ctx.open.load(Ordering::Relaxed);
-        if reported == Some(open) {
+        // Drained by an operator: the registry keeps saying so.
+        let draining = ctx.is_draining();
+        if reported == Some((open, draining)) {
             continue;
         }
         let core = &ctx.core;
         match core
             .backends()
             .registry
-            .update_load(core.node_id(), open, false)
+            .update_load(core.node_id(), open, draining)
             .await
         {
-            Ok(()) => reported = Some(open),
+            Ok(()) => reported = Some((open, draining)),
             Err(e) => tracing::debug!(error = %e, "load report failed; retried next round"),
         }
     }
@@ -436,6 +448,7 @@ impl NodeState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .configured = Some((wiring::conn_settings(config), wiring::limits(config)));
+        self.drain.set_window(config.server.drain_window);
         self.apply_layers();
     }
 

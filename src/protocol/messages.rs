@@ -687,4 +687,6 @@ pub mod code {
     pub const NODE_FULL: u32 = 15;
     /// Closed: not logged in within `login_timeout` of connecting.
     pub const LOGIN_TIMEOUT: u32 = 16;
+    /// Closed by an operator (the admin API), with the operator's reason.
+    pub const KICKED: u32 = 17;
 }

@@ -38,6 +38,8 @@ pub struct ConnHandle {
 pub const CODE_SLOW_CONSUMER: u32 = crate::protocol::messages::code::SLOW_CONSUMER;
 /// Error code of the 99 frame sent to a connection closed by the device limit.
 pub const CODE_TOO_MANY_DEVICES: u32 = crate::protocol::messages::code::TOO_MANY_DEVICES;
+/// Close code of a connection an operator closed (admin API).
+pub const CODE_KICKED: u32 = crate::protocol::messages::code::KICKED;
 
 /// One per user with a connection here (or a tombstone): kept small, there is one per
 /// logged-in user (a user's first connection lives inline, and the groups are a sorted vector
@@ -384,6 +386,21 @@ impl LocalDelivery for Hub {
 
     fn kick(&self, user: UserId, conn: ConnId, reason: &str) {
         self.kick_conn(user, conn, CODE_TOO_MANY_DEVICES, reason);
+    }
+
+    fn close_by_admin(&self, user: UserId, conn: Option<ConnId>, reason: &str) -> usize {
+        let message = format!("closed by an operator: {reason}");
+        let s = self.read();
+        let Some(entry) = s.users.get(&user) else {
+            return 0;
+        };
+        entry
+            .conns
+            .iter()
+            .filter(|c| conn.is_none_or(|id| c.shared.conn_id == id))
+            .map(|c| c.shared.request_close(CODE_KICKED, message.clone()))
+            .filter(|closed| *closed)
+            .count()
     }
 
     fn membership(&self, user: UserId, group: GroupId, joined: bool) {

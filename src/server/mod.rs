@@ -91,6 +91,9 @@ pub struct ServerCtx {
     pub budget: Arc<budget::WriteBudget>,
     /// Connections that have not logged in (see [`admission`]).
     pub admission: Arc<admission::Admission>,
+    /// Drained by an operator (admin API) while the process keeps running: new connections
+    /// and connections that have not logged in are sent elsewhere.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl ServerCtx {
@@ -109,7 +112,19 @@ impl ServerCtx {
             open: AtomicU64::new(0),
             redirect: RwLock::new(None),
             admission: Arc::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether an operator drained this node (see [`Self::set_draining`]).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Drains the node (`true`: new connections and those not logged in are sent elsewhere)
+    /// or takes it back into service. Returns the previous value.
+    pub fn set_draining(&self, draining: bool) -> bool {
+        self.draining.swap(draining, Ordering::Relaxed)
     }
 
     pub fn settings(&self) -> ConnSettings {

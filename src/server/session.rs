@@ -222,7 +222,9 @@ impl Session {
     /// Handles one request frame. `Err` means the connection must close.
     pub async fn handle(&mut self, frame: Frame) -> Result<(), Closed> {
         self.ctx.metrics.frame_in(frame.id);
-        if self.overloaded {
+        // A drained node serves the sessions it still has until the drain closes them, and
+        // nobody new: a connection not logged in is sent elsewhere at its next frame.
+        if self.overloaded || (self.me.is_none() && self.ctx.is_draining()) {
             return self.turn_away(frame).await;
         }
         let body = &frame.body[..];
@@ -271,18 +273,32 @@ impl Session {
         }
     }
 
-    /// This connection came in past `server.max_connections`: a v2 client is told where to go
-    /// (401, then 406 "overloaded" with the least-loaded peers); a v1 client gets a reason.
+    /// This connection came in past `server.max_connections`, or to a drained node: a v2
+    /// client is told where to go (401, then 406 "overloaded" or "draining" with the
+    /// least-loaded peers); a v1 client gets a reason (99 code 15, or 13 when draining).
     /// Either way the connection closes once that is written.
     async fn turn_away(&mut self, frame: Frame) -> Result<(), Closed> {
+        let draining = self.ctx.is_draining();
         let farewell = if frame.id == ids::HELLO_REQ {
             self.hello(&frame.body).await?;
             let peers = self.ctx.core.nodes().await.unwrap_or_default();
-            super::drain::redirect_frame("overloaded", &peers, self.ctx.core.node_id())
+            let reason = if draining { "draining" } else { "overloaded" };
+            super::drain::redirect_frame(reason, &peers, self.ctx.core.node_id())
         } else {
+            let (code, message) = if draining {
+                (
+                    code::SHUTTING_DOWN,
+                    "this node is draining: connect to another node",
+                )
+            } else {
+                (
+                    code::NODE_FULL,
+                    "this node is full: connect to another node",
+                )
+            };
             let body = serde_json::to_vec(&m::ErrorResp {
-                code: code::NODE_FULL,
-                message: "this node is full: connect to another node".into(),
+                code,
+                message: message.into(),
                 reference: None,
             })
             .expect("serialises");

@@ -375,6 +375,9 @@ impl Registry for Timed<dyn Registry> {
         }
         nodes
     }
+    async fn all_nodes(&self) -> BackendResult<Vec<NodeInfo>> {
+        t!(self, "all_nodes", self.inner.all_nodes())
+    }
     async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         self.inner.clone().run(shutdown).await
     }

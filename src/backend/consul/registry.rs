@@ -158,12 +158,16 @@ impl HealthEntry {
 }
 
 /// Healthy, not draining, least loaded first (ties by node id).
+#[cfg(test)]
 fn healthy_sorted(entries: Vec<HealthEntry>) -> Vec<NodeInfo> {
-    let mut nodes: Vec<NodeInfo> = entries
-        .into_iter()
-        .map(HealthEntry::into_node)
-        .filter(|n| !n.draining)
-        .collect();
+    let mut nodes = passing_sorted(entries);
+    nodes.retain(|n| !n.draining);
+    nodes
+}
+
+/// Healthy (draining ones too), least loaded first (ties by node id).
+fn passing_sorted(entries: Vec<HealthEntry>) -> Vec<NodeInfo> {
+    let mut nodes: Vec<NodeInfo> = entries.into_iter().map(HealthEntry::into_node).collect();
     nodes.sort_by(|a, b| {
         a.load()
             .total_cmp(&b.load())
@@ -321,7 +325,7 @@ impl ConsulRegistry {
             Some(b) => decode(&format!("GET {path}"), &b)?,
             None => Vec::new(),
         };
-        Ok((new_index, healthy_sorted(entries)))
+        Ok((new_index, passing_sorted(entries)))
     }
 
     /// Keeps the node cache current until shut down.
@@ -441,6 +445,13 @@ impl Registry for ConsulRegistry {
     /// the upkeep: never waits on Consul. `Unavailable` before Consul first answered and when it
     /// has not answered for longer than the check TTL (the list can no longer be trusted).
     async fn nodes(&self) -> BackendResult<Vec<NodeInfo>> {
+        let mut nodes = self.all_nodes().await?;
+        nodes.retain(|n| !n.draining);
+        Ok(nodes)
+    }
+
+    /// [`Self::nodes`] with the draining ones: the cache keeps every passing node.
+    async fn all_nodes(&self) -> BackendResult<Vec<NodeInfo>> {
         let cache = lock(&self.cache);
         if let Some((since, why)) = &cache.failing {
             if since.elapsed() > self.check_ttl || !cache.loaded {
@@ -506,6 +517,13 @@ mod tests {
           {"Node":{"Address":"10.0.0.6"},"Service":{"ID":"d","Port":9003,"Meta":null}}
         ]"#;
         let entries: Vec<HealthEntry> = serde_json::from_str(body).unwrap();
+        // What the cache keeps and `all_nodes` answers: the draining node too.
+        let passing = passing_sorted(serde_json::from_str(body).unwrap());
+        let all: Vec<(&str, bool)> = passing
+            .iter()
+            .map(|n| (n.node_id.as_str(), n.draining))
+            .collect();
+        assert_eq!(all, [("c", true), ("a", false), ("b", false), ("d", false)]);
         let nodes = healthy_sorted(entries);
         let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "d"]);

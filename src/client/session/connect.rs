@@ -165,6 +165,17 @@ impl Session {
         if self.quit {
             return;
         }
+        if std::mem::take(&mut self.kicked) {
+            // Closed by an operator: coming back at once with the token would undo the kick.
+            self.emit(Output::event(
+                "not_reconnecting",
+                vec![(
+                    "reason",
+                    json!("closed by an operator: /connect, then /login, to come back"),
+                )],
+            ));
+            return;
+        }
         let delay = delay.unwrap_or_else(|| backoff::delay(self.attempt));
         self.attempt = self.attempt.saturating_add(1);
         self.reconnect_at = Some(now + delay);

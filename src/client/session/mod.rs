@@ -126,6 +126,8 @@ pub(crate) struct Session {
     prompt: Option<Command>,
     failures: u32,
     quit: bool,
+    /// An operator closed the connection (99 code 17): do not reconnect by itself.
+    kicked: bool,
 }
 
 impl Session {
@@ -161,6 +163,7 @@ impl Session {
             prompt: None,
             failures: 0,
             quit: false,
+            kicked: false,
         }
     }
 

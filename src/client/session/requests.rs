@@ -14,7 +14,7 @@ use super::{now_ms, Session};
 use crate::client::commands::{self, Command, RequestCtx};
 use crate::client::dedupe::Dedupe;
 use crate::client::render::{body_value, reply_error, Output, Viewer};
-use crate::protocol::messages::rfc3339;
+use crate::protocol::messages::{code, rfc3339};
 use crate::protocol::{ids, Frame};
 
 /// Who waits for a request's replies, which decides what its replies (or its timeout) do.
@@ -176,6 +176,15 @@ impl Session {
     /// A 99: it answers the request named by `ref` (v2), or else the oldest one waiting (a v1
     /// connection gets a ref-less 99 instead of the reply, e.g. a group send while logged out).
     async fn on_error(&mut self, body: Value) {
+        // An operator closed the session (admin API): the connection's last frame, answering
+        // nothing; the session is not resumed by itself (see `lost`).
+        if body.get("ref").is_none()
+            && body.get("code").and_then(Value::as_u64) == Some(code::KICKED.into())
+        {
+            self.kicked = true;
+            self.emit(Output::ServerError { cmd: None, body });
+            return;
+        }
         let idx = match body.get("ref").and_then(Value::as_u64) {
             Some(r) => self.pending.iter().position(|p| u64::from(p.req_id) == r),
             None => self

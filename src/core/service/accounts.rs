@@ -134,7 +134,8 @@ impl ChatCore {
         let presented = claims.token_id();
         if user.is_revoked(&presented) {
             return Err(ChatError::BadToken(
-                "the token was revoked by a logout: log in with your password".into(),
+                "the token was revoked (by a logout or an operator): log in with your password"
+                    .into(),
             ));
         }
         let mut ok = self.finish_login(user).await?;

@@ -11,12 +11,14 @@
 use std::sync::{Arc, RwLock};
 
 mod accounts;
+mod admin;
 mod backlog;
 mod groups;
 mod reads;
 mod sends;
 mod sessions;
 
+pub use admin::{KickReport, KickTarget};
 pub use backlog::{BacklogReader, PAGE_BYTES, PAGE_MESSAGES, READ_AHEAD};
 
 use super::auth::Auth;
