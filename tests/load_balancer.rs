@@ -1,0 +1,196 @@
+//! The load balancer for v1 clients (`deploy/haproxy/haproxy.cfg`, run as it is by a real
+//! haproxy) in front of two nodes on real NATS, Redis and Consul: the balancer finds the nodes
+//! in Consul's DNS, a v1 client through it chats with a user it put on the other node, and a
+//! node that drains leaves rotation while it still holds connections: every new connection
+//! goes to the other node.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chat_zinx::harness::{ConsulAgent, Haproxy, NatsServer, RedisServer};
+use chat_zinx::protocol::ids;
+use support::*;
+
+/// The backend of the configuration file.
+const BACKEND: &str = "chat_nodes";
+
+fn config_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg")
+}
+
+struct Cluster {
+    nats: NatsServer,
+    redis: RedisServer,
+    consul: ConsulAgent,
+    secret: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        Cluster {
+            nats: NatsServer::start().await,
+            redis: RedisServer::start().await,
+            consul: ConsulAgent::start().await,
+            secret: dir.path().join("token_secret"),
+            _dir: dir,
+        }
+    }
+
+    async fn node(&self) -> TestServer {
+        let (nats, redis, consul, secret) = (
+            self.nats.url(),
+            self.redis.url(),
+            self.consul.url(),
+            self.secret.clone(),
+        );
+        TestServer::with(move |c| {
+            c.nats.url = Some(nats);
+            c.nats.request_timeout = Duration::from_secs(2);
+            c.redis.url = Some(redis);
+            c.consul.addr = Some(consul);
+            c.auth.token_secret_file = Some(secret);
+        })
+        .await
+    }
+}
+
+/// Waits until the balancer sends new connections to exactly `want`.
+async fn wait_for_rotation(lb: &Haproxy, want: &[SocketAddr]) {
+    let mut want = want.to_vec();
+    want.sort();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = lb.in_rotation(BACKEND).await;
+        if now.as_ref().is_ok_and(|n| *n == want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "haproxy never had {want:?} in rotation; it has {now:?}: {:?}\nits log:\n{}",
+            lb.servers(BACKEND).await,
+            lb.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Logged-in users on a node.
+fn users(server: &TestServer) -> usize {
+    server.node().ctx.hub.user_count()
+}
+
+/// A v1 client as the original client is: connect, register, log in (no hello).
+async fn v1_user(lb: &Haproxy, name: &str) -> Client {
+    let mut c = Client::connect(lb.addr()).await;
+    c.register(name).await;
+    c.login(name).await;
+    c
+}
+
+/// Waits until a ping is answered: the login (and its backlog) is done.
+async fn settled(c: &mut Client) {
+    c.send_body(ids::PING, b"ping").await;
+    c.expect_skipping(ids::PONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_clients_chat_through_the_balancer_and_a_drained_node_gets_no_new_connections() {
+    let cluster = Cluster::start().await;
+    let lb = Haproxy::start(&config_file(), cluster.consul.dns_addr()).await;
+    let a = cluster.node().await;
+    let b = cluster.node().await;
+    wait_for_rotation(&lb, &[a.addr, b.addr]).await;
+
+    // Least connections: alice holds a connection to one node, so bob goes to the other.
+    let mut alice = v1_user(&lb, "alice").await;
+    settled(&mut alice).await;
+    let (alices, bobs) = match (users(&a), users(&b)) {
+        (1, 0) => (a, b),
+        (0, 1) => (b, a),
+        other => panic!("alice is logged in on one node: {other:?}"),
+    };
+    let mut bob = v1_user(&lb, "bob").await;
+    settled(&mut bob).await;
+    assert_eq!(
+        (users(&alices), users(&bobs)),
+        (1, 1),
+        "bob is on the other node"
+    );
+
+    alice.msg("bob", "through the balancer").await;
+    assert_eq!(
+        bob.expect(ids::TEXT_MSG).await["content"],
+        "through the balancer"
+    );
+    bob.msg("alice", "and back").await;
+    assert_eq!(alice.expect(ids::TEXT_MSG).await["content"], "and back");
+
+    // Two more users on alice's node, straight to it: a drain that takes a while.
+    let mut held = Vec::new();
+    for name in ["dave", "erin"] {
+        let mut c = alices.client().await;
+        c.register(name).await;
+        c.login(name).await;
+        settled(&mut c).await;
+        held.push(c);
+    }
+    assert_eq!(users(&alices), 3);
+
+    // Drain alice's node (what SIGTERM does), spread over 20 s.
+    let mut alices = alices;
+    let drained = alices.addr;
+    let node = alices.node.take().expect("running");
+    let drain = tokio::spawn(node.shutdown(Duration::from_secs(20)));
+
+    // The drain has begun once the node refuses connections (it left Consul just before).
+    // At once, before the balancer may have noticed: a new connection is not lost (the
+    // drained node refuses it, the balancer tries the other).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(drained).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the drained node still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut carol = v1_user(&lb, "carol").await;
+    settled(&mut carol).await;
+    // Then the drained node leaves rotation while it still holds connections.
+    let started = std::time::Instant::now();
+    wait_for_rotation(&lb, &[bobs.addr]).await;
+    eprintln!(
+        "the drained node left rotation {:?} after carol's login",
+        started.elapsed()
+    );
+    assert!(!drain.is_finished(), "the drain is still running");
+    for i in 0..6 {
+        let mut c = v1_user(&lb, &format!("user{i}")).await;
+        settled(&mut c).await;
+        held.push(c);
+    }
+    assert_eq!(
+        users(&bobs),
+        1 + 1 + 6,
+        "bob, carol and every new connection are on the node that serves"
+    );
+
+    // Alice's connection is closed by the drain (v1: an error frame, then the close); the
+    // original client reconnects to the same address, the balancer, and chats again.
+    alice.until_closed().await;
+    let mut alice = Client::connect(lb.addr()).await;
+    alice.login("alice").await;
+    settled(&mut alice).await;
+    alice.msg("carol", "after the drain").await;
+    assert_eq!(
+        carol.expect(ids::TEXT_MSG).await["content"],
+        "after the drain"
+    );
+
+    drain.await.expect("the drain finishes");
+    bobs.stop().await;
+}
