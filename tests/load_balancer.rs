@@ -2,7 +2,8 @@
 //! haproxy) in front of two nodes on real NATS, Redis and Consul: the balancer finds the nodes
 //! in Consul's DNS, a v1 client through it chats with a user it put on the other node, and a
 //! node that drains leaves rotation while it still holds connections: every new connection
-//! goes to the other node.
+//! goes to the other node. A node that cannot reach NATS (cut through a proxy) cannot serve:
+//! its Consul check turns warning, it leaves rotation, and comes back after the heal.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chat_zinx::harness::{ConsulAgent, Haproxy, NatsServer, RedisServer};
+use chat_zinx::harness::{http_get, ConsulAgent, Haproxy, NatsServer, RedisServer, TcpProxy};
 use chat_zinx::protocol::ids;
 use support::*;
 
@@ -42,12 +43,12 @@ impl Cluster {
     }
 
     async fn node(&self) -> TestServer {
-        let (nats, redis, consul, secret) = (
-            self.nats.url(),
-            self.redis.url(),
-            self.consul.url(),
-            self.secret.clone(),
-        );
+        self.node_on(self.nats.url()).await
+    }
+
+    /// A node whose NATS URL is `nats` (a proxy in front of the cluster's server).
+    async fn node_on(&self, nats: String) -> TestServer {
+        let (redis, consul, secret) = (self.redis.url(), self.consul.url(), self.secret.clone());
         TestServer::with(move |c| {
             c.nats.url = Some(nats);
             c.nats.request_timeout = Duration::from_secs(2);
@@ -193,4 +194,56 @@ async fn v1_clients_chat_through_the_balancer_and_a_drained_node_gets_no_new_con
 
     drain.await.expect("the drain finishes");
     bobs.stop().await;
+}
+
+/// The status and output of a node's Consul check.
+async fn consul_check(consul: &ConsulAgent, node_id: &str) -> (String, String) {
+    let (_, body) = http_get(consul.addr(), "/v1/health/checks/chat-zinx")
+        .await
+        .expect("consul answers");
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    checks
+        .iter()
+        .find(|c| c["ServiceID"] == node_id)
+        .map(|c| {
+            (
+                c["Status"].as_str().unwrap_or_default().to_string(),
+                c["Output"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_reach_nats_leaves_rotation_and_comes_back_after_the_heal() {
+    let cluster = Cluster::start().await;
+    let lb = Haproxy::start(&config_file(), cluster.consul.dns_addr()).await;
+    let proxy = TcpProxy::start(cluster.nats.addr());
+    let cut = cluster.node_on(format!("nats://{}", proxy.addr())).await;
+    let whole = cluster.node().await;
+    wait_for_rotation(&lb, &[cut.addr, whole.addr]).await;
+    let cut_id = cut.node().node_id().to_string();
+    assert_eq!(consul_check(&cluster.consul, &cut_id).await.0, "passing");
+
+    proxy.cut().await;
+    // The node is not ready (its store and bus are gone): its check says so, and the balancer
+    // stops sending it new connections.
+    wait_for_rotation(&lb, &[whole.addr]).await;
+    let (status, output) = consul_check(&cluster.consul, &cut_id).await;
+    assert_eq!(status, "warning", "{output}");
+    assert!(output.starts_with("not serving: "), "{output}");
+    // (A login on the cut node would be refused: each of these succeeds on the other.)
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut c = v1_user(&lb, &format!("user{i}")).await;
+        settled(&mut c).await;
+        held.push(c);
+    }
+    assert_eq!((users(&cut), users(&whole)), (0, 4));
+
+    proxy.heal();
+    wait_for_rotation(&lb, &[cut.addr, whole.addr]).await;
+    assert_eq!(consul_check(&cluster.consul, &cut_id).await.0, "passing");
+    cut.stop().await;
+    whole.stop().await;
 }
