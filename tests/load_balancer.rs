@@ -3,7 +3,8 @@
 //! in Consul's DNS, a v1 client through it chats with a user it put on the other node, and a
 //! node that drains leaves rotation while it still holds connections: every new connection
 //! goes to the other node. A node that cannot reach NATS (cut through a proxy) cannot serve:
-//! its Consul check turns warning, it leaves rotation, and comes back after the heal.
+//! its Consul check turns warning, it leaves rotation, and comes back after the heal. While
+//! Consul does not answer, the balancer keeps the nodes it last saw.
 
 mod support;
 
@@ -246,4 +247,68 @@ async fn a_node_that_cannot_reach_nats_leaves_rotation_and_comes_back_after_the_
     assert_eq!(consul_check(&cluster.consul, &cut_id).await.0, "passing");
     cut.stop().await;
     whole.stop().await;
+}
+
+/// DNS queries haproxy has sent to Consul (`show resolvers`).
+async fn dns_queries_sent(lb: &Haproxy) -> u64 {
+    let text = lb.command("show resolvers").await.expect("haproxy answers");
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("sent:"))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consul_outage_keeps_the_nodes_in_rotation_and_v1_clients_chatting() {
+    let mut cluster = Cluster::start().await;
+    let lb = Haproxy::start(&config_file(), cluster.consul.dns_addr()).await;
+    let a = cluster.node().await;
+    let b = cluster.node().await;
+    wait_for_rotation(&lb, &[a.addr, b.addr]).await;
+
+    cluster.consul.stop();
+    // Three questions to a Consul that does not answer ...
+    let asked = dns_queries_sent(&lb).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dns_queries_sent(&lb).await < asked + 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "haproxy does not ask Consul"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ... and both nodes are still in rotation: a Consul outage is not a chat outage.
+    wait_for_rotation(&lb, &[a.addr, b.addr]).await;
+    let mut alice = v1_user(&lb, "alice").await;
+    let mut bob = v1_user(&lb, "bob").await;
+    settled(&mut alice).await;
+    settled(&mut bob).await;
+    assert_eq!((users(&a), users(&b)), (1, 1), "one on each node");
+    alice.msg("bob", "while Consul is down").await;
+    assert_eq!(
+        bob.expect(ids::TEXT_MSG).await["content"],
+        "while Consul is down"
+    );
+
+    // A dev agent comes back empty; the nodes register again and stay in rotation, and the
+    // balancer follows Consul again: a drained node leaves rotation.
+    cluster.consul.restart().await;
+    let ids = [
+        a.node().node_id().to_string(),
+        b.node().node_id().to_string(),
+    ];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(consul_check(&cluster.consul, &ids[0]).await.0 == "passing"
+        && consul_check(&cluster.consul, &ids[1]).await.0 == "passing")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes never registered again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_rotation(&lb, &[a.addr, b.addr]).await;
+    a.stop().await;
+    wait_for_rotation(&lb, &[b.addr]).await;
+    b.stop().await;
 }
