@@ -455,21 +455,24 @@ impl Registry for ConsulRegistry {
         if !self.is_me(node_id) {
             return Ok(());
         }
-        let changed = {
+        let (changed, flipped) = {
             let mut current = lock(&self.problem);
             let changed = *current != problem;
+            let flipped = current.is_some() != problem.is_some();
             *current = problem.clone();
-            changed
+            (changed, flipped)
         };
         if !changed || !self.registered.load(Ordering::Relaxed) {
             // Unregistered: the upkeep registers the node with this status.
             return Ok(());
         }
+        // Logged when the node turns unserving or serving, not at every new reason.
         match &problem {
             None => info!(node_id, "serving again: Consul check passing"),
-            Some(why) => {
+            Some(why) if flipped => {
                 warn!(node_id, reason = %why, "not serving: Consul check warning until it serves again")
             }
+            Some(_) => {}
         }
         self.update_check(node_id).await?;
         Ok(())
