@@ -25,7 +25,7 @@ let
   skippedTests =
     lib.genAttrs (builtins.filter startsServers testTargets)
       (_:
-        "starts nats-server, redis-server or consul (src/harness): the sandbox has none "
+        "starts nats-server, redis-server, consul or haproxy (src/harness): the sandbox has none "
         + "of them (consul is unfree); scripts/test runs it, and checks.x86_64-linux.cluster covers "
         + "the backends end to end")
     // lib.optionalAttrs (builtins.elem "bench_smoke" testTargets) {

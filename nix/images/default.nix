@@ -8,7 +8,7 @@
 
 let
   inherit (nixpkgs) lib;
-  roles = [ "nats" "consul" "redis" "chat" ];
+  roles = [ "nats" "consul" "redis" "chat" "lb" ];
 in
 lib.genAttrs roles (role: lib.nixosSystem {
   specialArgs = { inherit role; };

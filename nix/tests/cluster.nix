@@ -1,11 +1,14 @@
 # checks.x86_64-linux.cluster: the project's end-to-end proof on a real systemd.
 #
 # Three NATS servers (JetStream, clustered), one Consul server, Redis, two chat nodes
-# (services.chat-zinx: socket activation, Type=notify, watchdog, the hardened unit) and a client
-# machine. The script (cluster.py) checks Consul registration, a direct message and a group
-# message across the two nodes with `chat-zinx client --json`, a client chatting over TLS (the
-# nodes' TLS listeners, certificates of a test CA), then stops one chat node and sees its
-# users resume their sessions on the other.
+# (services.chat-zinx: socket activation, Type=notify, watchdog, the hardened unit), the load
+# balancer (the lb image's role: HAProxy on deploy/haproxy/haproxy.cfg, nodes from Consul's
+# DNS) and a client machine. The script (cluster.py) checks Consul registration, a direct
+# message and a group message across the two nodes with `chat-zinx client --json`, a client
+# chatting over TLS (the nodes' TLS listeners, certificates of a test CA), v1 clients
+# (`--v1`, the original client's frames) chatting through the load balancer, then stops one
+# chat node and sees its users resume their sessions on the other and new v1 connections
+# through the load balancer go to the other node only.
 #
 # Run: nix build .#checks.x86_64-linux.cluster -L (needs KVM); interactively:
 #   nix run .#checks.x86_64-linux.cluster.driverInteractive
@@ -62,13 +65,15 @@ let
     environment.systemPackages = [ pkgs.curl ];
   };
 
-  chatNode = name: {
+  chatNode = name: { config, ... }: {
     imports = [ chatZinxModule ];
     services.chat-zinx = {
       enable = true;
       openFirewall = true;
       settings.server.node_id = name;
-      settings.server.advertise_addr = "${name}:9000";
+      # An IP address, as the Terraform env advertises: the load balancer takes the nodes from
+      # Consul's SRV records and cannot resolve a host name there.
+      settings.server.advertise_addr = "${config.networking.primaryIPAddress}:9000";
       settings.nats.url = lib.concatMapStringsSep "," (peer: "nats://${peer}:4222") natsNames;
       settings.nats.replicas = 3;
       settings.consul.addr = "http://consul:8500";
@@ -103,9 +108,12 @@ pkgs.testers.runNixOSTest {
           # The VM has two interfaces: bind to the test network's.
           bind_addr = config.networking.primaryIPAddress;
           client_addr = "0.0.0.0";
+          # As the consul image: the load balancer's DNS answers hold passing nodes only.
+          dns_config.only_passing = true;
         };
       };
-      networking.firewall.allowedTCPPorts = [ 8500 ];
+      networking.firewall.allowedTCPPorts = [ 8500 8600 ];
+      networking.firewall.allowedUDPPorts = [ 8600 ];
       environment.systemPackages = [ pkgs.curl ];
     };
 
@@ -121,6 +129,13 @@ pkgs.testers.runNixOSTest {
 
     chat1 = chatNode "chat1";
     chat2 = chatNode "chat2";
+
+    # The lb role of the images, as it is (HAProxy on port 9000; Consul's DNS at consul:8600),
+    # with socat for haproxy's runtime API.
+    lb = {
+      imports = [ ../images/lb.nix ];
+      environment.systemPackages = [ pkgs.socat ];
+    };
 
     client = {
       environment.systemPackages = [ pkgs.chat-zinx ];

@@ -1,6 +1,6 @@
 # Test script of nix/tests/cluster.nix, run by the NixOS test driver. The driver defines
 # start_all, subtest and one object per machine (nats1, nats2, nats3, consul, redis, chat1,
-# chat2, client); scripts/check-nix checks this file with pyflakes, naming those as builtins.
+# chat2, lb, client); scripts/check-nix checks this file with pyflakes, naming those as builtins.
 import json
 import shlex
 import time
@@ -84,6 +84,46 @@ def passing_chat_nodes() -> List[str]:
     return sorted(entry["Service"]["ID"] for entry in json.loads(out))
 
 
+def chat_addresses() -> Dict[str, str]:
+    """node id -> the ip:port it advertises in Consul (what the load balancer connects to)."""
+    out = consul.succeed("curl -sf 'http://127.0.0.1:8500/v1/health/service/chat-zinx?passing'")
+    return {e["Service"]["ID"]: f'{e["Service"]["Address"]}:{e["Service"]["Port"]}' for e in json.loads(out)}
+
+
+def lb_in_rotation() -> List[str]:
+    """ip:port of every server haproxy sends new connections to: running, resolved, no
+    maintenance or drain flag (show servers state, through the runtime API)."""
+    out = lb.succeed(
+        "echo 'show servers state chat_nodes' | socat stdio UNIX-CONNECT:/run/haproxy/admin.sock"
+    )
+    header: List[str] = []
+    found = []
+    for line in out.splitlines():
+        if line.startswith("#"):
+            header = line[1:].split()
+            continue
+        fields = line.split()
+        if not header or len(fields) < len(header):
+            continue
+        f = dict(zip(header, fields))
+        if (
+            f["srv_addr"] != "-"
+            and f["srv_op_state"] == "2"
+            and int(f["srv_admin_state"]) & 0x3F == 0
+        ):
+            found.append(f'{f["srv_addr"]}:{f["srv_port"]}')
+    return sorted(found)
+
+
+def users_on(node: Any) -> int:
+    """Logged-in users on a chat node (its /metrics)."""
+    out = node.succeed("curl -sf http://127.0.0.1:9100/metrics")
+    for line in out.splitlines():
+        if line.startswith("chat_zinx_users "):
+            return int(float(line.split()[1]))
+    raise AssertionError(f"no chat_zinx_users in the metrics of {node.name}")
+
+
 def wait_until(what: str, check: Callable[[], bool], timeout: int = 120) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -126,7 +166,8 @@ with subtest("both chat nodes are ready under systemd and registered in Consul")
     )
     for entry in services:
         svc = entry["Service"]
-        assert svc["Address"] == svc["ID"] and svc["Port"] == 9000, svc
+        # The advertised address is the node's IP (the load balancer needs one).
+        assert svc["Address"].count(".") == 3 and svc["Port"] == 9000, svc
         assert "chat" in svc["Tags"], svc
 
 with subtest("accounts registered on one node are known on the other"):
@@ -182,6 +223,29 @@ with subtest("direct and group messages cross the nodes"):
     wait_for("bob", "the group message", push(312, "hello team"))
     wait_for("carol", "the group message", push(312, "hello team"))
 
+with subtest("v1 clients chat through the load balancer, one on each node"):
+    lb.wait_for_unit("haproxy.service")
+    lb.wait_for_open_port(9000)
+    addrs = chat_addresses()
+    wait_until(
+        "both chat nodes in the load balancer's rotation",
+        lambda: lb_in_rotation() == sorted(addrs.values()),
+    )
+    v1 = "lb:9000 --v1"
+    for name in ["dave", "erin", "frank"]:
+        reply(run_client(v1, f"/register {name} {PASSWORD} {name}@example.org"), "register")
+    before = [users_on(n) for n in CHAT]
+    spawn_client("dave", v1, f"/login dave {PASSWORD}")
+    wait_for("dave", "login", logged_in)
+    # Least connections: dave holds a connection to one node, so erin goes to the other.
+    spawn_client("erin", v1, f"/login erin {PASSWORD}", "/msg dave hello through the balancer")
+    wait_for("erin", "login", logged_in)
+    wait_for("dave", "erin's message", push(208, "hello through the balancer"))
+    wait_until(
+        "dave and erin on different nodes",
+        lambda: [users_on(n) - b for n, b in zip(CHAT, before)] == [1, 1],
+    )
+
 with subtest("chat1 stops: it leaves Consul and its users resume on chat2"):
     chat1.systemctl(
         "stop chat-zinx.socket chat-zinx-http.socket chat-zinx-tls.socket chat-zinx.service"
@@ -204,3 +268,12 @@ with subtest("chat1 stops: it leaves Consul and its users resume on chat2"):
     # History written through chat1 is served by chat2 (JetStream, replicated).
     history = reply(run_client("chat2:9000", f"/login bob {PASSWORD}", "/history alice 10"), "history")
     assert "hello from chat1" in json.dumps(history["body"]), history
+
+with subtest("after chat1's drain, new v1 connections through the load balancer go to chat2"):
+    wait_until(
+        "only chat2 in the load balancer's rotation", lambda: lb_in_rotation() == [addrs["chat2"]]
+    )
+    for i in range(4):
+        # Every connection succeeds (chat1 is gone: none is sent there) and chats.
+        reply(run_client(v1, f"/login frank {PASSWORD}", f"/msg bob through the balancer {i}"), "login")
+        wait_for("bob", f"frank's message {i}", push(208, f"through the balancer {i}"))

@@ -524,6 +524,15 @@ pub trait Registry: Send + Sync + 'static {
         self.nodes().await
     }
 
+    /// Whether this node can serve chat traffic now (`None`) or not, and why (`Some`). A
+    /// registry with health checks shows it to everyone who picks nodes from it (Consul: the
+    /// node's check turns `warning`, so it leaves the passing nodes, DNS answers and load
+    /// balancers until it serves again). Registries without checks ignore it.
+    async fn set_serving(&self, node_id: &str, problem: Option<String>) -> BackendResult<()> {
+        let _ = (node_id, problem);
+        Ok(())
+    }
+
     /// Background upkeep (keeping this node's entry alive, watching the other nodes) until
     /// `shutdown`; the node spawns it on its task tracker. In-process registries need none.
     async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {

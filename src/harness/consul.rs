@@ -10,12 +10,14 @@ use super::process::try_find_binary;
 use super::server::{start_with_fresh_ports, ServerDir, ServerProcess};
 
 /// `consul agent -dev` (a single server that elects itself; state in memory, lost on restart)
-/// on free loopback ports: HTTP, serf LAN and WAN, server RPC and gRPC; DNS off; HTTPS and
-/// ACLs when [`ConsulOptions`] ask for them.
+/// on free loopback ports: HTTP, DNS (UDP and TCP, answering only with passing instances, as a
+/// load balancer wants them), serf LAN and WAN, server RPC and gRPC; HTTPS and ACLs when
+/// [`ConsulOptions`] ask for them.
 pub struct ConsulAgent {
     // Declared before `_dir`: the agent stops before its directory is removed.
     process: ServerProcess,
     http_port: u16,
+    dns_port: u16,
     https_port: Option<u16>,
     _dir: ServerDir,
 }
@@ -52,11 +54,11 @@ impl ConsulAgent {
     pub async fn try_start_with(options: &ConsulOptions) -> anyhow::Result<ConsulAgent> {
         let program = try_find_binary("consul")?;
         start_with_fresh_ports(
-            6,
+            7,
             |ports| {
                 let dir = ServerDir::new(None, "cz-consul-")?;
-                let [http, serf_lan, serf_wan, server, grpc] =
-                    [ports[0], ports[1], ports[2], ports[3], ports[4]];
+                let [http, serf_lan, serf_wan, server, grpc, dns] =
+                    [ports[0], ports[1], ports[2], ports[3], ports[4], ports[6]];
                 let node = format!("cz-test-{http}");
                 let args: Vec<OsString> = [
                     "agent".to_string(),
@@ -65,13 +67,16 @@ impl ConsulAgent {
                     "-client=127.0.0.1".into(),
                     format!("-node={node}"),
                     format!("-http-port={http}"),
-                    "-dns-port=-1".into(),
+                    format!("-dns-port={dns}"),
                     format!("-serf-lan-port={serf_lan}"),
                     format!("-serf-wan-port={serf_wan}"),
                     format!("-server-port={server}"),
                     format!("-grpc-port={grpc}"),
                     "-log-level=warn".into(),
                     "-hcl=disable_update_check = true".into(),
+                    // As the deployment's Consul (nix/images/consul.nix): a node whose check
+                    // is not passing is not in DNS answers.
+                    "-hcl=dns_config { only_passing = true }".into(),
                 ]
                 .into_iter()
                 .map(OsString::from)
@@ -106,6 +111,7 @@ impl ConsulAgent {
                 Ok(ConsulAgent {
                     process,
                     http_port: http,
+                    dns_port: dns,
                     https_port: https,
                     _dir: dir,
                 })
@@ -118,6 +124,12 @@ impl ConsulAgent {
     /// `127.0.0.1:<http port>` (the form `consul.addr` takes).
     pub fn http_addr(&self) -> String {
         format!("127.0.0.1:{}", self.http_port)
+    }
+
+    /// `127.0.0.1:<dns port>`: the agent's DNS interface (UDP and TCP), where
+    /// `_<service>._tcp.service.consul` has an SRV record per passing instance.
+    pub fn dns_addr(&self) -> SocketAddr {
+        loopback(self.dns_port)
     }
 
     /// `http://127.0.0.1:<http port>`

@@ -1,6 +1,6 @@
 //! Real processes for tests and the bench: `nats-server` (one node, or a 3-node cluster, with
-//! JetStream on file storage), `redis-server`, `consul agent -dev`, any child process, and a
-//! TCP proxy that can cut and heal the connections through it. Never mocks. The integration
+//! JetStream on file storage), `redis-server`, `consul agent -dev`, `haproxy` (the load
+//! balancer, on a given configuration file), any child process, and a TCP proxy that can cut and heal the connections through it. Never mocks. The integration
 //! tests (`use chat_zinx::harness::…`) and the bench ([`crate::bench::procs`]) share it, so a
 //! server starts and stops the same way in both.
 //!
@@ -10,7 +10,8 @@
 //!   between, it is started again on new ports).
 //! * `start()` returns once the server answers: NATS its client port and
 //!   `/healthz?js-enabled-only=true` (a cluster: the full `/healthz`, i.e. a JetStream meta
-//!   leader), Redis `PING`, Consul a non-empty `/v1/status/leader`.
+//!   leader), Redis `PING`, Consul a non-empty `/v1/status/leader`, haproxy a TCP connection
+//!   to its frontend.
 //! * Each process runs in its own process group, a server with its output in a log file of its
 //!   own directory (a temporary one unless the caller gives one, as the bench does to keep the
 //!   logs).
@@ -30,10 +31,11 @@
 //! * [`probe`]: one-shot readiness probes (`http_get`, `redis_command`, `nats_info`).
 //! * [`server`]: a server process that can be restarted on the same ports and is started on
 //!   fresh ports until it answers.
-//! * [`nats`], [`redis`], [`consul`]: each server.
+//! * [`nats`], [`redis`], [`consul`], [`haproxy`]: each server.
 //! * [`proxy`]: the cut-and-heal TCP proxy for partition tests.
 
 pub mod consul;
+pub mod haproxy;
 pub mod nats;
 pub mod ports;
 pub mod probe;
@@ -45,6 +47,7 @@ pub mod server;
 use std::time::Duration;
 
 pub use consul::{ConsulAgent, ConsulOptions, ConsulTls};
+pub use haproxy::{Haproxy, ServerSlot};
 pub use nats::{NatsCluster, NatsOptions, NatsServer};
 pub use ports::{free_ports, loopback, try_free_ports};
 pub use probe::{http_get, nats_info, redis_command};

@@ -95,6 +95,8 @@ pub(crate) enum Probe {
     Redis { port: u16 },
     /// `/v1/status/leader` is a non-empty address.
     Consul { http: u16 },
+    /// The port accepts TCP connections (haproxy's frontend: its configuration was read).
+    Listening { port: u16 },
 }
 
 impl Probe {
@@ -123,6 +125,11 @@ impl Probe {
                 Ok((200, body)) => !matches!(body.trim(), "" | "\"\""),
                 _ => false,
             },
+            Probe::Listening { port } => {
+                tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(loopback(port)))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            }
         }
     }
 }

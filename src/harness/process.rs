@@ -37,7 +37,7 @@ pub fn try_find_binary(name: &str) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| {
             anyhow!(
                 "{name} is not installed (not on PATH nor in /usr/sbin): run scripts/install-test-deps, \
-                 which installs nats-server, redis-server and consul"
+                 which installs nats-server, redis-server, consul and haproxy"
             )
         })
 }

@@ -254,6 +254,11 @@ impl Node {
             drain: admin::DrainControl::new(shutdown.clone(), tasks.clone()),
         });
         state.set_configured(config);
+        tasks.spawn(report_serving(
+            state.clone(),
+            SERVING_REPORT,
+            shutdown.clone(),
+        ));
         tasks.spawn(core.clone().run_group_interest(shutdown.clone()));
         tasks.spawn(core.clone().flush_cursors(CURSOR_FLUSH, shutdown.clone()));
         tasks.spawn(backends.registry.clone().run(shutdown.clone()));
@@ -377,6 +382,51 @@ fn plain(listener: TcpListener) -> Listeners {
 
 /// How often the node's connection count is published to the registry (discovery's load).
 const LOAD_REPORT: Duration = Duration::from_secs(5);
+
+/// How often the node's readiness is checked for the registry (at once, too, when a backend
+/// connection is lost or back).
+const SERVING_REPORT: Duration = Duration::from_secs(5);
+
+/// Publishes whether this node serves ([`health::Health::ready`]) to the registry when it
+/// changes, so that a node that lost its store or bus leaves the nodes clients, redirects and
+/// the load balancer pick (Consul: its check turns warning), and comes back once it serves.
+/// Not while it stops: the drain leaves the registry altogether.
+async fn report_serving(state: Arc<NodeState>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported: Option<Option<String>> = None;
+    let mut seen_links = state.health.links_version();
+    loop {
+        // A link that changed during the last check is checked again at once.
+        if state.health.links_version() == seen_links {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                _ = state.health.links_changed() => {}
+            }
+        }
+        seen_links = state.health.links_version();
+        // The supervisor's check when it is recent enough, else one of its own.
+        let h = health::check_recent(&state, every + Duration::from_secs(1)).await;
+        if h.stopping || shutdown.is_cancelled() {
+            break;
+        }
+        let problem = (!h.ready()).then(|| h.problems());
+        if reported.as_ref() == Some(&problem) {
+            continue;
+        }
+        let core = &state.ctx.core;
+        match core
+            .backends()
+            .registry
+            .set_serving(core.node_id(), problem.clone())
+            .await
+        {
+            Ok(()) => reported = Some(problem),
+            Err(e) => tracing::debug!(error = %e, "readiness report failed; retried next round"),
+        }
+    }
+}
 
 /// Publishes this node's connection count to the registry when it changes, so that clients and
 /// redirects can pick the least-loaded node.

@@ -368,6 +368,13 @@ impl Registry for Timed<dyn Registry> {
     async fn deregister(&self, node_id: &str) -> BackendResult<()> {
         t!(self, "deregister", self.inner.deregister(node_id))
     }
+    async fn set_serving(&self, node_id: &str, problem: Option<String>) -> BackendResult<()> {
+        t!(
+            self,
+            "set_serving",
+            self.inner.set_serving(node_id, problem)
+        )
+    }
     async fn nodes(&self) -> BackendResult<Vec<NodeInfo>> {
         let nodes = t!(self, "nodes", self.inner.nodes());
         if let Ok(list) = &nodes {

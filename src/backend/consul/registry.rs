@@ -4,10 +4,14 @@
 //! advertise address, the tag `chat` and its load in the service meta (`version`,
 //! `connections`, `capacity`, `draining`; `tls_port` when it has a TLS listener, on the same
 //! host). Its health is a **TTL check** that the node itself
-//! passes every `check_ttl / 3`: the daemon knows best whether it serves, and an HTTP check
-//! would need this node's HTTP endpoint reachable from the Consul agent. A node that stops
-//! passing goes critical after `check_ttl`, leaves every peer's [`Registry::nodes`] and is
-//! removed by Consul after `consul.deregister_after`.
+//! updates every `check_ttl / 3`: the daemon knows best whether it serves, and an HTTP check
+//! would need this node's HTTP endpoint reachable from the Consul agent. The update is
+//! `passing` while the node is ready and `warning`, with the reason as the check's output,
+//! while it is not ([`Registry::set_serving`]: its store or bus is lost): either way the TTL is
+//! renewed, and a warning node leaves the passing nodes (peers' lists, redirects, Consul DNS
+//! with `only_passing`, the load balancer) until it serves again. A node that stops updating
+//! goes critical after `check_ttl`, leaves every peer's [`Registry::nodes`] and is removed by
+//! Consul after `consul.deregister_after`.
 //!
 //! [`ConsulRegistry::run`] is the registry's upkeep: it passes the check, registers the node
 //! again whenever Consul has lost it (an agent restart, a dev agent that forgot everything, an
@@ -68,6 +72,8 @@ pub struct ConsulRegistry {
     me: Mutex<Option<NodeInfo>>,
     /// Consul had this node as of the last call (false: the upkeep registers it again).
     registered: AtomicBool,
+    /// Why this node cannot serve now (`None`: it serves), as its check shows it.
+    problem: Mutex<Option<String>>,
     cache: Mutex<NodeCache>,
 }
 
@@ -186,6 +192,7 @@ impl ConsulRegistry {
             watch_wait: settings.watch_wait,
             me: Mutex::new(None),
             registered: AtomicBool::new(false),
+            problem: Mutex::new(None),
             cache: Mutex::new(NodeCache::default()),
         })
     }
@@ -229,11 +236,12 @@ impl ConsulRegistry {
             "Check": {
                 "CheckID": Self::check_id(&node.node_id),
                 "Name": format!("{} node {} serves", self.service, node.node_id),
-                "Notes": "TTL check passed by the chat-zinx daemon itself while it serves",
+                "Notes": "TTL check updated by the chat-zinx daemon itself: passing while it \
+                          serves, warning while it cannot (its store or bus is lost)",
                 "TTL": go_duration(self.check_ttl),
                 "DeregisterCriticalServiceAfter": go_duration(self.deregister_after),
-                // A re-registration must not flip the check to critical until the next pass.
-                "Status": "passing",
+                // A re-registration must not flip the check to critical until the next update.
+                "Status": self.check_status().0,
             },
         });
         self.client
@@ -242,11 +250,22 @@ impl ConsulRegistry {
         Ok(())
     }
 
-    /// Passes this node's TTL check.
-    async fn pass(&self, node_id: &str) -> Result<(), ConsulError> {
-        let path = format!("/v1/agent/check/pass/{}", Self::check_id(node_id));
+    /// The status and output this node's check should have now.
+    fn check_status(&self) -> (&'static str, String) {
+        match lock(&self.problem).as_ref() {
+            None => ("passing", "serving".to_string()),
+            Some(why) => ("warning", format!("not serving: {why}")),
+        }
+    }
+
+    /// Updates this node's TTL check (renewing its TTL): passing while it serves, warning while
+    /// it cannot.
+    async fn update_check(&self, node_id: &str) -> Result<(), ConsulError> {
+        let (status, output) = self.check_status();
+        let path = format!("/v1/agent/check/update/{}", Self::check_id(node_id));
+        let body = json!({ "Status": status, "Output": output });
         self.client
-            .expect_ok(Method::PUT, &path, &[], None)
+            .expect_ok(Method::PUT, &path, &[], Some(&body))
             .await
             .map(|_| ())
     }
@@ -255,7 +274,7 @@ impl ConsulRegistry {
     async fn register_and_pass(&self, node: &NodeInfo) -> BackendResult<()> {
         let r = async {
             self.put_service(node).await?;
-            self.pass(&node.node_id).await?;
+            self.update_check(&node.node_id).await?;
             Ok::<(), BackendError>(())
         }
         .await;
@@ -269,7 +288,7 @@ impl ConsulRegistry {
             return Ok(());
         };
         if self.registered.load(Ordering::Relaxed) {
-            match self.pass(&node.node_id).await {
+            match self.update_check(&node.node_id).await {
                 Ok(()) => return Ok(()),
                 Err(ConsulError::Status { .. }) => {
                     // Consul answers but does not know the check: it lost the node.
@@ -428,9 +447,38 @@ impl Registry for ConsulRegistry {
                 self.after_register(&node).await;
             }
             None => {
-                self.pass(node_id).await?;
+                self.update_check(node_id).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Records whether this node serves and updates its check at once when that changed (the
+    /// upkeep renews it every `check_ttl / 3` in any case). Other nodes' checks are theirs.
+    async fn set_serving(&self, node_id: &str, problem: Option<String>) -> BackendResult<()> {
+        if !self.is_me(node_id) {
+            return Ok(());
+        }
+        let (changed, flipped) = {
+            let mut current = lock(&self.problem);
+            let changed = *current != problem;
+            let flipped = current.is_some() != problem.is_some();
+            *current = problem.clone();
+            (changed, flipped)
+        };
+        if !changed || !self.registered.load(Ordering::Relaxed) {
+            // Unregistered: the upkeep registers the node with this status.
+            return Ok(());
+        }
+        // Logged when the node turns unserving or serving, not at every new reason.
+        match &problem {
+            None => info!(node_id, "serving again: Consul check passing"),
+            Some(why) if flipped => {
+                warn!(node_id, reason = %why, "not serving: Consul check warning until it serves again")
+            }
+            Some(_) => {}
+        }
+        self.update_check(node_id).await?;
         Ok(())
     }
 

@@ -1,18 +1,20 @@
-# A test cluster on one KVM host: one NAT network, NATS ×3, Consul ×3, Redis ×1, chat ×2 (by
-# default), booted from the flake's role images with cloud-init. See terraform/README.md.
+# A test cluster on one KVM host: one NAT network, NATS ×3, Consul ×3, Redis ×1, chat ×2 and a
+# load balancer ×1 (by default), booted from the flake's role images with cloud-init. See
+# terraform/README.md.
 
 locals {
   repo_root   = abspath("${path.module}/../../..")
   image_dir   = var.image_dir == null ? local.repo_root : var.image_dir
   secrets_dir = var.secrets_dir == null ? abspath("${path.module}/secrets") : var.secrets_dir
-  roles       = ["nats", "consul", "redis", "chat"]
+  roles       = ["nats", "consul", "redis", "chat", "lb"]
   # Which role gets which secrets disk (see make-secrets): chat (token secret and Redis
-  # password) and redis (its password).
+  # password) and redis (its password); the load balancer has no secret.
   secrets_iso = {
     nats   = null
     consul = null
     redis  = "${local.secrets_dir}/redis.iso"
     chat   = "${local.secrets_dir}/chat.iso"
+    lb     = null
   }
 }
 
@@ -23,6 +25,7 @@ module "plan" {
   consul_count        = var.consul_count
   redis_count         = var.redis_count
   chat_count          = var.chat_count
+  lb_count            = var.lb_count
   network_cidr        = var.network_cidr
   memory_mib          = var.memory_mib
   vcpus               = var.vcpus

@@ -1,5 +1,5 @@
 output "addresses" {
-  description = "IPv4 addresses per role: { nats = [...], consul = [...], redis = [...], chat = [...] }."
+  description = "IPv4 addresses per role: { nats = [...], consul = [...], redis = [...], chat = [...], lb = [...] }."
   value       = module.plan.addresses
 }
 
@@ -23,6 +23,11 @@ output "chat_endpoints" {
   value       = module.plan.chat_endpoints
 }
 
+output "lb_endpoints" {
+  description = "address:port of each load balancer: the one address for clients that cannot follow Consul or redirects (the original v1 clients)."
+  value       = module.plan.lb_endpoints
+}
+
 output "consul_ui_url" {
   description = "Consul web UI (first Consul server): the chat nodes are the healthy instances of service chat-zinx."
   value       = module.plan.consul_ui_url
@@ -36,4 +41,9 @@ output "client_command" {
 output "client_command_direct" {
   description = "Ready to paste on the KVM host: the chat client on chat-1 directly."
   value       = "chat-zinx client ${module.plan.chat_endpoints[0]}"
+}
+
+output "client_command_v1" {
+  description = "Ready to paste on the KVM host: the chat client as the original v1 client (--v1), through the first load balancer (null without one)."
+  value       = length(module.plan.lb_endpoints) > 0 ? "chat-zinx client --v1 ${module.plan.lb_endpoints[0]}" : null
 }

@@ -51,6 +51,12 @@ variable "chat_count" {
   default     = 2
 }
 
+variable "lb_count" {
+  description = "Load balancers (HAProxy in front of the chat nodes, for the original v1 clients; 0: none)."
+  type        = number
+  default     = 1
+}
+
 variable "memory_mib" {
   description = "Memory per machine of each role, in MiB (floors: 512; chat and nats 768)."
   type = object({
@@ -58,12 +64,14 @@ variable "memory_mib" {
     consul = number
     redis  = number
     chat   = number
+    lb     = optional(number, 512)
   })
   default = {
     nats   = 1024
     consul = 512
     redis  = 512
     chat   = 768
+    lb     = 512
   }
 }
 
@@ -74,12 +82,14 @@ variable "vcpus" {
     consul = number
     redis  = number
     chat   = number
+    lb     = optional(number, 1)
   })
   default = {
     nats   = 1
     consul = 1
     redis  = 1
     chat   = 1
+    lb     = 1
   }
 }
 
@@ -96,7 +106,7 @@ variable "versions" {
 }
 
 variable "image_dir" {
-  description = "Directory holding result-image-<role>/nixos.qcow2 for the four roles (the out-links of `nix build .#image-<role> --out-link result-image-<role>`). null: the repository's root (three levels up from here)."
+  description = "Directory holding result-image-<role>/nixos.qcow2 for the five roles (the out-links of `nix build .#image-<role> --out-link result-image-<role>`). null: the repository's root (three levels up from here)."
   type        = string
   default     = null
 }

@@ -1,16 +1,17 @@
 # The cluster's plan: names, addresses, MACs, NATS routes, Consul retry_join, the Redis
-# address, each chat node's configuration (docs/configuration.md keys) and each machine's
+# address, the load balancer's endpoint, each chat node's configuration (docs/configuration.md keys) and each machine's
 # cloud-init user data, which is how the flake's generic images (nix/images) take what differs
 # between two machines of a role. No secret is computed or stored here: cloud-init copies the
 # secrets from a read-only disk labelled CZSECRETS (see terraform/README.md).
 
 locals {
-  roles = ["nats", "consul", "redis", "chat"]
+  roles = ["nats", "consul", "redis", "chat", "lb"]
   count_of = {
     nats   = var.nats_count
     consul = var.consul_count
     redis  = var.redis_count
     chat   = var.chat_count
+    lb     = var.lb_count
   }
   # First host number of each role: 10, then one after the previous role's last machine.
   first_host = {
@@ -18,6 +19,7 @@ locals {
     consul = 10 + var.nats_count
     redis  = 10 + var.nats_count + var.consul_count
     chat   = 10 + var.nats_count + var.consul_count + var.redis_count
+    lb     = 10 + var.nats_count + var.consul_count + var.redis_count + var.chat_count
   }
 
   prefix_length = tonumber(split("/", var.network_cidr)[1])
@@ -68,6 +70,13 @@ locals {
   # --- Redis: one server; the password is added on the machine (never here).
   redis_port    = 6379
   redis_address = "${local.names_of.redis[0]}:${local.redis_port}"
+
+  # --- load balancer (role lb): HAProxy on port 9000 of each lb machine, in front of the chat
+  # nodes, which it finds in the DNS of the Consul server named consul (port 8600; the image's
+  # default). The chat nodes advertise their IP addresses (below): HAProxy takes them from
+  # Consul's SRV records and cannot resolve a host name there.
+  lb_port      = 9000
+  lb_endpoints = [for n in local.node_list : "${n.address}:${local.lb_port}" if n.role == "lb"]
 
   # --- chat nodes: the configuration contract's keys. server.listen and server.http_listen
   # are those the chat image's socket units hold (nix/settings.toml defaults); each node
@@ -149,6 +158,11 @@ locals {
         "networking.hostName"         = n.name
         "services.chat-zinx.settings" = local.chat_configs[n.name]
       } if n.role == "chat"
+    },
+    {
+      for n in local.node_list : n.name => {
+        "networking.hostName" = n.name
+      } if n.role == "lb"
     },
   )
 

@@ -1,10 +1,10 @@
 output "nodes" {
-  description = "Every machine by name (nats-1, consul-1, redis-1, chat-1, …): role, index in its role, IPv4 address, MAC address, memory_mib, vcpus and image (the flake package image-<role> it boots)."
+  description = "Every machine by name (nats-1, consul-1, redis-1, chat-1, lb-1, …): role, index in its role, IPv4 address, MAC address, memory_mib, vcpus and image (the flake package image-<role> it boots)."
   value       = local.nodes
 }
 
 output "names" {
-  description = "Machine names per role: { nats = [...], consul = [...], redis = [...], chat = [...] }."
+  description = "Machine names per role: { nats = [...], consul = [...], redis = [...], chat = [...], lb = [...] }."
   value       = local.names_of
 }
 
@@ -81,6 +81,11 @@ output "chat_configs_toml" {
 output "chat_env" {
   description = "Each chat node's CHAT_ZINX_* variables that cloud-init writes to /etc/chat-zinx/env (non-secret part: the machine appends CHAT_ZINX_REDIS__URL with the password)."
   value       = local.chat_env
+}
+
+output "lb_endpoints" {
+  description = "address:port of every load balancer (HAProxy, role lb): where clients that connect to one address (the original v1 clients) connect."
+  value       = local.lb_endpoints
 }
 
 output "chat_endpoints" {

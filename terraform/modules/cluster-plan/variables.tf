@@ -50,8 +50,19 @@ variable "chat_count" {
   }
 }
 
+variable "lb_count" {
+  description = "Number of load balancers (lb-1 … lb-N): HAProxy in front of the chat nodes for clients that connect to one address (the original v1 clients). 0: none."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.lb_count >= 0 && floor(var.lb_count) == var.lb_count
+    error_message = "lb_count must be a whole number >= 0."
+  }
+}
+
 variable "network_cidr" {
-  description = "IPv4 network of the cluster. The host (gateway) is .1, the machines get fixed addresses from host number 10 on, in the order NATS, Consul, Redis, chat; the network must hold them all (and its broadcast address)."
+  description = "IPv4 network of the cluster. The host (gateway) is .1, the machines get fixed addresses from host number 10 on, in the order NATS, Consul, Redis, chat, load balancer; the network must hold them all (and its broadcast address)."
   type        = string
   default     = "10.77.0.0/24"
 
@@ -62,25 +73,27 @@ variable "network_cidr" {
   validation {
     condition = (
       !can(cidrhost(var.network_cidr, 0)) ||
-      pow(2, 32 - tonumber(split("/", var.network_cidr)[1])) >= 10 + var.nats_count + var.consul_count + var.redis_count + var.chat_count + 1
+      pow(2, 32 - tonumber(split("/", var.network_cidr)[1])) >= 10 + var.nats_count + var.consul_count + var.redis_count + var.chat_count + var.lb_count + 1
     )
-    error_message = "network_cidr is too small: it needs 10 reserved addresses, one per machine (nats_count + consul_count + redis_count + chat_count) and a broadcast address."
+    error_message = "network_cidr is too small: it needs 10 reserved addresses, one per machine (nats_count + consul_count + redis_count + chat_count + lb_count) and a broadcast address."
   }
 }
 
 variable "memory_mib" {
-  description = "Memory of each machine of a role, in MiB. Floors: 512 for every role (a NixOS guest), 768 for chat (Argon2id hashes, auth.hash_concurrency × ~19 MiB) and NATS (JetStream)."
+  description = "Memory of each machine of a role, in MiB. Floors: 512 for every role (a NixOS guest), 768 for chat (Argon2id hashes, auth.hash_concurrency × ~19 MiB) and NATS (JetStream). lb may be left out (512)."
   type = object({
     nats   = number
     consul = number
     redis  = number
     chat   = number
+    lb     = optional(number, 512)
   })
   default = {
     nats   = 1024
     consul = 512
     redis  = 512
     chat   = 768
+    lb     = 512
   }
 
   validation {
@@ -94,18 +107,20 @@ variable "memory_mib" {
 }
 
 variable "vcpus" {
-  description = "Virtual CPUs of each machine of a role (>= 1)."
+  description = "Virtual CPUs of each machine of a role (>= 1). lb may be left out (1)."
   type = object({
     nats   = number
     consul = number
     redis  = number
     chat   = number
+    lb     = optional(number, 1)
   })
   default = {
     nats   = 1
     consul = 1
     redis  = 1
     chat   = 1
+    lb     = 1
   }
 
   validation {

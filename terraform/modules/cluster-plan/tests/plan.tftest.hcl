@@ -1,11 +1,11 @@
-# The default plan: NATS ×3, Consul ×3, Redis ×1, chat ×2 on 10.77.0.0/24.
+# The default plan: NATS ×3, Consul ×3, Redis ×1, chat ×2, load balancer ×1 on 10.77.0.0/24.
 
 run "defaults" {
   command = plan
 
   assert {
-    condition     = length(output.nodes) == 9
-    error_message = "the default cluster has 9 machines"
+    condition     = length(output.nodes) == 10
+    error_message = "the default cluster has 10 machines"
   }
   assert {
     condition     = output.addresses.nats == ["10.77.0.10", "10.77.0.11", "10.77.0.12"]
@@ -24,8 +24,20 @@ run "defaults" {
     error_message = "chat nodes are .17-.18"
   }
   assert {
-    condition     = length(distinct([for n in output.nodes : n.mac])) == 9 && length(distinct([for n in output.nodes : n.address])) == 9
+    condition     = length(distinct([for n in output.nodes : n.mac])) == 10 && length(distinct([for n in output.nodes : n.address])) == 10
     error_message = "MAC and IP addresses are unique"
+  }
+  assert {
+    condition     = output.addresses.lb == ["10.77.0.19"] && output.lb_endpoints == ["10.77.0.19:9000"] && output.nodes["lb-1"].image == "image-lb"
+    error_message = "the load balancer lb-1 is .19, port 9000, on the lb image"
+  }
+  assert {
+    condition     = output.nixos_settings["lb-1"] == { "networking.hostName" = "lb-1" } && !strcontains(output.user_data["lb-1"], "bootcmd")
+    error_message = "the load balancer needs nothing per machine but its host name"
+  }
+  assert {
+    condition     = contains(output.dns_hosts, { hostname = "lb-1", ip = "10.77.0.19" })
+    error_message = "DNS answers the load balancer"
   }
   assert {
     condition     = output.nats_routes["nats-2"] == ["nats://nats-1:6222", "nats://nats-3:6222"]
@@ -89,6 +101,12 @@ run "single_nats_and_consul" {
     consul_count = 1
     chat_count   = 3
     network_cidr = "192.168.150.0/27"
+    lb_count     = 0
+  }
+
+  assert {
+    condition     = output.lb_endpoints == [] && output.addresses.lb == []
+    error_message = "lb_count = 0: no load balancer"
   }
 
   assert {

@@ -18,6 +18,12 @@ run "no_chat" {
   expect_failures = [var.chat_count]
 }
 
+run "negative_lb" {
+  command = plan
+  variables { lb_count = -1 }
+  expect_failures = [var.lb_count]
+}
+
 run "no_nats" {
   command = plan
   variables { nats_count = 0 }
