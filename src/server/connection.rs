@@ -46,8 +46,14 @@ const WRITE_BATCH: usize = 64 * 1024;
 const FRAMES_PER_YIELD: u32 = 16;
 /// Pushes written this shortly before a connection ends are not counted as delivered: the
 /// client may have closed its socket before reading them (a v1 client has no acks). They are
-/// pushed again at the next login; a duplicate is better than a loss.
+/// pushed again at the next login; a duplicate is better than a loss. Unless the client closed
+/// cleanly and acknowledged every byte (plain TCP, see `WriteSide::peer_read_everything`):
+/// then it read them all.
 const UNCERTAIN_WINDOW: Duration = Duration::from_secs(2);
+
+/// How long a connection whose client closed cleanly waits for the acknowledgements of its
+/// last writes before they count as read (see `WriteSide::peer_read_everything`).
+const ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// Writes closer together than this share one entry of the written log.
 const WRITTEN_BUCKET: Duration = Duration::from_millis(50);
@@ -102,6 +108,19 @@ impl WrittenLog {
             // An idle connection keeps no allocation.
             self.recent = Default::default();
         }
+    }
+
+    /// Whether some writes are recent enough to be uncertain.
+    fn has_uncertain(&self) -> bool {
+        !self.recent.is_empty()
+    }
+
+    /// The highest position written (once the client is known to have read it all).
+    fn written_high(&self) -> Seq {
+        self.recent
+            .iter()
+            .map(|b| b.high)
+            .fold(self.settled, Seq::max)
     }
 
     /// (settled position, lowest position of the uncertain tail).
@@ -455,7 +474,16 @@ fn write_loop(
             }
         };
         let mut outcome = DeliveryOutcome::default();
-        let (settled, uncertain) = log.finish();
+        // A client that closed cleanly after reading everything: its last writes are not
+        // uncertain (boxed: a timer, at the end only).
+        let all_read = failed_from.is_none()
+            && log.has_uncertain()
+            && Box::pin(wr.peer_read_everything(ACK_WAIT)).await;
+        let (settled, uncertain) = if all_read {
+            (log.written_high(), None)
+        } else {
+            log.finish()
+        };
         outcome.written_upto = settled;
         outcome.unwritten_from = min_opt(failed_from, uncertain);
         // Whatever is still queued is never written: remember the lowest pushed message.

@@ -8,8 +8,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
@@ -172,4 +174,65 @@ impl AsyncWrite for WriteSide {
             WriteSide::Tls(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
+}
+
+impl WriteSide {
+    /// Whether the client read everything written to it before it closed: it closed its side
+    /// with a FIN and no reset (Linux answers a close with unread data, and data arriving
+    /// after the close, with a reset, which ends the connection at once), and it acknowledged
+    /// every byte sent, waiting up to `within` for acknowledgements still on their way.
+    ///
+    /// A v1 client has no acks: without this, what was written in its last moments has to be
+    /// sent again at its next login (see `UNCERTAIN_WINDOW` in `connection`). Only asked once
+    /// the reader saw the end of the stream. Plain TCP only: the TLS halves do not give the
+    /// socket back, so a TLS connection keeps the cautious rule.
+    pub async fn peer_read_everything(&self, within: Duration) -> bool {
+        let WriteSide::Plain(w) = self else {
+            return false;
+        };
+        let fd = w.as_ref().as_raw_fd();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tcp_send_state(fd) {
+                Some((TCP_CLOSE_WAIT, 0)) => return true,
+                Some((TCP_CLOSE_WAIT, _)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// Linux's TCP state of a socket whose peer sent a FIN that this side has not answered with
+/// its own yet (`TCP_CLOSE_WAIT` in `include/net/tcp_states.h`).
+const TCP_CLOSE_WAIT: u8 = 8;
+
+/// The socket's TCP state and the bytes of its send queue not yet acknowledged by the peer
+/// (`TCP_INFO`'s state, `SIOCOUTQ`), or `None` if the kernel does not say.
+fn tcp_send_state(fd: RawFd) -> Option<(u8, i32)> {
+    // SAFETY: tcp_info is plain data (integers); all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket owned by the caller's stream for the duration of the
+    // call; `info` and `len` are valid for writes of the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let mut outq: libc::c_int = 0;
+    // SAFETY: as above; SIOCOUTQ (TIOCOUTQ) writes one int.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) };
+    if r != 0 {
+        return None;
+    }
+    Some((info.tcpi_state, outq))
 }

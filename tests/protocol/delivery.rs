@@ -575,3 +575,38 @@ async fn a_burst_of_sends_keeps_request_order_in_replies_log_and_pushes() {
     assert_pipelined_burst(&mut alice, &mut bob, &mut carol, gid, 60).await;
     server.stop().await;
 }
+
+/// A v1 client (no acks) that read a push and closed its socket cleanly at once gets no copy
+/// at its next login: the kernel says it acknowledged every byte and closed with a FIN, which
+/// Linux sends only when nothing was left unread. One that closed without reading the push
+/// (a reset) gets it again: at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_quit_after_reading_is_not_repeated_and_an_unread_push_is() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let gid = presence_group(&mut alice, &mut bob, "presence").await;
+    let bob_id = bob.id();
+
+    alice.msg("bob", "read, then /quit").await;
+    assert_eq!(
+        bob.expect(ids::TEXT_MSG).await["content"],
+        "read, then /quit"
+    );
+    // At once: well within the window in which a write counts as uncertain.
+    drop(bob);
+    wait_offline(&mut alice, gid, bob_id).await;
+    let mut bob = server.client().await;
+    bob.login("bob").await;
+    bob.assert_quiet().await;
+
+    alice.msg("bob", "never read").await;
+    bob.wait_unread().await;
+    drop(bob);
+    wait_offline(&mut alice, gid, bob_id).await;
+    let mut bob = server.client().await;
+    bob.login("bob").await;
+    assert_eq!(bob.expect(ids::TEXT_MSG).await["content"], "never read");
+    bob.assert_quiet().await;
+    server.stop().await;
+}

@@ -220,6 +220,17 @@ impl Client {
         );
     }
 
+    /// Waits until bytes from the server sit unread in this socket's receive buffer (they are
+    /// not taken from it: closing the socket now makes the kernel send a reset).
+    pub async fn wait_unread(&mut self) {
+        let mut one = [0u8; 1];
+        let n = tokio::time::timeout(WAIT, self.reader.get_mut().peek(&mut one))
+            .await
+            .expect("bytes from the server in time")
+            .expect("peek");
+        assert_eq!(n, 1, "the server closed the connection");
+    }
+
     /// Reads until the server closes the connection; returns the frames seen on the way.
     pub async fn until_closed(&mut self) -> Vec<Frame> {
         let mut frames = Vec::new();
