@@ -95,7 +95,7 @@ async fn unknown_paths_and_methods_are_refused_with_a_hint() {
     let r = get(http, "/nope").await;
     assert_eq!(r.status, 404);
     assert!(
-        r.body.contains("/health, /ready and /metrics"),
+        r.body.contains("/health, /ready, /metrics and /admin/"),
         "{}",
         r.body
     );
