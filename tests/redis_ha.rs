@@ -235,3 +235,46 @@ async fn presence_survives_a_sentinel_failover_and_no_send_is_refused() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The Sentinel deployment of Terraform's `redis_mode = "sentinel"`: the servers and the
+/// Sentinels require the one Redis password, which the URL carries (the client sends it to the
+/// Sentinels too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_through_sentinels_that_require_the_password() {
+    use chat_zinx::backend::redis::{PresenceOptions, RedisPresence};
+    use chat_zinx::core::model::SessionInfo;
+    use chat_zinx::core::ports::Presence;
+
+    let password = "sentinel-test-password";
+    let redis = RedisSentinelSet::try_start_with_password(Some(password))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = redis.url();
+    assert!(url.contains(password));
+    let a = RedisPresence::connect(&url, "n-a", PresenceOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b = RedisPresence::connect(&url, "n-b", PresenceOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    a.register(SessionInfo {
+        user_id: 7,
+        node_id: "n-a".into(),
+        conn_id: 1,
+        device: "pc".into(),
+        since: 1,
+    })
+    .await
+    .unwrap();
+    let seen = b.sessions(&[7]).await.unwrap();
+    assert_eq!(seen[&7][0].node_id, "n-a", "{seen:?}");
+    // Without the password the Sentinels refuse the client.
+    let open = url.replace(&format!(":{password}@"), "");
+    let e = RedisPresence::connect(&open, "n-c", PresenceOptions::default())
+        .await
+        .err()
+        .expect("refused without the password");
+    eprintln!("without the password: {e}");
+    a.close().await;
+    b.close().await;
+}

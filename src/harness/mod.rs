@@ -55,7 +55,7 @@ pub use probe::{http_get, nats_info, redis_command};
 pub use process::{find_binary, try_find_binary, ChildProcess};
 pub use proxy::TcpProxy;
 pub use redis::{
-    redis_cli, RedisCluster, RedisOptions, RedisSentinelSet, RedisServer, RedisTls,
+    redis_cli, redis_cli_auth, RedisCluster, RedisOptions, RedisSentinelSet, RedisServer, RedisTls,
     SENTINEL_MASTER_NAME,
 };
 pub use server::ServerProcess;

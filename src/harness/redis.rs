@@ -167,8 +167,21 @@ fn data_server(program: &Path, port: u16, extra: &[&str]) -> anyhow::Result<Redi
 
 /// Runs `redis-cli -p <port> <args…>` and returns its output (the whole reply, as text).
 pub async fn redis_cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
+    redis_cli_auth(port, None, args).await
+}
+
+/// [`redis_cli`] authenticated with `password` (given in `REDISCLI_AUTH`, not on the command
+/// line).
+pub async fn redis_cli_auth(
+    port: u16,
+    password: Option<&str>,
+    args: &[&str],
+) -> anyhow::Result<String> {
     let program = try_find_binary("redis-cli")?;
     let mut cmd = tokio::process::Command::new(&program);
+    if let Some(password) = password {
+        cmd.env("REDISCLI_AUTH", password);
+    }
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -324,6 +337,8 @@ pub const SENTINEL_MASTER_NAME: &str = "cz";
 pub struct RedisSentinelSet {
     /// `[0]` the first master, `[1]` its replica (the roles swap on a failover).
     data: Vec<RedisServer>,
+    /// The password of the servers and the Sentinels, if any.
+    password: Option<String>,
     sentinels: Vec<ServerProcess>,
     sentinel_ports: Vec<u16>,
     _sentinel_dirs: Vec<ServerDir>,
@@ -338,18 +353,36 @@ impl RedisSentinelSet {
     }
 
     pub async fn try_start() -> anyhow::Result<RedisSentinelSet> {
+        Self::try_start_with_password(None).await
+    }
+
+    /// With `password`, the servers and the Sentinels all require it (`requirepass`), the
+    /// replica and the Sentinels authenticate with it (`masterauth`, `sentinel auth-pass`,
+    /// `sentinel sentinel-pass`): the deployment of Terraform's `redis_mode = "sentinel"`.
+    pub async fn try_start_with_password(
+        password: Option<&str>,
+    ) -> anyhow::Result<RedisSentinelSet> {
         let program = try_find_binary("redis-server")?;
         try_find_binary("redis-cli")?;
         let n = Self::SENTINELS;
+        let auth: Vec<&str> = match password {
+            Some(p) => vec!["--requirepass", p, "--masterauth", p],
+            None => vec![],
+        };
+        let sentinel_auth = match password {
+            Some(p) => format!(
+                "requirepass {p}\nsentinel sentinel-pass {p}\nsentinel auth-pass {SENTINEL_MASTER_NAME} {p}\n"
+            ),
+            None => String::new(),
+        };
         let set = start_with_fresh_ports(
             2 + n,
             |ports| {
-                let master = data_server(&program, ports[0], &[])?;
-                let replica = data_server(
-                    &program,
-                    ports[1],
-                    &["--replicaof", "127.0.0.1", &ports[0].to_string()],
-                )?;
+                let master = data_server(&program, ports[0], &auth)?;
+                let master_port = ports[0].to_string();
+                let mut replica_args = auth.clone();
+                replica_args.extend(["--replicaof", "127.0.0.1", &master_port]);
+                let replica = data_server(&program, ports[1], &replica_args)?;
                 let mut sentinels = Vec::new();
                 let mut dirs = Vec::new();
                 for &port in &ports[2..] {
@@ -363,7 +396,7 @@ impl RedisSentinelSet {
                              sentinel monitor {name} 127.0.0.1 {master} 2\n\
                              sentinel down-after-milliseconds {name} 1000\n\
                              sentinel failover-timeout {name} 5000\n\
-                             sentinel parallel-syncs {name} 1\n",
+                             sentinel parallel-syncs {name} 1\n{sentinel_auth}",
                             dir = dir.path().display(),
                             name = SENTINEL_MASTER_NAME,
                             master = ports[0],
@@ -381,6 +414,7 @@ impl RedisSentinelSet {
                 }
                 Ok(RedisSentinelSet {
                     data: vec![master, replica],
+                    password: password.map(str::to_string),
                     sentinels,
                     sentinel_ports: ports[2..].to_vec(),
                     _sentinel_dirs: dirs,
@@ -395,8 +429,10 @@ impl RedisSentinelSet {
         )
         .await?;
         let replica = set.data[1].port;
+        let pw = set.password.clone();
+        let pw = pw.as_deref();
         wait_for("the replica in sync with its master", || async move {
-            let info = redis_cli(replica, &["info", "replication"]).await?;
+            let info = redis_cli_auth(replica, pw, &["info", "replication"]).await?;
             Ok(info.contains("master_link_status:up"))
         })
         .await
@@ -406,9 +442,11 @@ impl RedisSentinelSet {
                 &format!("sentinel 127.0.0.1:{port} knowing the replica and the other sentinels"),
                 || async move {
                     let replicas =
-                        redis_cli(port, &["sentinel", "replicas", SENTINEL_MASTER_NAME]).await?;
+                        redis_cli_auth(port, pw, &["sentinel", "replicas", SENTINEL_MASTER_NAME])
+                            .await?;
                     let sentinels =
-                        redis_cli(port, &["sentinel", "sentinels", SENTINEL_MASTER_NAME]).await?;
+                        redis_cli_auth(port, pw, &["sentinel", "sentinels", SENTINEL_MASTER_NAME])
+                            .await?;
                     let known = sentinels.lines().filter(|l| l.trim() == "name").count();
                     Ok(replicas.lines().any(|l| l.trim() == replica.to_string())
                         && known >= Self::SENTINELS - 1)
@@ -420,10 +458,15 @@ impl RedisSentinelSet {
         Ok(set)
     }
 
-    /// `redis-sentinel://127.0.0.1:<s1>?sentinelServiceName=cz&node=127.0.0.1:<s2>&node=…`
+    /// `redis-sentinel://[:<password>@]127.0.0.1:<s1>?sentinelServiceName=cz&node=127.0.0.1:<s2>&node=…`
     pub fn url(&self) -> String {
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
         let mut url = format!(
-            "redis-sentinel://127.0.0.1:{}?sentinelServiceName={SENTINEL_MASTER_NAME}",
+            "redis-sentinel://{auth}127.0.0.1:{}?sentinelServiceName={SENTINEL_MASTER_NAME}",
             self.sentinel_ports[0]
         );
         for port in &self.sentinel_ports[1..] {
@@ -445,8 +488,9 @@ impl RedisSentinelSet {
     pub async fn master_port(&self) -> anyhow::Result<u16> {
         let mut last = anyhow!("no sentinel");
         for &port in &self.sentinel_ports {
-            match redis_cli(
+            match redis_cli_auth(
                 port,
+                self.password.as_deref(),
                 &["sentinel", "get-master-addr-by-name", SENTINEL_MASTER_NAME],
             )
             .await
@@ -468,13 +512,17 @@ impl RedisSentinelSet {
     /// and that master says `role:master` (a failover is complete).
     pub async fn wait_for_new_master(&self, old_port: u16) -> anyhow::Result<u16> {
         let ports = self.sentinel_ports.clone();
+        let pw = self.password.clone();
         wait_for("a new master named by every sentinel", || {
             let ports = ports.clone();
+            let pw = pw.clone();
             async move {
+                let pw = pw.as_deref();
                 let mut named = None;
                 for port in ports {
-                    let out = redis_cli(
+                    let out = redis_cli_auth(
                         port,
+                        pw,
                         &["sentinel", "get-master-addr-by-name", SENTINEL_MASTER_NAME],
                     )
                     .await?;
@@ -487,7 +535,7 @@ impl RedisSentinelSet {
                     }
                 }
                 let Some(p) = named else { return Ok(false) };
-                let role = redis_cli(p, &["info", "replication"]).await?;
+                let role = redis_cli_auth(p, pw, &["info", "replication"]).await?;
                 Ok(role.contains("role:master"))
             }
         })
