@@ -278,3 +278,53 @@ async fn presence_through_sentinels_that_require_the_password() {
     a.close().await;
     b.close().await;
 }
+
+/// The Cluster deployment of Terraform's `redis_mode = "cluster"`: every node requires the
+/// password, the cluster is created with it, and the presence client (seeded with one node
+/// and the others as `node=`) uses it on every master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_on_a_cluster_that_requires_the_password() {
+    use chat_zinx::backend::redis::{PresenceOptions, RedisPresence};
+    use chat_zinx::core::model::SessionInfo;
+    use chat_zinx::core::ports::Presence;
+    use chat_zinx::harness::redis_cli_auth;
+
+    let password = "cluster-test-password";
+    let redis = RedisCluster::try_start_with_password(Some(password))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = redis.url();
+    let a = RedisPresence::connect(&url, "n-a", PresenceOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b = RedisPresence::connect(&url, "n-b", PresenceOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Enough users for their slots to fall on every master.
+    let users: Vec<u64> = (1..=30).collect();
+    for &user in &users {
+        a.register(SessionInfo {
+            user_id: user,
+            node_id: "n-a".into(),
+            conn_id: user,
+            device: "pc".into(),
+            since: 1,
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(a.refresh().await.unwrap(), users.len());
+    let seen = b.sessions(&users).await.unwrap();
+    assert_eq!(seen.len(), users.len(), "{seen:?}");
+    for port in redis.ports() {
+        let size = redis_cli_auth(port, Some(password), &["dbsize"])
+            .await
+            .unwrap();
+        assert!(
+            size.trim().parse::<u64>().unwrap_or(0) > 0,
+            "master :{port} holds nothing"
+        );
+    }
+    a.close().await;
+    b.close().await;
+}

@@ -228,6 +228,8 @@ where
 /// restart work on one node; all stop when the cluster is dropped.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// The password of every node, if any.
+    password: Option<String>,
 }
 
 impl RedisCluster {
@@ -242,6 +244,13 @@ impl RedisCluster {
     /// with `redis-cli --cluster create … --cluster-replicas 0` and waits until every node
     /// says `cluster_state:ok`.
     pub async fn try_start() -> anyhow::Result<RedisCluster> {
+        Self::try_start_with_password(None).await
+    }
+
+    /// With `password`, every node requires it (`requirepass`, `masterauth`) and the cluster
+    /// is created with it in `REDISCLI_AUTH`: the deployment of Terraform's
+    /// `redis_mode = "cluster"`.
+    pub async fn try_start_with_password(password: Option<&str>) -> anyhow::Result<RedisCluster> {
         let program = try_find_binary("redis-server")?;
         try_find_binary("redis-cli")?;
         let n = Self::SIZE;
@@ -251,23 +260,26 @@ impl RedisCluster {
                 let nodes = (0..n)
                     .map(|i| {
                         let bus = ports[n + i].to_string();
-                        data_server(
-                            &program,
-                            ports[i],
-                            &[
-                                "--cluster-enabled",
-                                "yes",
-                                "--cluster-config-file",
-                                "nodes.conf",
-                                "--cluster-node-timeout",
-                                "2000",
-                                "--cluster-port",
-                                &bus,
-                            ],
-                        )
+                        let mut args = vec![
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                            "--cluster-node-timeout",
+                            "2000",
+                            "--cluster-port",
+                            &bus,
+                        ];
+                        if let Some(p) = password {
+                            args.extend(["--requirepass", p, "--masterauth", p]);
+                        }
+                        data_server(&program, ports[i], &args)
                     })
                     .collect::<anyhow::Result<_>>()?;
-                Ok(RedisCluster { nodes })
+                Ok(RedisCluster {
+                    nodes,
+                    password: password.map(str::to_string),
+                })
             },
             |c| c.nodes.iter_mut().map(|s| &mut s.process).collect(),
         )
@@ -280,7 +292,7 @@ impl RedisCluster {
         let mut args: Vec<&str> = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-        redis_cli(cluster.nodes[0].port, &args)
+        redis_cli_auth(cluster.nodes[0].port, password, &args)
             .await
             .with_context(|| cluster.logs())?;
         for node in &cluster.nodes {
@@ -288,7 +300,7 @@ impl RedisCluster {
             wait_for(
                 &format!("cluster_state:ok on 127.0.0.1:{port}"),
                 || async move {
-                    let info = redis_cli(port, &["cluster", "info"]).await?;
+                    let info = redis_cli_auth(port, password, &["cluster", "info"]).await?;
                     Ok(info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3"))
                 },
             )
@@ -298,10 +310,15 @@ impl RedisCluster {
         Ok(cluster)
     }
 
-    /// `redis-cluster://127.0.0.1:<port1>?node=127.0.0.1:<port2>&node=…` (the form `redis.url`
-    /// takes).
+    /// `redis-cluster://[:<password>@]127.0.0.1:<port1>?node=127.0.0.1:<port2>&node=…` (the
+    /// form `redis.url` takes).
     pub fn url(&self) -> String {
-        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        let mut url = format!("redis-cluster://{auth}127.0.0.1:{}", self.nodes[0].port);
         for (i, node) in self.nodes.iter().enumerate().skip(1) {
             let sep = if i == 1 { '?' } else { '&' };
             url.push_str(&format!("{sep}node=127.0.0.1:{}", node.port));
