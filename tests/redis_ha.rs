@@ -196,6 +196,7 @@ async fn presence_survives_a_sentinel_failover_and_no_send_is_refused() {
         .find(|s| s.port() == old)
         .expect("the master is one of the data servers");
     victim.kill();
+    let killed = tokio::time::Instant::now();
     // Sends during the failover are accepted (Redis is not on the durable path) and reach
     // bob, live or from the cluster-wide fallback.
     send_ok(&mut alice, "bob", "during failover").await;
@@ -207,6 +208,7 @@ async fn presence_survives_a_sentinel_failover_and_no_send_is_refused() {
     let new = redis.wait_for_new_master(old).await.unwrap();
     assert_ne!(new, old);
     let promoted = tokio::time::Instant::now();
+    let failover = promoted - killed;
 
     // Presence is right again: both listed online on both nodes, and a new login on b is
     // seen on a.
@@ -216,7 +218,8 @@ async fn presence_survives_a_sentinel_failover_and_no_send_is_refused() {
     carol.join_group(gid).await;
     wait_online(&mut alice, gid, &["alice", "bob", "carol", "dave"]).await;
     eprintln!(
-        "after the failover: old master :{old}, new :{new}; alice and bob listed online {back:?} \
+        "failover: the Sentinels named a new master {failover:?} after the kill; old master \
+         :{old}, new :{new}; alice and bob listed online {back:?} \
          after the new master was named, dave (logged in during the failover) and carol (after \
          it) seen on the other node {:?} after it (refresh interval {REFRESH:?})",
         promoted.elapsed()
