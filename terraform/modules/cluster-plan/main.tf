@@ -90,11 +90,13 @@ locals {
   redis_ips        = local.addresses_of.redis
   # Lines cloud-init writes to /etc/redis/cz-mode.conf, which the redis image's redis.conf
   # includes (with `masterauth <password>` for Sentinel and Cluster, added on the machine);
-  # with a single server no file is written (the image includes an empty one).
+  # with a single server no file is written (the image includes an empty one). A Cluster has
+  # no replicas: `cluster-require-full-coverage no` keeps the other masters serving their
+  # slots while one is down.
   redis_mode_conf = {
     for n in local.node_list : n.name => (
       var.redis_mode == "sentinel" ? (n.index == 1 ? "" : "replicaof ${local.redis_ips[0]} ${local.redis_port}\n") :
-      var.redis_mode == "cluster" ? "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 5000\n" :
+      var.redis_mode == "cluster" ? "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 5000\ncluster-require-full-coverage no\n" :
       ""
     ) if n.role == "redis"
   }

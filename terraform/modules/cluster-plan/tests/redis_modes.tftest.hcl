@@ -42,7 +42,7 @@ run "cluster" {
     error_message = "the chat nodes seed the cluster client with the three servers"
   }
   assert {
-    condition     = alltrue([for name in ["redis-1", "redis-2", "redis-3"] : strcontains(output.user_data[name], "cluster-enabled yes") && !strcontains(output.user_data[name], "sentinel monitor")])
+    condition     = alltrue([for name in ["redis-1", "redis-2", "redis-3"] : strcontains(output.user_data[name], "cluster-enabled yes") && strcontains(output.user_data[name], "cluster-require-full-coverage no") && !strcontains(output.user_data[name], "sentinel monitor")])
     error_message = "every server runs in cluster mode, no Sentinel"
   }
   assert {
