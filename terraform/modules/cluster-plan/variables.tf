@@ -29,7 +29,7 @@ variable "consul_count" {
 }
 
 variable "redis_mode" {
-  description = "Which Redis presence runs on the redis machines: \"single\" (one server, redis_count = 1), \"sentinel\" (redis-1 the first master, redis-2 and redis-3 its replicas, a Sentinel on each, quorum 2; redis_count = 3) or \"cluster\" (a Redis Cluster of three masters without replicas, created by redis-1 at its first boot; redis_count = 3). The chat nodes' redis.url follows it."
+  description = "Which Redis presence runs on the redis machines: \"single\" (one server, redis_count = 1), \"sentinel\" (redis-1 the first master, redis-2 and redis-3 its replicas, a Sentinel on each, quorum 2; redis_count = 3) or \"cluster\" (a Redis Cluster of three masters without replicas, created by redis-1 at its first boot; redis_count = 3; capacity, not availability: with one server down the chat nodes' client loses the whole cluster). The chat nodes' redis.url follows it."
   type        = string
   default     = "single"
 
