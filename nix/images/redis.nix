@@ -2,7 +2,8 @@
 # cloud-init writes to /etc/redis/password (mode 0600) at first boot.
 #
 # One image for the three deployments Terraform's redis_mode picks
-# (terraform/modules/cluster-plan): cloud-init may also write
+# (terraform/modules/cluster-plan): cloud-init may also write (in /etc/redis, which it then
+# opens to the redis group: these units read them as the redis user)
 #   /etc/redis/cz-mode.conf  (owner redis, 0600) lines for the server: `replicaof` and
 #                            `masterauth` (Sentinel), `cluster-enabled` (Cluster); absent: a
 #                            single server. Copied before each start to

@@ -240,6 +240,10 @@ locals {
         umount /run/cz-secrets
       EOT
         , var.redis_mode == "single" ? "" : <<-EOT
+        # The image's units read the files below as the redis user (umask 077 made the
+        # directory root's only); the password file stays root's.
+        chown root:redis /etc/redis
+        chmod 0750 /etc/redis
         {
         printf '%s' '${local.redis_mode_conf[n.name]}'
         printf 'masterauth %s\n' "$(cat /etc/redis/password)"

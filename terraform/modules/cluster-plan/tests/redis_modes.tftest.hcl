@@ -25,8 +25,8 @@ run "sentinel" {
     error_message = "redis-1 is the first master, the others its replicas"
   }
   assert {
-    condition     = alltrue([for name in ["redis-1", "redis-2", "redis-3"] : strcontains(output.user_data[name], "sentinel monitor cz 10.77.0.16 6379 2") && strcontains(output.user_data[name], "masterauth %s")])
-    error_message = "a Sentinel on every redis machine, quorum 2; every server can authenticate to a master"
+    condition     = alltrue([for name in ["redis-1", "redis-2", "redis-3"] : strcontains(output.user_data[name], "sentinel monitor cz 10.77.0.16 6379 2") && strcontains(output.user_data[name], "masterauth %s") && strcontains(output.user_data[name], "chown root:redis /etc/redis")])
+    error_message = "a Sentinel on every redis machine, quorum 2; every server can authenticate to a master; the redis user reads /etc/redis"
   }
 }
 
