@@ -154,3 +154,23 @@ fn small_cluster_chat_configs_are_accepted_by_the_daemon() {
         check_with_daemon(name, toml);
     }
 }
+
+#[test]
+fn sentinel_and_cluster_chat_configs_are_accepted_by_the_daemon() {
+    if skip_without_terraform() {
+        return;
+    }
+    for (mode, scheme) in [
+        ("sentinel", "redis-sentinel://"),
+        ("cluster", "redis-cluster://"),
+    ] {
+        let configs = rendered_configs(&format!(
+            "  redis_mode  = \"{mode}\"\n  redis_count = 3\n  chat_count  = 1"
+        ));
+        assert_eq!(configs.len(), 1);
+        for (name, toml) in &configs {
+            assert!(toml.contains(scheme), "{name}: {toml}");
+            check_with_daemon(name, toml);
+        }
+    }
+}

@@ -31,7 +31,8 @@
 //! * [`probe`]: one-shot readiness probes (`http_get`, `redis_command`, `nats_info`).
 //! * [`server`]: a server process that can be restarted on the same ports and is started on
 //!   fresh ports until it answers.
-//! * [`nats`], [`redis`], [`consul`], [`haproxy`]: each server.
+//! * [`nats`], [`redis`], [`consul`], [`haproxy`]: each server ([`redis`] also a three-master
+//!   Redis Cluster and a Sentinel set: master, replica, three Sentinels).
 //! * [`proxy`]: the cut-and-heal TCP proxy for partition tests.
 
 pub mod consul;
@@ -53,7 +54,10 @@ pub use ports::{free_ports, loopback, try_free_ports};
 pub use probe::{http_get, nats_info, redis_command};
 pub use process::{find_binary, try_find_binary, ChildProcess};
 pub use proxy::TcpProxy;
-pub use redis::{RedisOptions, RedisServer, RedisTls};
+pub use redis::{
+    redis_cli, redis_cli_auth, RedisCluster, RedisOptions, RedisSentinelSet, RedisServer, RedisTls,
+    SENTINEL_MASTER_NAME,
+};
 pub use server::ServerProcess;
 
 /// How long a server may take to answer after it was started.

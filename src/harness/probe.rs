@@ -91,7 +91,7 @@ pub(crate) enum Probe {
         monitor: u16,
         js_only: bool,
     },
-    /// `PING` answered with `+PONG`.
+    /// `PING` answered with `+PONG` (or `-NOAUTH`: it wants a password).
     Redis { port: u16 },
     /// `/v1/status/leader` is a non-empty address.
     Consul { http: u16 },
@@ -118,9 +118,10 @@ impl Probe {
                 };
                 matches!(http_get(loopback(monitor), path).await, Ok((200, _)))
             }
+            // A server that wants a password answers too: it is up.
             Probe::Redis { port } => redis_command(loopback(port), "PING")
                 .await
-                .is_ok_and(|l| l == "+PONG"),
+                .is_ok_and(|l| l == "+PONG" || l.starts_with("-NOAUTH")),
             Probe::Consul { http } => match http_get(loopback(http), "/v1/status/leader").await {
                 Ok((200, body)) => !matches!(body.trim(), "" | "\"\""),
                 _ => false,

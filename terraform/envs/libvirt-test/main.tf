@@ -1,5 +1,5 @@
-# A test cluster on one KVM host: one NAT network, NATS ×3, Consul ×3, Redis ×1, chat ×2 and a
-# load balancer ×1 (by default), booted from the flake's role images with cloud-init. See
+# A test cluster on one KVM host: one NAT network, NATS ×3, Consul ×3, Redis ×1 (×3 with
+# redis_mode = "sentinel" or "cluster"), chat ×2 and a load balancer ×1 (by default), booted from the flake's role images with cloud-init. See
 # terraform/README.md.
 
 locals {
@@ -23,6 +23,7 @@ module "plan" {
 
   nats_count          = var.nats_count
   consul_count        = var.consul_count
+  redis_mode          = var.redis_mode
   redis_count         = var.redis_count
   chat_count          = var.chat_count
   lb_count            = var.lb_count

@@ -18,6 +18,11 @@ output "redis_address" {
   value       = module.plan.redis_address
 }
 
+output "redis_url" {
+  description = "The chat nodes' redis.url without the password (redis_mode)."
+  value       = module.plan.redis_url
+}
+
 output "chat_endpoints" {
   description = "address:port of each chat node's chat listener."
   value       = module.plan.chat_endpoints

@@ -39,8 +39,14 @@ variable "consul_count" {
   default     = 3
 }
 
+variable "redis_mode" {
+  description = "Redis presence: \"single\" (one server), \"sentinel\" (master, two replicas, three Sentinels) or \"cluster\" (Redis Cluster, three masters). See terraform/modules/cluster-plan."
+  type        = string
+  default     = "single"
+}
+
 variable "redis_count" {
-  description = "Redis servers (exactly 1)."
+  description = "Redis servers: 1 with redis_mode = \"single\", 3 with \"sentinel\" or \"cluster\"."
   type        = number
   default     = 1
 }

@@ -67,9 +67,53 @@ locals {
     ] if n.role == "consul"
   }
 
-  # --- Redis: one server; the password is added on the machine (never here).
-  redis_port    = 6379
-  redis_address = "${local.names_of.redis[0]}:${local.redis_port}"
+  # --- Redis (redis_mode): one server, a Sentinel set or a Redis Cluster; the password is
+  # added on the machines (never here). Sentinel and Cluster name their servers by address:
+  # Sentinel monitors redis-1 by IP, the cluster's nodes announce their IPs.
+  redis_port          = 6379
+  redis_sentinel_port = 26379
+  redis_master_name   = "cz"
+  redis_address       = "${local.names_of.redis[0]}:${local.redis_port}"
+  redis_url = {
+    single = "redis://${local.redis_address}/0"
+    sentinel = join("", concat(
+      ["redis-sentinel://${local.names_of.redis[0]}:${local.redis_sentinel_port}?sentinelServiceName=${local.redis_master_name}"],
+      [for name in slice(local.names_of.redis, 1, length(local.names_of.redis)) : "&node=${name}:${local.redis_sentinel_port}"],
+    ))
+    cluster = join("", concat(
+      ["redis-cluster://${local.redis_address}"],
+      [for i, name in slice(local.names_of.redis, 1, length(local.names_of.redis)) : "${i == 0 ? "?" : "&"}node=${name}:${local.redis_port}"],
+    ))
+  }[var.redis_mode]
+  # The same URL with the password the machine reads: a printf format (`%s`).
+  redis_url_format = replace(local.redis_url, "://", "://:%s@")
+  redis_ips        = local.addresses_of.redis
+  # Lines cloud-init writes to /etc/redis/cz-mode.conf, which the redis image's redis.conf
+  # includes (with `masterauth <password>` for Sentinel and Cluster, added on the machine);
+  # with a single server no file is written (the image includes an empty one). A Cluster has
+  # no replicas: `cluster-require-full-coverage no` keeps the other masters serving their
+  # slots while one is down.
+  redis_mode_conf = {
+    for n in local.node_list : n.name => (
+      var.redis_mode == "sentinel" ? (n.index == 1 ? "" : "replicaof ${local.redis_ips[0]} ${local.redis_port}\n") :
+      var.redis_mode == "cluster" ? "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 5000\ncluster-require-full-coverage no\n" :
+      ""
+    ) if n.role == "redis"
+  }
+  # Sentinel's first configuration (it rewrites its own copy afterwards); the passwords
+  # (requirepass, sentinel-pass, auth-pass: the chat nodes send the Redis password to the
+  # Sentinels too) are added on the machine.
+  redis_sentinel_conf = join("\n", [
+    "port ${local.redis_sentinel_port}",
+    "bind 0.0.0.0",
+    "daemonize no",
+    "dir /var/lib/redis-sentinel",
+    "sentinel monitor ${local.redis_master_name} ${local.redis_ips[0]} ${local.redis_port} 2",
+    "sentinel down-after-milliseconds ${local.redis_master_name} 5000",
+    "sentinel failover-timeout ${local.redis_master_name} 60000",
+    "sentinel parallel-syncs ${local.redis_master_name} 1",
+    "",
+  ])
 
   # --- load balancer (role lb): HAProxy on port 9000 of each lb machine, in front of the chat
   # nodes, which it finds in the DNS of the Consul server named consul (port 8600; the image's
@@ -97,7 +141,7 @@ locals {
         replicas = local.nats_replicas
       }
       redis = {
-        url = "redis://${local.redis_address}/0"
+        url = local.redis_url
       }
       consul = {
         addr = "http://${local.names_of.consul[(n.index - 1) % var.consul_count]}:${local.consul_port}"
@@ -184,7 +228,7 @@ locals {
         cat <<'ENV'
         ${trimspace(local.chat_env[n.name])}
         ENV
-        printf 'CHAT_ZINX_REDIS__URL=redis://:%s@${local.redis_address}/0\n' "$(cat /run/cz-secrets/redis_password)"
+        printf 'CHAT_ZINX_REDIS__URL=${local.redis_url_format}\n' "$(cat /run/cz-secrets/redis_password)"
         } > /etc/chat-zinx/env.new
         mv /etc/chat-zinx/env.new /etc/chat-zinx/env
         umount /run/cz-secrets
@@ -194,6 +238,31 @@ locals {
         mkdir -p /etc/redis
         install -m 0600 /run/cz-secrets/redis_password /etc/redis/password
         umount /run/cz-secrets
+      EOT
+        , var.redis_mode == "single" ? "" : <<-EOT
+        # The image's units read the files below as the redis user (umask 077 made the
+        # directory root's only); the password file stays root's.
+        chown root:redis /etc/redis
+        chmod 0750 /etc/redis
+        {
+        printf '%s' '${local.redis_mode_conf[n.name]}'
+        printf 'masterauth %s\n' "$(cat /etc/redis/password)"
+        } > /etc/redis/cz-mode.conf.new
+        chown redis:redis /etc/redis/cz-mode.conf.new
+        mv /etc/redis/cz-mode.conf.new /etc/redis/cz-mode.conf
+      EOT
+        , var.redis_mode != "sentinel" ? "" : <<-EOT
+        if [ ! -e /etc/redis/sentinel.conf ]; then
+        {
+        cat <<'CONF'
+        ${trimspace(local.redis_sentinel_conf)}
+        CONF
+        p="$(cat /etc/redis/password)"
+        printf 'requirepass %s\nsentinel sentinel-pass %s\nsentinel auth-pass ${local.redis_master_name} %s\n' "$p" "$p" "$p"
+        } > /etc/redis/sentinel.conf.new
+        chown redis:redis /etc/redis/sentinel.conf.new
+        mv /etc/redis/sentinel.conf.new /etc/redis/sentinel.conf
+        fi
       EOT
       ]) :
       n.role == "consul" ? <<-EOT
@@ -224,6 +293,29 @@ locals {
     )
   }
 
+  # --- cloud-init runcmd (once per instance, at the end of the first boot): redis-1 of a
+  # Redis Cluster waits until the three servers answer and assigns the slots, unless a cluster
+  # exists already.
+  redis_cli = "/run/current-system/sw/bin/redis-cli"
+  runcmd = var.redis_mode != "cluster" ? {} : {
+    (local.names_of.redis[0]) = <<-EOT
+      set -eu
+      REDISCLI_AUTH="$(cat /etc/redis/password)"
+      export REDISCLI_AUTH
+      for i in $(seq 1 300); do
+        up=0
+        for ip in ${join(" ", local.redis_ips)}; do
+          if ${local.redis_cli} -h "$ip" -p ${local.redis_port} ping 2>/dev/null | grep -q PONG; then up=$((up + 1)); fi
+        done
+        [ "$up" -eq ${length(local.redis_ips)} ] && break
+        sleep 2
+      done
+      if ${local.redis_cli} -p ${local.redis_port} cluster info | grep -q 'cluster_slots_assigned:0'; then
+        ${local.redis_cli} --cluster create ${join(" ", [for ip in local.redis_ips : "${ip}:${local.redis_port}"])} --cluster-replicas 0 --cluster-yes
+      fi
+    EOT
+  }
+
   user_data = {
     for n in local.node_list : n.name => join("", [
       "#cloud-config\n",
@@ -238,6 +330,7 @@ locals {
         },
         length(var.ssh_authorized_keys) > 0 ? { ssh_authorized_keys = var.ssh_authorized_keys } : {},
         local.bootcmd[n.name] != "" ? { bootcmd = [local.bootcmd[n.name]] } : {},
+        lookup(local.runcmd, n.name, "") != "" ? { runcmd = [local.runcmd[n.name]] } : {},
       ))
     ])
   }

@@ -68,6 +68,11 @@ output "redis_address" {
   value       = local.redis_address
 }
 
+output "redis_url" {
+  description = "The chat nodes' redis.url without the password (redis_mode: redis://, redis-sentinel:// or redis-cluster://)."
+  value       = local.redis_url
+}
+
 output "chat_configs" {
   description = "Each chat node's configuration, { section = { key = value } } with the keys of docs/configuration.md (redis.url without the password, which the machine adds)."
   value       = local.chat_configs

@@ -28,14 +28,25 @@ variable "consul_count" {
   }
 }
 
+variable "redis_mode" {
+  description = "Which Redis presence runs on the redis machines: \"single\" (one server, redis_count = 1), \"sentinel\" (redis-1 the first master, redis-2 and redis-3 its replicas, a Sentinel on each, quorum 2; redis_count = 3) or \"cluster\" (a Redis Cluster of three masters without replicas, created by redis-1 at its first boot; redis_count = 3; capacity, not availability: with one server down the chat nodes' client loses the whole cluster). The chat nodes' redis.url follows it."
+  type        = string
+  default     = "single"
+
+  validation {
+    condition     = contains(["single", "sentinel", "cluster"], var.redis_mode)
+    error_message = "redis_mode must be \"single\", \"sentinel\" or \"cluster\"."
+  }
+}
+
 variable "redis_count" {
-  description = "Number of Redis servers. Exactly 1: the redis image is a single server and every chat node's redis.url names it (Sentinel or Cluster would need other images)."
+  description = "Number of Redis servers: 1 with redis_mode = \"single\", 3 with \"sentinel\" or \"cluster\"."
   type        = number
   default     = 1
 
   validation {
-    condition     = var.redis_count == 1
-    error_message = "redis_count must be 1: the deployment has one Redis server (presence); see the redis image."
+    condition     = var.redis_count == (var.redis_mode == "single" ? 1 : 3)
+    error_message = "redis_count must be 1 with redis_mode = \"single\" and 3 with \"sentinel\" or \"cluster\" (see the redis image)."
   }
 }
 

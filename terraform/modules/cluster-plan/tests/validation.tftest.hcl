@@ -36,6 +36,18 @@ run "two_redis" {
   expect_failures = [var.redis_count]
 }
 
+run "one_redis_for_sentinel" {
+  command = plan
+  variables { redis_mode = "sentinel" }
+  expect_failures = [var.redis_count]
+}
+
+run "unknown_redis_mode" {
+  command = plan
+  variables { redis_mode = "replicated" }
+  expect_failures = [var.redis_mode]
+}
+
 run "cidr_too_small" {
   command = plan
   variables { network_cidr = "10.77.0.0/28" }
