@@ -65,7 +65,7 @@ let
     environment.systemPackages = [ pkgs.curl ];
   };
 
-  chatNode = name: { config, ... }: {
+  chatNode = name: { config, nodes, ... }: {
     imports = [ chatZinxModule ];
     services.chat-zinx = {
       enable = true;
@@ -78,6 +78,9 @@ let
       settings.nats.replicas = 3;
       settings.consul.addr = "http://consul:8500";
       settings.log.level = "info,chat_zinx=debug";
+      # The load balancer sends the PROXY protocol (send-proxy-v2): trust it, so that the node
+      # sees each client's address, not the balancer's.
+      settings.server.proxy_protocol_from = [ nodes.lb.networking.primaryIPAddress ];
       # The Redis URL carries the password: from the environment file, not the store.
       environmentFile = "${chatEnvironment}";
       # One token secret for both nodes, so that sessions resume across them.
