@@ -113,6 +113,8 @@ async fn the_address_in_a_trusted_proxys_header_is_the_one_limited_and_throttled
 async fn a_trusted_connection_without_a_header_is_closed_and_others_are_served_as_before() {
     let server = TestServer::with(|c| {
         c.server.proxy_protocol_from = Some(vec!["127.0.0.1".into()]);
+        // How long a trusted connection may take to send its header.
+        c.protocol.login_timeout = std::time::Duration::from_secs(1);
     })
     .await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -133,6 +135,17 @@ async fn a_trusted_connection_without_a_header_is_closed_and_others_are_served_a
     gone.shutdown_write().await;
     assert!(gone.until_closed().await.is_empty());
     assert_eq!(refused_headers(http, "closed").await, 1.0);
+
+    // A trusted connection that sends nothing is closed once the login timeout passes.
+    let mut silent = Client::connect_from(server.addr, PROXY, b"").await;
+    assert!(silent.until_closed().await.is_empty());
+    assert_eq!(refused_headers(http, "timeout").await, 1.0);
+
+    // A v1 (text) header works as well.
+    let v1 = b"PROXY TCP4 192.0.2.50 10.0.0.1 1234 9000\r\n";
+    let mut carol = Client::connect_from(server.addr, PROXY, v1).await;
+    carol.register("carol").await;
+    carol.login("carol").await;
 
     // LOCAL (a proxy's health check) keeps the proxy's address and is served.
     let mut local = Client::connect_from(server.addr, PROXY, &proxy_v2(None)).await;
