@@ -176,3 +176,25 @@ fn codec_login(name: &str) -> Vec<u8> {
     let body = json!({"username": name, "password": PASSWORD}).to_string();
     chat_zinx::protocol::codec::encode(ids::LOGIN_REQ, body.as_bytes()).to_vec()
 }
+
+/// `server.proxy_protocol_from` is reloadable: it applies to new connections, open ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_trusts_a_proxy_for_new_connections() {
+    let server = TestServer::start().await;
+    let mut before = Client::connect_from(server.addr, PROXY, b"").await;
+    assert!(admitted(&mut before).await, "not trusted yet: served as is");
+
+    let mut config = chat_zinx::config::Config::default();
+    config.server.proxy_protocol_from = Some(vec!["127.0.0.0/8".into()]);
+    server.node().reload(&config).expect("reloaded");
+    let mut proxied = via_proxy(&server, "203.0.113.7:1").await;
+    assert!(admitted(&mut proxied).await);
+    let mut bare = Client::connect_from(server.addr, ELSEWHERE, b"").await;
+    bare.send_body(ids::PING, b"ping").await;
+    assert!(
+        bare.until_closed().await.is_empty(),
+        "127.0.0.2 is trusted now"
+    );
+    assert!(admitted(&mut before).await, "the open connection stays");
+    server.stop().await;
+}
