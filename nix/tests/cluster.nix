@@ -6,7 +6,8 @@
 # DNS) and a client machine. The script (cluster.py) checks Consul registration, a direct
 # message and a group message across the two nodes with `chat-zinx client --json`, a client
 # chatting over TLS (the nodes' TLS listeners, certificates of a test CA), v1 clients
-# (`--v1`, the original client's frames) chatting through the load balancer, then stops one
+# (`--v1`, the original client's frames) chatting through the load balancer (which sends the
+# PROXY protocol: the nodes log the client machine's address, not the balancer's), then stops one
 # chat node and sees its users resume their sessions on the other and new v1 connections
 # through the load balancer go to the other node only.
 #
