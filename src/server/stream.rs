@@ -7,6 +7,7 @@
 //! `tokio::io::split` (a lock taken only inside one poll, never across an `.await`).
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -37,6 +38,10 @@ impl ConnStream {
 
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         self.tcp().set_nodelay(on)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().peer_addr()
     }
 
     pub fn is_tls(&self) -> bool {
