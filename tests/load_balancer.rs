@@ -4,12 +4,16 @@
 //! node that drains leaves rotation while it still holds connections: every new connection
 //! goes to the other node. A node that cannot reach NATS (cut through a proxy) cannot serve:
 //! its Consul check turns warning, it leaves rotation, and comes back after the heal. While
-//! Consul does not answer, the balancer keeps the nodes it last saw.
+//! Consul does not answer, the balancer keeps the nodes it last saw. The balancer sends the
+//! PROXY protocol (v2) and the nodes trust it: a node sees a client's address, not the
+//! balancer's.
 
 mod support;
 
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chat_zinx::harness::{http_get, ConsulAgent, Haproxy, NatsServer, RedisServer, TcpProxy};
@@ -18,6 +22,41 @@ use support::*;
 
 /// The backend of the configuration file.
 const BACKEND: &str = "chat_nodes";
+
+/// haproxy connects to the nodes from 127.0.0.1: the nodes trust that address (its
+/// connections start with a PROXY header). Clients that connect to a node directly do so
+/// from another loopback address.
+const BALANCER: &str = "127.0.0.1";
+const DIRECT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// A v1 client's address when the test checks what the node sees.
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+/// The log lines of the nodes' sessions (logins), captured for the whole test process.
+fn session_log() -> Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        #[derive(Clone)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl Write for Capture {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let capture = Capture(buf.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("chat_zinx::server::session=info")
+            .with_ansi(false)
+            .with_writer(move || capture.clone())
+            .try_init();
+        buf
+    })
+    .clone()
+}
 
 fn config_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg")
@@ -56,6 +95,7 @@ impl Cluster {
             c.redis.url = Some(redis);
             c.consul.addr = Some(consul);
             c.auth.token_secret_file = Some(secret);
+            c.server.proxy_protocol_from = Some(vec![BALANCER.into()]);
         })
         .await
     }
@@ -94,6 +134,14 @@ async fn v1_user(lb: &Haproxy, name: &str) -> Client {
     c
 }
 
+/// The same, connecting to the balancer from `source`.
+async fn v1_user_from(lb: &Haproxy, name: &str, source: IpAddr) -> Client {
+    let mut c = Client::connect_from(lb.addr(), source, b"").await;
+    c.register(name).await;
+    c.login(name).await;
+    c
+}
+
 /// Waits until a ping is answered: the login (and its backlog) is done.
 async fn settled(c: &mut Client) {
     c.send_body(ids::PING, b"ping").await;
@@ -102,6 +150,7 @@ async fn settled(c: &mut Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_clients_chat_through_the_balancer_and_a_drained_node_gets_no_new_connections() {
+    let log = session_log();
     let cluster = Cluster::start().await;
     let lb = Haproxy::start(&config_file(), cluster.consul.dns_addr()).await;
     let a = cluster.node().await;
@@ -109,8 +158,19 @@ async fn v1_clients_chat_through_the_balancer_and_a_drained_node_gets_no_new_con
     wait_for_rotation(&lb, &[a.addr, b.addr]).await;
 
     // Least connections: alice holds a connection to one node, so bob goes to the other.
-    let mut alice = v1_user(&lb, "alice").await;
+    // Alice connects from 127.0.0.3: the node sees her address (the PROXY header), not the
+    // balancer's (127.0.0.1).
+    let mut alice = v1_user_from(&lb, "alice", CLIENT).await;
     settled(&mut alice).await;
+    let logins = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let line = logins
+        .lines()
+        .find(|l| l.contains("logged in"))
+        .unwrap_or_else(|| panic!("no login logged:\n{logins}"));
+    assert!(
+        line.contains(&format!("peer={CLIENT}")),
+        "the node logs alice's address, {CLIENT}: {line}"
+    );
     let (alices, bobs) = match (users(&a), users(&b)) {
         (1, 0) => (a, b),
         (0, 1) => (b, a),
@@ -135,7 +195,7 @@ async fn v1_clients_chat_through_the_balancer_and_a_drained_node_gets_no_new_con
     // Two more users on alice's node, straight to it: a drain that takes a while.
     let mut held = Vec::new();
     for name in ["dave", "erin"] {
-        let mut c = alices.client().await;
+        let mut c = Client::connect_from(alices.addr, DIRECT, b"").await;
         c.register(name).await;
         c.login(name).await;
         settled(&mut c).await;

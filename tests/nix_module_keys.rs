@@ -123,6 +123,11 @@ const UNTYPED: &[(&str, &str)] = &[
         "consul.token",
         "a secret: environmentFile (CHAT_ZINX_CONSUL__TOKEN), never the Nix store",
     ),
+    (
+        "server.proxy_protocol_from",
+        "a list (nix/settings.toml types scalars only): set it untyped, \
+         settings.server.proxy_protocol_from = [ \"10.0.0.9\" ] (the lb machines' addresses)",
+    ),
     ("protocol.write_queue", TUNING),
     ("protocol.write_queue_bytes", TUNING),
     ("protocol.max_reply_bytes", TUNING),

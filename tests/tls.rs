@@ -694,3 +694,92 @@ async fn next_json(
         .expect("the client runs");
     serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
 }
+
+/// A TLS connection from a trusted proxy: its PROXY header first, in plain text, then the
+/// handshake; the frames read back.
+async fn tls_via_proxy(
+    node: &TlsNode,
+    ca: &Ca,
+    header: &[u8],
+) -> tokio_util::codec::Framed<
+    tokio_rustls::client::TlsStream<TcpStream>,
+    chat_zinx::protocol::FrameCodec,
+> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::AsyncWriteExt;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&ca.pem_file).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tcp = TcpStream::connect(node.tls).await.unwrap();
+    tcp.write_all(header).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake after the PROXY header");
+    tokio_util::codec::Framed::new(tls, chat_zinx::protocol::FrameCodec::client())
+}
+
+/// On the TLS listener a trusted proxy's PROXY header comes before the handshake, and its
+/// client address is the one limited per address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_comes_before_the_tls_handshake_and_names_the_client() {
+    use futures_util::{SinkExt, StreamExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "main");
+    let node = TlsNode::start(&ca, dir.path(), true, |c| {
+        c.server.proxy_protocol_from = Some(vec!["127.0.0.1".into()]);
+        c.server.max_unauthenticated_per_address = 1;
+    })
+    .await;
+    let header = support::proxy_v2(Some("198.51.100.20:5000".parse().unwrap()));
+    let mut first = tls_via_proxy(&node, &ca, &header).await;
+    first
+        .send(chat_zinx::protocol::Frame {
+            id: ids::PING,
+            body: bytes::Bytes::from_static(b"ping"),
+        })
+        .await
+        .unwrap();
+    let f = tokio::time::timeout(WAIT, first.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.id, ids::PONG);
+    // A second connection of that client: past its share (1), told so (code 15).
+    let mut second = tls_via_proxy(&node, &ca, &header).await;
+    let f = tokio::time::timeout(WAIT, second.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.id, ids::ERROR);
+    assert_eq!(body_json(&f.body)["code"], 15);
+    // Another client behind the proxy is served.
+    let other = support::proxy_v2(Some("198.51.100.21:5000".parse().unwrap()));
+    let mut third = tls_via_proxy(&node, &ca, &other).await;
+    third
+        .send(chat_zinx::protocol::Frame {
+            id: ids::PING,
+            body: bytes::Bytes::from_static(b"ping"),
+        })
+        .await
+        .unwrap();
+    let f = tokio::time::timeout(WAIT, third.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.id, ids::PONG);
+    node.stop().await;
+}

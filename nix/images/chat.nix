@@ -3,6 +3,10 @@
 #   /etc/chat-zinx/env           CHAT_ZINX_SERVER__NODE_ID=chat-1
 #                                CHAT_ZINX_SERVER__ADVERTISE_ADDR=chat-1.example.com:9000
 #                                CHAT_ZINX_REDIS__URL=redis://:PASSWORD@redis:6379/0
+#                                CHAT_ZINX_SERVER__PROXY_PROTOCOL_FROM=10.77.0.19 (the lb
+#                                machines' addresses: the load balancer sends the PROXY
+#                                protocol, and a node that does not trust it closes its
+#                                connections)
 #                                (CHAT_ZINX_CONSUL__TOKEN=... when Consul has ACLs)
 #   /etc/chat-zinx/token_secret  the token secret, the same on every chat node
 {

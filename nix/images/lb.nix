@@ -5,7 +5,9 @@
 # every second: a draining, stopped or critical node leaves rotation within about a second of
 # leaving Consul's answers. The chat nodes must advertise an IP address
 # (server.advertise_addr), as the Terraform env does: HAProxy resolves SRV targets through
-# Consul only. Nothing per machine: no cloud-init files (the host name only).
+# Consul only. It sends the PROXY protocol (v2) to the nodes, which must trust its address
+# (server.proxy_protocol_from; the Terraform env sets it on every chat node). Nothing per
+# machine: no cloud-init files (the host name only).
 {
   services.haproxy = {
     enable = true;

@@ -6,7 +6,8 @@
 # DNS) and a client machine. The script (cluster.py) checks Consul registration, a direct
 # message and a group message across the two nodes with `chat-zinx client --json`, a client
 # chatting over TLS (the nodes' TLS listeners, certificates of a test CA), v1 clients
-# (`--v1`, the original client's frames) chatting through the load balancer, then stops one
+# (`--v1`, the original client's frames) chatting through the load balancer (which sends the
+# PROXY protocol: the nodes log the client machine's address, not the balancer's), then stops one
 # chat node and sees its users resume their sessions on the other and new v1 connections
 # through the load balancer go to the other node only.
 #
@@ -65,7 +66,7 @@ let
     environment.systemPackages = [ pkgs.curl ];
   };
 
-  chatNode = name: { config, ... }: {
+  chatNode = name: { config, nodes, ... }: {
     imports = [ chatZinxModule ];
     services.chat-zinx = {
       enable = true;
@@ -78,6 +79,9 @@ let
       settings.nats.replicas = 3;
       settings.consul.addr = "http://consul:8500";
       settings.log.level = "info,chat_zinx=debug";
+      # The load balancer sends the PROXY protocol (send-proxy-v2): trust it, so that the node
+      # sees each client's address, not the balancer's.
+      settings.server.proxy_protocol_from = [ nodes.lb.networking.primaryIPAddress ];
       # The Redis URL carries the password: from the environment file, not the store.
       environmentFile = "${chatEnvironment}";
       # One token secret for both nodes, so that sessions resume across them.

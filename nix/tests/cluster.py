@@ -245,6 +245,13 @@ with subtest("v1 clients chat through the load balancer, one on each node"):
         "dave and erin on different nodes",
         lambda: [users_on(n) - b for n, b in zip(CHAT, before)] == [1, 1],
     )
+    # The balancer sends the PROXY protocol and the nodes trust it (server.proxy_protocol_from):
+    # a login is logged with the client machine's address (PEER), never the balancer's.
+    lb_ip = chat1.succeed("getent ahostsv4 lb | head -n1 | cut -d' ' -f1").strip()
+    client_ip = chat1.succeed("getent ahostsv4 client | head -n1 | cut -d' ' -f1").strip()
+    for machine in (chat1, chat2):
+        machine.succeed(f"journalctl -u chat-zinx -o verbose | grep -q 'PEER={client_ip}$'")
+        machine.succeed(f"! journalctl -u chat-zinx -o verbose | grep -q 'PEER={lb_ip}$'")
 
 with subtest("chat1 stops: it leaves Consul and its users resume on chat2"):
     chat1.systemctl(

@@ -34,8 +34,16 @@ max_connections = 100000
 # (99 code 15) and closed at once.
 max_unauthenticated = 0
 # Connections not logged in from one address (IPv6: one /64) at most; 0 = no limit. Loopback
-# is not limited per address. Behind a proxy that hides client addresses, set 0.
+# is not limited per address. Behind a load balancer, trust it with proxy_protocol_from (below)
+# so that this counts each client's address, not the balancer's.
 max_unauthenticated_per_address = 64
+# Trusted proxies (IP addresses or networks): a connection from one of them must start with a
+# PROXY protocol header (v2, or v1 text; HAProxy's send-proxy-v2) and the client's address in
+# it is the connection's (limits and throttles per address, logs); a connection from one of
+# them without a valid header is closed. Connections from elsewhere are served as they are.
+# Also one string separated by commas (CHAT_ZINX_SERVER__PROXY_PROTOCOL_FROM=10.0.0.7,...).
+# Unset or empty = none (the default).
+proxy_protocol_from = ["10.0.0.7", "10.1.0.0/16"]
 # How long a graceful shutdown (SIGTERM) may take to drain the connections (1s to 1h).
 # Keep the unit's TimeoutStopSec above it (systemd/chat-zinx.service).
 drain_window = "10s"
@@ -230,6 +238,7 @@ mod tests {
         d.server.node_id = c.server.node_id.clone();
         d.server.state_dir = c.server.state_dir.clone();
         d.server.advertise_addr = c.server.advertise_addr.clone();
+        d.server.proxy_protocol_from = c.server.proxy_protocol_from.clone();
         d.auth.token_secret_file = c.auth.token_secret_file.clone();
         d.admin.token_file = c.admin.token_file.clone();
         d.tls.listen = c.tls.listen.clone();

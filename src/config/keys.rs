@@ -101,6 +101,14 @@ pub const KEYS: &[KeyInfo] = &[
         live: None,
     },
     KeyInfo {
+        key: "server.proxy_protocol_from",
+        expected: "a list of IP addresses or networks (address/prefix) of trusted proxies such as \
+                   [\"10.0.0.7\", \"10.1.0.0/16\"], or one string of them separated by commas \
+                   (empty or unset: none)",
+        reloadable: true,
+        live: None,
+    },
+    KeyInfo {
         key: "server.drain_window",
         expected: "a duration between 1s and 1h such as \"10s\"",
         reloadable: true,

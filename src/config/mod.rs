@@ -46,4 +46,4 @@ pub use sections::{
     AuthConfig, CaTlsConfig, ClientTlsConfig, Config, ConsulConfig, LogConfig, NatsConfig,
     OfflineConfig, ProtocolConfig, RedisConfig, ServerConfig, SessionConfig,
 };
-pub use validate::{MAX_MAX_BODY, MIN_MAX_BODY};
+pub use validate::{parse_network, MAX_MAX_BODY, MIN_MAX_BODY};

@@ -51,6 +51,11 @@ pub struct ServerConfig {
     /// Connections not logged in from one address (IPv6: one /64) at most; 0 = no limit.
     /// Loopback is not limited per address.
     pub max_unauthenticated_per_address: u32,
+    /// Proxies (addresses or networks, `10.0.0.7`, `10.0.0.0/24`, `2001:db8::/64`) whose
+    /// connections start with a PROXY protocol header (v2 or v1) naming the client; unset or
+    /// empty = none (the PROXY protocol is off).
+    #[serde(deserialize_with = "de::opt_list")]
+    pub proxy_protocol_from: Option<Vec<String>>,
     /// How long a graceful shutdown (SIGTERM) may take to drain the connections.
     #[serde(with = "humantime_serde")]
     pub drain_window: Duration,
@@ -356,6 +361,7 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             max_unauthenticated: 0,
             max_unauthenticated_per_address: 64,
+            proxy_protocol_from: None,
             drain_window: Duration::from_secs(10),
             write_queue_budget: 512 << 20,
         }

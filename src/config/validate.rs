@@ -60,6 +60,13 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
         "server.advertise_addr",
         s.advertise_addr.as_deref().is_none_or(valid_host_port),
     );
+    check(
+        "server.proxy_protocol_from",
+        s.proxy_protocol_from
+            .iter()
+            .flatten()
+            .all(|n| parse_network(n).is_some()),
+    );
     check("server.max_connections", s.max_connections >= 1);
     check("server.write_queue_budget", s.write_queue_budget >= 1 << 20);
     check(
@@ -199,6 +206,24 @@ pub(super) fn validate(c: &Config, figment: &Figment) -> Vec<Problem> {
         .collect()
 }
 
+/// An IP address (`10.0.0.7`, `2001:db8::7`: that address alone) or a network
+/// (`10.0.0.0/24`, `2001:db8::/64`) of `server.proxy_protocol_from`: the address and the
+/// prefix length.
+pub fn parse_network(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, bits) = match s.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        None => max,
+        Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()) => b.parse().ok()?,
+        Some(_) => return None,
+    };
+    (bits <= max).then_some((ip, bits))
+}
+
 fn valid_node_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -313,6 +338,30 @@ mod tests {
             problems[1].layer,
             Layer::Env("CHAT_ZINX_SESSION__MAX_DEVICES".into())
         );
+    }
+
+    #[test]
+    fn proxy_networks() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(parse_network("10.0.0.7"), Some((ip("10.0.0.7"), 32)));
+        assert_eq!(parse_network("10.1.0.0/16"), Some((ip("10.1.0.0"), 16)));
+        assert_eq!(parse_network("2001:db8::/64"), Some((ip("2001:db8::"), 64)));
+        assert_eq!(parse_network("::1"), Some((ip("::1"), 128)));
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "lb-1",
+            "10.0.0.0/8/8",
+        ] {
+            assert_eq!(parse_network(bad), None, "{bad}");
+        }
+        let ok =
+            |v: &str| load_from(None, env(&[("CHAT_ZINX_SERVER__PROXY_PROTOCOL_FROM", v)])).is_ok();
+        assert!(ok("10.0.0.7, 10.1.0.0/16 2001:db8::/64"));
+        assert!(ok(""));
+        assert!(!ok("10.0.0.7,lb-1"));
     }
 
     #[test]

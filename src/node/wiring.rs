@@ -254,6 +254,13 @@ pub fn conn_settings(c: &Config) -> ConnSettings {
         max_unauthenticated: c.server.max_unauthenticated,
         max_unauthenticated_per_address: c.server.max_unauthenticated_per_address,
         login_timeout: c.protocol.login_timeout,
+        proxy_from: std::sync::Arc::new(crate::server::proxy::TrustedProxies::new(
+            c.server
+                .proxy_protocol_from
+                .iter()
+                .flatten()
+                .filter_map(|n| crate::config::parse_network(n)),
+        )),
     }
 }
 

@@ -132,17 +132,18 @@ impl WrittenLog {
 
 /// Serves one accepted connection (plain, or TLS once its handshake is done) until it ends.
 /// Sets the connection up (and spawns its writer task) at once; the returned future, to be
-/// spawned, reads until the connection ends.
+/// spawned, reads until the connection ends. `peer` is the client's address: the socket's
+/// peer, or the one a trusted proxy's PROXY header named (see [`super::proxy`]).
 pub fn serve(
     stream: ConnStream,
+    peer: std::net::SocketAddr,
     conn_id: u64,
     ctx: Arc<ServerCtx>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
-    // Kept by the session only as the key of login and registration throttling.
-    let peer = stream.peer_addr().ok();
-    debug!(conn_id, peer = ?peer, tls = stream.is_tls(), "connection opened");
+    // Kept by the session only as the key of admission, login and registration throttling.
+    debug!(conn_id, %peer, tls = stream.is_tls(), "connection opened");
     let (rd, wr) = stream.into_split();
     let settings = ctx.settings();
     let shared = Arc::new(ConnShared::new(
@@ -154,7 +155,7 @@ pub fn serve(
     let writer = tokio::spawn(write_loop(wr, shared.clone(), settings.write_timeout));
     // `open` already counts this connection.
     let overloaded = ctx.open.load(std::sync::atomic::Ordering::Relaxed) > settings.max_connections;
-    let mut session = Session::new(ctx, shared, peer.map(|p| p.ip()));
+    let mut session = Session::new(ctx, shared, Some(peer.ip()));
     if overloaded {
         session.set_overloaded();
     }

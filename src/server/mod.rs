@@ -17,6 +17,7 @@ pub mod errors;
 pub mod hub;
 pub mod outbox;
 pub mod probe;
+pub mod proxy;
 pub mod sends;
 pub mod session;
 pub mod shared;
@@ -24,6 +25,7 @@ pub mod stream;
 pub mod tls;
 pub mod wire;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -65,6 +67,10 @@ pub struct ConnSettings {
     /// A connection not logged in this long after it was accepted (or logged out) is closed
     /// (`protocol.login_timeout`).
     pub login_timeout: Duration,
+    /// The proxies whose connections start with a PROXY header naming the client
+    /// (`server.proxy_protocol_from`; empty: none, see [`proxy`]). Shared: a settings copy
+    /// costs no allocation.
+    pub proxy_from: Arc<proxy::TrustedProxies>,
 }
 
 impl ConnSettings {
@@ -214,7 +220,7 @@ pub async fn accept_loop(
             }
             r = listener.accept() => r,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -225,7 +231,8 @@ pub async fn accept_loop(
         };
         // Past `max_connections` a connection is still taken (up to a headroom), so that a v2
         // client can be redirected to a less loaded node (406) instead of being cut off.
-        let max = ctx.settings().max_connections;
+        let settings = ctx.settings();
+        let max = settings.max_connections;
         if ctx.open.load(Ordering::Relaxed) >= max + max / 10 + 16 {
             ctx.metrics.connection_refused();
             drop(stream);
@@ -234,51 +241,104 @@ pub async fn accept_loop(
         ctx.metrics.connection_accepted();
         ctx.open.fetch_add(1, Ordering::Relaxed);
         let conn_id = ids.next();
+        // A trusted proxy's connection starts with a PROXY header naming the client.
+        let proxied = settings.proxy_from.trusts(peer.ip());
         match &transport {
-            Transport::Plain => spawn_connection(
+            Transport::Plain if !proxied => spawn_connection(
                 stream::ConnStream::Plain(stream),
+                peer,
                 conn_id,
                 &ctx,
                 &shutdown,
                 &tasks,
             ),
+            Transport::Plain => {
+                // On a task of its own, as a TLS handshake: a proxy that is slow to send the
+                // header holds up neither this loop nor the connection's own future. Within
+                // the login deadline.
+                let (ctx, shutdown, tasks2) = (ctx.clone(), shutdown.clone(), tasks.clone());
+                let wait = settings.login_timeout;
+                tasks.spawn(async move {
+                    let mut stream = stream;
+                    let read = async {
+                        let deadline = tokio::time::Instant::now() + wait;
+                        let header =
+                            tokio::time::timeout_at(deadline, proxy::read_header(&mut stream));
+                        proxied_peer(header.await, peer, conn_id, wait, &ctx)
+                    };
+                    let client = tokio::select! {
+                        r = read => r,
+                        _ = shutdown.cancelled() => None,
+                    };
+                    match client {
+                        Some(client) => spawn_connection(
+                            stream::ConnStream::Plain(stream),
+                            client,
+                            conn_id,
+                            &ctx,
+                            &shutdown,
+                            &tasks2,
+                        ),
+                        None => {
+                            ctx.open.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
             Transport::Tls {
                 server,
                 handshake_timeout,
             } => {
                 // The handshake runs on a task of its own, which hands the connection to the
                 // task serving it: a slow handshake holds up neither this loop nor the
-                // connection's own (long-lived) future.
+                // connection's own (long-lived) future. A trusted proxy's PROXY header comes
+                // first, in plain text, within the same deadline.
                 // Small handshake flights and frames: no Nagle delay from the start.
                 let _ = stream.set_nodelay(true);
-                let handshake = server.acceptor().accept(stream);
+                let server = server.clone();
                 let (ctx, shutdown, tasks2) = (ctx.clone(), shutdown.clone(), tasks.clone());
                 let timeout = *handshake_timeout;
                 tasks.spawn(async move {
-                    let done = tokio::select! {
-                        r = tokio::time::timeout(timeout, handshake) => r,
-                        _ = shutdown.cancelled() => {
-                            ctx.open.fetch_sub(1, Ordering::Relaxed);
-                            return;
+                    let setup = async {
+                        let mut stream = stream;
+                        let deadline = tokio::time::Instant::now() + timeout;
+                        let client = if proxied {
+                            let header =
+                                tokio::time::timeout_at(deadline, proxy::read_header(&mut stream));
+                            proxied_peer(header.await, peer, conn_id, timeout, &ctx)?
+                        } else {
+                            peer
+                        };
+                        let handshake = server.acceptor().accept(stream);
+                        match tokio::time::timeout_at(deadline, handshake).await {
+                            Ok(Ok(tls)) => Some((tls, client)),
+                            Ok(Err(e)) => {
+                                ctx.metrics.tls_handshake_failed();
+                                debug!(conn_id, error = %e, "TLS handshake failed");
+                                None
+                            }
+                            Err(_) => {
+                                ctx.metrics.tls_handshake_failed();
+                                debug!(conn_id, ?timeout, "TLS handshake timed out");
+                                None
+                            }
                         }
                     };
+                    let done = tokio::select! {
+                        r = setup => r,
+                        _ = shutdown.cancelled() => None,
+                    };
                     match done {
-                        Ok(Ok(tls)) => spawn_connection(
+                        Some((tls, client)) => spawn_connection(
                             stream::ConnStream::Tls(Box::new(tls)),
+                            client,
                             conn_id,
                             &ctx,
                             &shutdown,
                             &tasks2,
                         ),
-                        Ok(Err(e)) => {
+                        None => {
                             ctx.open.fetch_sub(1, Ordering::Relaxed);
-                            ctx.metrics.tls_handshake_failed();
-                            debug!(conn_id, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            ctx.open.fetch_sub(1, Ordering::Relaxed);
-                            ctx.metrics.tls_handshake_failed();
-                            debug!(conn_id, ?timeout, "TLS handshake timed out");
                         }
                     }
                 });
@@ -287,10 +347,44 @@ pub async fn accept_loop(
     }
 }
 
+/// The peer of a trusted proxy's connection from its PROXY header (`read`, within `wait`):
+/// the client's address, or the proxy's own for `LOCAL`; `None` when the connection must be
+/// closed (no valid header in time), which is logged and counted.
+fn proxied_peer(
+    read: Result<Result<proxy::Header, proxy::ProxyError>, tokio::time::error::Elapsed>,
+    proxy_addr: SocketAddr,
+    conn_id: u64,
+    wait: Duration,
+    ctx: &ServerCtx,
+) -> Option<SocketAddr> {
+    match read {
+        Ok(Ok(proxy::Header::Proxied(client))) => {
+            debug!(conn_id, proxy = %proxy_addr, %client, "PROXY header read");
+            Some(client)
+        }
+        Ok(Ok(proxy::Header::Local)) => Some(proxy_addr),
+        Ok(Err(e)) => {
+            ctx.metrics.proxy_header_refused(e.reason());
+            if e.reason() == "closed" {
+                debug!(conn_id, proxy = %proxy_addr, error = %e, "connection from a trusted proxy closed before its PROXY header");
+            } else {
+                warn!(conn_id, proxy = %proxy_addr, error = %e, "connection from a trusted proxy (server.proxy_protocol_from) closed: no valid PROXY header");
+            }
+            None
+        }
+        Err(_) => {
+            ctx.metrics.proxy_header_refused("timeout");
+            warn!(conn_id, proxy = %proxy_addr, ?wait, "connection from a trusted proxy (server.proxy_protocol_from) closed: no PROXY header in time");
+            None
+        }
+    }
+}
+
 /// Spawns the task serving an accepted connection (already counted in `ctx.open`; the task
 /// uncounts it when it ends).
 fn spawn_connection(
     stream: stream::ConnStream,
+    peer: SocketAddr,
     conn_id: u64,
     ctx: &Arc<ServerCtx>,
     shutdown: &CancellationToken,
@@ -300,7 +394,7 @@ fn spawn_connection(
     // `map`, not an `async` block that awaits it: that would hold the connection's future
     // twice for as long as the connection lives.
     tasks.spawn(
-        connection::serve(stream, conn_id, ctx.clone(), shutdown.clone()).map(move |()| {
+        connection::serve(stream, peer, conn_id, ctx.clone(), shutdown.clone()).map(move |()| {
             ctx2.open.fetch_sub(1, Ordering::Relaxed);
         }),
     );

@@ -489,7 +489,12 @@ impl Session {
         if let Err(e) = core.open_session(&me, self.conn_id(), device).await {
             warn!(user_id = me.id, error = %e, "presence registration failed; the user may show offline elsewhere");
         }
-        info!(conn_id = self.conn_id(), user_id = me.id, "logged in");
+        info!(
+            conn_id = self.conn_id(),
+            user_id = me.id,
+            peer = self.peer.map(tracing::field::display),
+            "logged in"
+        );
         // Page by page: a page is queued once the connection has room for it (its byte
         // budget), so a large backlog is never held whole. Less what live pushes brought since
         // the hub attach; from now on a live push of a backlog message is left out

@@ -145,6 +145,7 @@ struct Inner {
     accepted: Counter,
     refused: Counter,
     tls_failed: Counter,
+    proxy_refused: Family<ReasonLabels, Counter>,
     frames_in: Counter,
     registrations: Counter,
     logins: Family<OutcomeLabels, Counter>,
@@ -237,6 +238,12 @@ impl Metrics {
             "tls_handshakes_failed",
             "TLS handshakes of chat connections that failed or timed out (tls.handshake_timeout)",
             tls_failed.clone(),
+        );
+        let proxy_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "proxy_headers_refused",
+            "Connections from a trusted proxy (server.proxy_protocol_from) closed without a valid PROXY header, by reason: invalid, timeout, closed",
+            proxy_refused.clone(),
         );
         let closed = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -331,6 +338,7 @@ impl Metrics {
                 accepted,
                 refused,
                 tls_failed,
+                proxy_refused,
                 frames_in,
                 registrations,
                 logins,
@@ -358,6 +366,14 @@ impl Metrics {
     /// A TLS handshake failed or timed out (the connection was counted as accepted).
     pub fn tls_handshake_failed(&self) {
         self.inner.tls_failed.inc();
+    }
+    /// A connection from a trusted proxy was closed without a valid PROXY header (`reason`:
+    /// `invalid`, `timeout`, `closed`; it was counted as accepted).
+    pub fn proxy_header_refused(&self, reason: &'static str) {
+        self.inner
+            .proxy_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
     pub fn frame_in(&self, _id: u32) {
         self.inner.frames_in.inc();

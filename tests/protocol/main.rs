@@ -18,3 +18,4 @@ mod groups;
 mod http;
 mod load;
 mod memory;
+mod proxy_protocol;

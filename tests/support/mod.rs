@@ -113,6 +113,24 @@ impl TestServer {
     }
 }
 
+/// A PROXY protocol v2 header (HAProxy's `send-proxy-v2`) saying that the client is `client`
+/// (IPv4) and the proxy connected to port 9000; `None`: the `LOCAL` command.
+pub fn proxy_v2(client: Option<SocketAddr>) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    match client {
+        Some(SocketAddr::V4(c)) => {
+            h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            h.extend_from_slice(&c.ip().octets());
+            h.extend_from_slice(&[10, 0, 0, 1]);
+            h.extend_from_slice(&c.port().to_be_bytes());
+            h.extend_from_slice(&9000u16.to_be_bytes());
+        }
+        Some(SocketAddr::V6(_)) => panic!("proxy_v2: IPv4 only"),
+        None => h.extend_from_slice(&[0x20, 0x00, 0, 0]),
+    }
+    h
+}
+
 pub struct Client {
     reader: FramedRead<OwnedReadHalf, FrameCodec>,
     writer: OwnedWriteHalf,
@@ -124,6 +142,24 @@ impl Client {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).ok();
         let (rd, wr) = stream.into_split();
+        Client {
+            reader: FramedRead::new(rd, FrameCodec::client()),
+            writer: wr,
+            user: None,
+        }
+    }
+
+    /// Connects from the loopback address `source` (`127.0.0.2`, ...: another address than
+    /// the default 127.0.0.1) and writes `preamble` first (a PROXY protocol header).
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr, preamble: &[u8]) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let stream = socket.connect(addr).await.expect("connect");
+        stream.set_nodelay(true).ok();
+        let (rd, mut wr) = stream.into_split();
+        wr.write_all(preamble).await.expect("write the preamble");
         Client {
             reader: FramedRead::new(rd, FrameCodec::client()),
             writer: wr,

@@ -120,7 +120,8 @@ locals {
   # default). The chat nodes advertise their IP addresses (below): HAProxy takes them from
   # Consul's SRV records and cannot resolve a host name there.
   lb_port      = 9000
-  lb_endpoints = [for n in local.node_list : "${n.address}:${local.lb_port}" if n.role == "lb"]
+  lb_addresses = [for n in local.node_list : n.address if n.role == "lb"]
+  lb_endpoints = [for a in local.lb_addresses : "${a}:${local.lb_port}"]
 
   # --- chat nodes: the configuration contract's keys. server.listen and server.http_listen
   # are those the chat image's socket units hold (nix/settings.toml defaults); each node
@@ -135,6 +136,9 @@ locals {
         http_listen    = local.chat_http_listen
         node_id        = n.name
         advertise_addr = "${n.address}:9000"
+        # The load balancers send the PROXY protocol (send-proxy-v2): the nodes trust them, and
+        # see each client's address instead of the balancer's. Empty without a balancer.
+        proxy_protocol_from = local.lb_addresses
       }
       nats = {
         url      = join(",", local.nats_urls)
@@ -167,7 +171,8 @@ locals {
     for name, config in local.chat_configs : name => join("", flatten([
       for section in ["server", "nats", "consul"] : [
         for key, value in config[section] :
-        "CHAT_ZINX_${upper(section)}__${upper(key)}=${value}\n"
+        # A list (server.proxy_protocol_from) as one string of comma-separated entries.
+        "CHAT_ZINX_${upper(section)}__${upper(key)}=${try(join(",", value), value)}\n"
         if !contains(["listen", "http_listen"], key)
       ]
     ]))

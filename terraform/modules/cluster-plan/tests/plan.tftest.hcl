@@ -60,6 +60,10 @@ run "defaults" {
     error_message = "a chat node's id is its name and it advertises its address"
   }
   assert {
+    condition     = output.chat_configs["chat-1"].server.proxy_protocol_from == ["10.77.0.19"] && strcontains(output.user_data["chat-1"], "CHAT_ZINX_SERVER__PROXY_PROTOCOL_FROM=10.77.0.19\n")
+    error_message = "the chat nodes trust the load balancer's PROXY headers"
+  }
+  assert {
     condition     = output.chat_configs["chat-1"].consul.addr == "http://consul-1:8500" && output.chat_configs["chat-2"].consul.addr == "http://consul-2:8500"
     error_message = "chat nodes spread over the Consul servers"
   }
@@ -107,6 +111,11 @@ run "single_nats_and_consul" {
   assert {
     condition     = output.lb_endpoints == [] && output.addresses.lb == []
     error_message = "lb_count = 0: no load balancer"
+  }
+
+  assert {
+    condition     = output.chat_configs["chat-1"].server.proxy_protocol_from == [] && strcontains(output.user_data["chat-1"], "CHAT_ZINX_SERVER__PROXY_PROTOCOL_FROM=\n")
+    error_message = "no load balancer: the chat nodes trust no PROXY header"
   }
 
   assert {
