@@ -443,6 +443,9 @@ impl Session {
         self.end_session().await;
         let me = Me::from(&ok.user);
         self.tokens = ok.tokens.as_slice().into();
+        // Logged in: its place among those that are not is free before the client hears so
+        // (a client that connects again right after its login reply finds the place free).
+        self.pre_login = None;
         self.send(
             ids::LOGIN_RESP,
             &m::CodeMsg {
@@ -483,8 +486,6 @@ impl Session {
             },
         );
         self.me = Some(Arc::new(me.clone()));
-        // Logged in: its place among those that are not is free.
-        self.pre_login = None;
         let device = if device.is_empty() { "default" } else { device };
         if let Err(e) = core.open_session(&me, self.conn_id(), device).await {
             warn!(user_id = me.id, error = %e, "presence registration failed; the user may show offline elsewhere");

@@ -412,7 +412,10 @@ async fn a_logout_counts_against_the_share_of_connections_not_logged_in() {
     use chat_zinx::protocol::messages::code;
     let server = TestServer::with(|c| c.server.max_unauthenticated = 1).await;
     let mut bob = server.user("bob").await;
-    let _idle = server.client().await;
+    let mut idle = server.client().await;
+    // Answered: the node has taken the connection (it holds the one place) before bob's logout.
+    idle.send_body(ids::PING, b"ping").await;
+    assert_eq!(idle.next_frame().await.expect("pong").id, ids::PONG);
     bob.send(ids::LOGOUT_REQ, json!({})).await;
     let frames = bob.until_closed().await;
     let ids_seen: Vec<u32> = frames.iter().map(|f| f.id).collect();
